@@ -1,0 +1,38 @@
+# One command sets everything up and runs the job: `make demo` (the main job) or `make test`.
+# Everything goes into a virtual environment in .venv; the build is incremental (build/).
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CUDA build of torch, so that the CUDA kernels are compiled wherever nvcc is present.
+TORCH ?= torch==2.14.1
+# Compile the CUDA kernels for these GPUs without needing one (A100, H100/H200 + PTX).
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
+
+BIN := $(VENV)/bin
+
+.PHONY: setup install test demo bench clean
+
+setup: $(VENV)/.deps
+
+$(VENV)/.deps: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH)" "numpy>=1.24" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26" \
+		"pytest>=7" "hypothesis>=6"
+	touch $@
+
+# Built against the torch in the venv, hence no build isolation.
+install: setup
+	$(BIN)/pip install --no-build-isolation --no-deps .
+
+test: install
+	$(BIN)/pytest -ra python_tests
+
+demo: install
+	$(BIN)/python benchmarks/bench_kernels.py --quick
+
+bench: install
+	$(BIN)/python benchmarks/bench_kernels.py
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,31 @@
+#pragma once
+// The operators' C++ entry points, registered for CPU and CUDA in library.cpp. Each validates
+// its arguments, lays the operands out for the kernels and calls the kernels of their device.
+
+#include <ATen/core/Tensor.h>
+
+#include <string_view>
+
+namespace rda_ext {
+
+at::Tensor soft_threshold(const at::Tensor& x, double lam);
+void soft_threshold_out(const at::Tensor& x, double lam, const at::Tensor& out);
+
+at::Tensor group_shrink(const at::Tensor& x, double lam, int64_t dim);
+void group_shrink_out(const at::Tensor& x, double lam, int64_t dim, const at::Tensor& out);
+
+at::Tensor shrink_residual(const at::Tensor& X, const at::Tensor& L, double lam, std::string_view penalty);
+void shrink_residual_out(const at::Tensor& X, const at::Tensor& L, double lam, std::string_view penalty,
+                         const at::Tensor& out);
+
+at::Tensor group_norms(const at::Tensor& x, int64_t dim);
+
+// The launchers behind soft_threshold and group_shrink, which shrink_residual shares: they
+// write the shrunk r = x - y (y undefined: r = x) into out, arguments already checked.
+void soft_threshold_into(const at::Tensor& x, const at::Tensor& y, double lam, const at::Tensor& out);
+void group_shrink_into(const at::Tensor& x, const at::Tensor& y, double lam, int64_t dim, const at::Tensor& out);
+
+at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S,
+                       const at::Tensor& LS_prev);
+
+}  // namespace rda_ext
