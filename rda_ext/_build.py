@@ -3,7 +3,14 @@
 import torch
 
 # torch's libraries must be loaded before the extension; importing it registers torch.ops.rda_ext.
-from rda_ext import _C
+try:
+    from rda_ext import _C
+except ImportError as e:
+    raise ImportError(
+        "rda_ext: the compiled extension rda_ext._C is missing. Build and install the package "
+        "(`make install`, or `pip install --no-build-isolation .`), and do not run Python from the "
+        "source folder, whose rda_ext/ has no compiled module."
+    ) from e
 
 
 def build_info() -> dict:

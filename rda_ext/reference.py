@@ -17,9 +17,8 @@ def _wide(x: Tensor) -> Tensor:
 
 
 def soft_threshold(x: Tensor, lam: float) -> Tensor:
-    """sign(x) * max(|x| - lam, 0)."""
-    w = _wide(x)
-    return (torch.sign(w) * torch.clamp(w.abs() - lam, min=0)).to(x.dtype)
+    """sign(x) * max(|x| - lam, 0), which is torch's softshrink."""
+    return torch.nn.functional.softshrink(_wide(x), lam).to(x.dtype)
 
 
 def _norms(w: Tensor, dim: int) -> Tensor:

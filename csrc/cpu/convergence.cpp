@@ -13,6 +13,22 @@ namespace rda_ext::cpu {
 
 namespace {
 
+// ||X||^2, ||X - L - S||^2 and ||P - L - S||^2 over [begin, end).
+template <typename T>
+RDA_EXT_HOT_LOOP std::array<double, 3> chunk_sums(const T* X, const T* L, const T* S, const T* P, int64_t begin,
+                                                   int64_t end) {
+  double xx = 0, r1 = 0, r2 = 0;
+#pragma omp simd reduction(+ : xx, r1, r2)
+  for (int64_t i = begin; i < end; ++i) {
+    const double x = X[i], l = L[i], s = S[i], p = P[i];
+    const double d1 = x - l - s, d2 = p - l - s;
+    xx += x * x;
+    r1 += d1 * d1;
+    r2 += d2 * d2;
+  }
+  return {xx, r1, r2};
+}
+
 template <typename T>
 void sums(const ConvergenceArgs& a) {
   const T* X = a.X.const_data_ptr<T>();
@@ -21,18 +37,7 @@ void sums(const ConvergenceArgs& a) {
   const T* P = a.P.const_data_ptr<T>();
   const int64_t n = a.X.numel();
   std::vector<std::array<double, 3>> partial(ceil_div(n, kChunk));
-  for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) {
-    double xx = 0, r1 = 0, r2 = 0;
-#pragma omp simd reduction(+ : xx, r1, r2)
-    for (int64_t i = begin; i < end; ++i) {
-      const double x = X[i], l = L[i], s = S[i], p = P[i];
-      const double d1 = x - l - s, d2 = p - l - s;
-      xx += x * x;
-      r1 += d1 * d1;
-      r2 += d2 * d2;
-    }
-    partial[c] = {xx, r1, r2};
-  });
+  for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) { partial[c] = chunk_sums(X, L, S, P, begin, end); });
   std::array<double, 3> total{0, 0, 0};
   for (const auto& p : partial) {
     for (int k = 0; k < 3; ++k) total[k] += p[k];

@@ -32,7 +32,7 @@ struct Rows {
 };
 
 template <typename T>
-double sumsq(const T* x, const T* y, int64_t n) {
+RDA_EXT_HOT_LOOP double sumsq(const T* x, const T* y, int64_t n) {
   double acc = 0;
   if (y) {
 #pragma omp simd reduction(+ : acc)
@@ -52,7 +52,7 @@ double sumsq(const T* x, const T* y, int64_t n) {
 
 // out[j] = r[j] * scale(j) for j in [j0, j1) of one row.
 template <typename T, typename Scale>
-void write_scaled(const T* x, const T* y, T* out, int64_t j0, int64_t j1, Scale scale) {
+RDA_EXT_HOT_LOOP void write_scaled(const T* x, const T* y, T* out, int64_t j0, int64_t j1, Scale scale) {
   if (y) {
 #pragma omp simd
     for (int64_t j = j0; j < j1; ++j) out[j] = (x[j] - y[j]) * scale(j);
@@ -71,6 +71,21 @@ double row_norm(const T* x, const T* y, int64_t n) {
 
 int64_t rows_per_task(int64_t inner) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)); }
 
+// acc[j] += r[j]^2 over one row.
+template <typename T>
+RDA_EXT_HOT_LOOP void add_squares(double* acc, const T* x, const T* y, int64_t n) {
+  if (y) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const double r = x[j] - y[j];
+      acc[j] += r * r;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) acc[j] += double(x[j]) * double(x[j]);
+  }
+}
+
 // The norm of every column of r over all outer rows.
 template <typename T>
 std::vector<double> column_norms(const GroupArgs& a, const Rows<T>& rows) {
@@ -83,18 +98,7 @@ std::vector<double> column_norms(const GroupArgs& a, const Rows<T>& rows) {
     for (int64_t c = c0; c < c1; ++c) {
       double* acc = partial.data() + c * inner;
       for (int64_t o = c * outer / chunks; o < (c + 1) * outer / chunks; ++o) {
-        const T* x = rows.x_row(o);
-        const T* y = rows.y_row(o);
-        if (y) {
-#pragma omp simd
-          for (int64_t j = 0; j < inner; ++j) {
-            const double r = x[j] - y[j];
-            acc[j] += r * r;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < inner; ++j) acc[j] += double(x[j]) * double(x[j]);
-        }
+        add_squares(acc, rows.x_row(o), rows.y_row(o), inner);
       }
     }
   });

@@ -9,6 +9,14 @@
 #include <cstdint>
 #include <vector>
 
+// The hot loops are compiled twice, for AVX2 + FMA (x86-64-v3) and for the baseline; the loader
+// picks the one the CPU runs. Each is a function of its own, as the attribute requires.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RDA_EXT_HOT_LOOP __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define RDA_EXT_HOT_LOOP
+#endif
+
 namespace rda_ext::cpu {
 
 // Elements per parallel task below which threading costs more than it saves.
