@@ -18,7 +18,8 @@ $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)" "numpy>=1.24" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26" \
-		"pytest>=7" "hypothesis>=6"
+		"tqdm>=4.60" \
+		"scikit-learn>=1.3" "matplotlib>=3.7" "pytest>=7" "hypothesis>=6"
 	touch $@
 
 # Built against the torch in the venv, hence no build isolation.
@@ -29,10 +30,11 @@ test: install
 	$(BIN)/pytest -ra python_tests
 
 demo: install
-	$(BIN)/python benchmarks/bench_kernels.py --quick
+	$(BIN)/rda-ext demo
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/python benchmarks/bench_trainer.py
 
 clean:
 	rm -rf build $(VENV)

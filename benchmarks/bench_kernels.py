@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from machine import machine, machine_slug
 
 import rda_ext
 from rda_ext import reference
@@ -104,33 +104,6 @@ def copy_bandwidth(device: str, timer: Timer, nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     t = statistics.median(timer(lambda s: dst.copy_(s), [(src,)], warmup=2, repeats=10))
     return 2 * nbytes / t
-
-
-def machine(device: str) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "torch": torch.__version__,
-        "rda_ext": rda_ext.build_info()["version"],
-        "python": platform.python_version(),
-    }
-
-
-def machine_slug(device: str) -> str:
-    """A file-name tag for the machine: the GPU model, or the CPU model and thread count."""
-    m = machine(device)
-    name = m["gpu"] if device == "cuda" else f"{m['cpu']}-{m['torch_threads']}t"
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import DEVICES, requires_cuda
 
 import rda_ext
-from conftest import DEVICES, requires_cuda
 
 
 @pytest.fixture
@@ -21,6 +21,15 @@ def test_bad_lam(X, lam):
     ):
         with pytest.raises(RuntimeError, match="lam must be a finite number >= 0"):
             call()
+
+
+def test_messages_carry_the_offending_values():
+    # Formatting numbers into a message goes through the C++ standard library the extension was
+    # linked with; a mismatched copy drops the numbers (or crashes), so check they arrive.
+    with pytest.raises(RuntimeError, match=r"lam must be a finite number >= 0, got -1.5$"):
+        rda_ext.soft_threshold(torch.ones(3), -1.5)
+    with pytest.raises(RuntimeError, match=r"got 3 dimensions$"):
+        rda_ext.group_norms(torch.ones(2, 2, 2), 0)
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])

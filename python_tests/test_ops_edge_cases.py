@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import DEVICE_DTYPES, DEVICES, TOL, assert_close, rand
 
 import rda_ext
 from rda_ext import reference
-from conftest import DEVICE_DTYPES, DEVICES, TOL, assert_close, rand
 
 
 @pytest.mark.parametrize("device", DEVICES)

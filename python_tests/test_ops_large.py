@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from conftest import DEVICES, assert_close
 
 import rda_ext
 from rda_ext import reference
-from conftest import DEVICES, assert_close
 
 ROWS, COLS = (1 << 21) + 3, 1 << 10  # 2^31 + 3072 elements
 NEED = ROWS * COLS * 4

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import DEVICE_DTYPES, LAYOUTS, assert_close, rand
 
 import rda_ext
 from rda_ext import reference
-from conftest import DEVICE_DTYPES, LAYOUTS, assert_close, rand
 
 SHAPES = [(1, 1), (7, 13), (65, 784), (1000, 3), (3, 5000), (2049, 17), (3000, 1000)]
 PENALTIES = ["l1", "l21_rows", "l21_cols"]

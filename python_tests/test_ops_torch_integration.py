@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import DEVICES, assert_close
 
 import rda_ext
 from rda_ext import reference
-from conftest import DEVICES, assert_close
 
 ops = torch.ops.rda_ext
 

@@ -1,0 +1,274 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICES, requires_cuda
+
+from rda_ext import RobustAutoencoder, lambda_path
+from rda_ext.estimator import HISTORY_KEYS
+from rda_ext.metrics import roc_auc
+
+SMALL = dict(hidden=(16, 4), outer_iter=6, inner_epochs=10, batch_size=16, lr=1e-2, activation="elu")
+
+
+def planted(seed, n=300, d=30, n_out=15):
+    """Rows on a 3-dimensional manifold in [0, 1]^d, plus uniform random outlier rows."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((3, d)) * 2
+    X = 1 / (1 + np.exp(-(rng.standard_normal((n, 3)) @ W)))
+    is_out = np.zeros(n, int)
+    rows = rng.choice(n, n_out, replace=False)
+    X[rows] = rng.random((n_out, d))
+    is_out[rows] = 1
+    return X.astype(np.float32), is_out
+
+
+@pytest.fixture
+def seed(gen):
+    return int(gen.initial_seed())
+
+
+def test_constructor_only_stores_parameters():
+    est = RobustAutoencoder(hidden=(5,), lam=-3, penalty="nope")  # checked at fit, not here
+    assert est.get_params()["lam"] == -3 and est.hidden == (5,)
+    assert not hasattr(est, "model_")
+    assert "lam=-3" in repr(est)
+
+
+def test_scikit_learn_clone_and_set_params():
+    base = pytest.importorskip("sklearn.base")
+    est = RobustAutoencoder(hidden=(7, 3), contamination=0.2)
+    twin = base.clone(est)
+    assert twin is not est and twin.get_params() == est.get_params()
+    assert est.set_params(lam=0.5) is est and est.lam == 0.5
+    with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
+        est.set_params(lamda=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_finds_planted_outliers(seed, device):
+    X, is_out = planted(seed)
+    est = RobustAutoencoder(contamination=0.05, random_state=seed, device=device, **SMALL).fit(X)
+    assert roc_auc(is_out, est.decision_scores_) > 0.95
+    assert len(est.history_) == est.n_iter_ <= SMALL["outer_iter"]
+    assert set(est.history_[0]) == set(HISTORY_KEYS)
+
+
+def test_contamination_flags_the_expected_fraction(seed):
+    X, _ = planted(seed)
+    est = RobustAutoencoder(contamination=0.1, random_state=seed, **SMALL).fit(X)
+    assert abs(est.labels_.mean() - 0.1) <= 2 / len(X)
+    assert est.history_[-1]["n_nonzero"] == est.labels_.sum()
+
+
+def test_l21_rows_labels_are_the_nonzero_rows_of_S(seed):
+    X, _ = planted(seed)
+    est = RobustAutoencoder(lam=0.8, random_state=seed, **SMALL).fit(X)
+    assert est.threshold_ == est.lam_ == 0.8
+    nonzero = np.abs(est.S_).sum(1) > 0
+    assert np.array_equal(est.labels_, nonzero.astype(int))
+    assert np.allclose(est.decision_scores_, np.linalg.norm(X - est.L_, axis=1), rtol=1e-5, atol=1e-6)
+    # S is the l21_rows prox of X - L: the flagged rows shrunk by lam, the others zero.
+    R = X - est.L_
+    norms = np.linalg.norm(R, axis=1, keepdims=True)
+    expected = R * np.maximum(0, 1 - 0.8 / norms)
+    np.testing.assert_allclose(est.S_, expected, atol=1e-5)
+
+
+def test_l1_and_l21_cols(seed):
+    X, _ = planted(seed)
+    X[:, 5] = 1.0 - X[:, 5]  # a corrupted feature for l21_cols
+    for penalty, lam in (("l1", 0.2), ("l21_cols", 2.0)):
+        est = RobustAutoencoder(penalty=penalty, lam=lam, contamination=0.05, random_state=seed, **SMALL).fit(X)
+        assert est.S_.shape == X.shape and np.isfinite(est.S_).all()
+        R = X - est.L_
+        if penalty == "l1":
+            np.testing.assert_allclose(est.S_, np.sign(R) * np.maximum(np.abs(R) - lam, 0), atol=1e-6)
+        else:
+            col_norms = np.linalg.norm(R, axis=0)
+            assert np.array_equal(np.abs(est.S_).sum(0) > 0, col_norms > lam)
+        assert est.threshold_ == pytest.approx(np.quantile(est.decision_scores_, 0.95))
+        assert np.array_equal(est.labels_, (est.decision_scores_ > est.threshold_).astype(int))
+
+
+def test_same_seed_same_result_on_cpu(seed):
+    X, _ = planted(seed)
+    a = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    b = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    assert np.array_equal(a.L_, b.L_) and np.array_equal(a.S_, b.S_)
+    assert np.array_equal(a.decision_scores_, b.decision_scores_)
+    c = RobustAutoencoder(random_state=seed + 1, **SMALL).fit(X)
+    assert not np.array_equal(a.L_, c.L_)
+
+
+def test_new_data_scoring(seed):
+    X, is_out = planted(seed, n=400, n_out=20)
+    est = RobustAutoencoder(contamination=0.05, random_state=seed, **SMALL).fit(X[:300])
+    scores = est.decision_function(X[300:])
+    assert scores.shape == (100,) and scores.dtype == np.float64
+    assert roc_auc(is_out[300:], scores) > 0.9
+    assert np.array_equal(est.predict(X[300:]), (scores > est.threshold_).astype(int))
+    code = est.transform(X[300:])
+    assert code.shape == (100, SMALL["hidden"][-1]) and code.dtype == np.float32
+    assert est.reconstruct(X[300:]).shape == (100, X.shape[1])
+    with pytest.raises(ValueError, match="X has 29 features, but the model was fitted with 30"):
+        est.decision_function(X[:, :29])
+
+
+def test_types_follow_the_input(seed):
+    X, _ = planted(seed, n=100, n_out=5)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X.astype(np.float64))
+    assert est.L_.dtype == np.float64 and isinstance(est.S_, np.ndarray)
+    assert est.model_.enc_weight[0].dtype == torch.float32  # float64 input computes in float32
+    t = torch.from_numpy(X)
+    est = RobustAutoencoder(random_state=seed, dtype="float64", **SMALL).fit(t)
+    assert isinstance(est.L_, torch.Tensor) and est.L_.dtype == torch.float32
+    assert est.model_.enc_weight[0].dtype == torch.float64
+    assert isinstance(est.decision_function(t), torch.Tensor)
+    assert est.predict(t).dtype == torch.int64
+
+
+def test_save_load_round_trip(tmp_path, seed):
+    X, _ = planted(seed, n=120, n_out=6)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.get_params() == est.get_params()
+    assert np.array_equal(back.decision_function(X), est.decision_function(X))
+    assert np.array_equal(back.L_, est.L_) and back.history_ == est.history_
+    assert back.threshold_ == est.threshold_ and np.array_equal(back.labels_, est.labels_)
+    est.save(tmp_path / "small.pt", data=False)
+    assert not hasattr(RobustAutoencoder.load(tmp_path / "small.pt"), "L_")
+
+
+def test_load_refuses_other_files(tmp_path):
+    torch.save({"format": "something else"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "junk.pt")
+
+
+def test_load_runs_no_code_from_the_file(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "rda_ext.RobustAutoencoder/1", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "evil.pt")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, seed, monkeypatch):
+    X, _ = planted(seed, n=60, n_out=3)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"old")
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        est.save(target)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_warm_start_continues(seed):
+    X, _ = planted(seed, n=100, n_out=5)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    weights = est.model_.enc_weight[0].detach().clone()
+    est.set_params(warm_start=True, outer_iter=2).fit(X)
+    assert len(est.history_) == SMALL["outer_iter"] + 2 and est.n_iter_ == 2
+    assert [h["iteration"] for h in est.history_] == list(range(1, SMALL["outer_iter"] + 3))
+    assert not torch.equal(weights, est.model_.enc_weight[0])
+
+
+def test_lambda_path(seed):
+    X, is_out = planted(seed)
+    path = lambda_path(X, [0.5, 2.0, 1.0], random_state=seed, **SMALL)
+    assert [r["lam"] for r in path] == [2.0, 1.0, 0.5]
+    flagged = [r["n_flagged"] for r in path]
+    assert flagged == sorted(flagged) and flagged[-1] > flagged[0]
+    assert [len(r["history"]) for r in path] == [SMALL["outer_iter"], 1, 1]
+    assert all(r["n_nonzero"] == r["n_flagged"] for r in path)
+    with pytest.raises(ValueError, match="lams"):
+        lambda_path(X, [], **SMALL)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(lam=-1.0), "lam must be None or a finite number >= 0"),
+        (dict(lam=math.nan), "lam must be"),
+        (dict(contamination=0.7), "contamination must be a number in"),
+        (dict(penalty="l2"), "penalty must be one of"),
+        (dict(hidden=()), "hidden must be"),
+        (dict(hidden=(10, 0)), "hidden must be"),
+        (dict(outer_iter=0), "outer_iter must be a positive integer"),
+        (dict(batch_size=2.5), "batch_size must be a positive integer"),
+        (dict(lr=0), "lr must be"),
+        (dict(optimizer="lbfgs"), "optimizer must be one of"),
+        (dict(activation="swish"), "activation must be one of"),
+        (dict(dtype="float16"), "dtype must be"),
+        (dict(device="tpu"), "device must be"),
+    ],
+)
+def test_bad_parameters(params, message):
+    with pytest.raises(ValueError, match=message):
+        RobustAutoencoder(**params).fit(np.random.rand(10, 4))
+
+
+def test_bad_data():
+    est = RobustAutoencoder(**SMALL)
+    X = np.random.rand(20, 5)
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN or infinite"):
+        est.fit(X)
+    with pytest.raises(ValueError, match="X contains NaN or infinite"):
+        est.fit(torch.full((4, 4), math.inf))
+    with pytest.raises(ValueError, match="X must be a 2-D matrix"):
+        est.fit(np.random.rand(10))
+    with pytest.raises(ValueError, match="X is empty"):
+        est.fit(np.zeros((0, 5)))
+    with pytest.raises(ValueError, match="X must be numeric"):
+        est.fit(np.array([["a", "b"]]))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        est.predict(np.random.rand(3, 5))
+
+
+def test_sigmoid_output_warns_about_unscaled_data():
+    with pytest.warns(UserWarning, match="scale X or use output_activation='linear'"):
+        RobustAutoencoder(**{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RobustAutoencoder(output_activation="linear", **{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+
+
+def test_no_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        RobustAutoencoder(device="cuda", **SMALL).fit(np.random.rand(10, 4))
+
+
+@requires_cuda
+def test_at_most_one_host_sync_per_outer_iteration(seed):
+    X, _ = planted(seed)
+    Xt = torch.from_numpy(X).cuda()
+    est = RobustAutoencoder(lam=0.8, device="cuda", random_state=seed, **SMALL)
+    est.fit(Xt)  # warm-up: lazy CUDA initialisation synchronises
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(Xt)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # The input checks (finite, range), one per outer iteration, and the final scores.
+    assert len(syncs) <= SMALL["outer_iter"] + 4, [str(w.message) for w in syncs[:8]]
