@@ -125,10 +125,16 @@ def test_info(capsys):
 
 @pytest.mark.parametrize("command", [[RDA_EXT], [sys.executable, "-m", "rda_ext"]])
 def test_subprocess_entry_points(tmp_path, data, command):
-    ok = subprocess.run([*command, "fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *FAST],
-                        capture_output=True, text=True, cwd=tmp_path)
+    def run(*argv):
+        return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, cwd=tmp_path)
+
+    ok = run("fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt", *FAST)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "r.npz").exists()
+    scored = run("score", tmp_path / "m.pt", tmp_path / "X.npy", "--out", tmp_path / "s.npz")
+    assert scored.returncode == 0 and "rows scored" in scored.stdout, scored.stderr
+    info = run("info")
+    assert info.returncode == 0 and "cuda_kernels:" in info.stdout
     bad = subprocess.run([*command, "fit", str(tmp_path / "none.npy"), "--out", str(tmp_path / "q.npz")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -200,6 +200,19 @@ def test_lambda_path(seed):
         lambda_path(X, [], **SMALL)
 
 
+def test_fixed_autoencoder_iterations(seed):
+    """inner_epochs=0 with a warm start keeps the network and only alternates L = AE(X - S)
+    with the proximal step (what lambda_path(warm_inner_epochs=0) does)."""
+    X, _ = planted(seed, n=100, n_out=5)
+    est = RobustAutoencoder(lam=1.0, random_state=seed, **SMALL).fit(X)
+    weights = [p.detach().clone() for p in est.model_.parameters()]
+    est.set_params(warm_start=True, inner_epochs=0, outer_iter=3, lam=0.5).fit(X)
+    assert all(torch.equal(a, b) for a, b in zip(weights, est.model_.parameters()))
+    assert est.n_iter_ == 3 and est.lam_ == 0.5
+    path = lambda_path(X, [1.0, 0.5], warm_inner_epochs=0, random_state=seed, **SMALL)
+    assert path[1]["n_flagged"] >= path[0]["n_flagged"]
+
+
 @pytest.mark.parametrize(
     "params, message",
     [
@@ -210,6 +223,7 @@ def test_lambda_path(seed):
         (dict(hidden=()), "hidden must be"),
         (dict(hidden=(10, 0)), "hidden must be"),
         (dict(outer_iter=0), "outer_iter must be a positive integer"),
+        (dict(inner_epochs=-1), "inner_epochs must be an integer >= 0"),
         (dict(batch_size=2.5), "batch_size must be a positive integer"),
         (dict(lr=0), "lr must be"),
         (dict(optimizer="lbfgs"), "optimizer must be one of"),
@@ -247,6 +261,14 @@ def test_sigmoid_output_warns_about_unscaled_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RobustAutoencoder(output_activation="linear", **{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+
+
+def test_verbose_shows_progress(capsys):
+    RobustAutoencoder(verbose=True, **{**SMALL, "outer_iter": 2}).fit(np.random.rand(30, 6))
+    err = capsys.readouterr().err
+    assert "RDA outer iterations" in err and "2/2" in err
+    RobustAutoencoder(**{**SMALL, "outer_iter": 2}).fit(np.random.rand(30, 6))
+    assert capsys.readouterr().err == ""
 
 
 def test_no_cuda_is_a_clear_error():

