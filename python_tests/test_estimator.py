@@ -196,6 +196,7 @@ def test_lambda_path(seed):
     assert flagged == sorted(flagged) and flagged[-1] > flagged[0]
     assert [len(r["history"]) for r in path] == [SMALL["outer_iter"], 1, 1]
     assert all(r["n_nonzero"] == r["n_flagged"] for r in path)
+    assert all(np.array_equal(r["nonzero_groups"], r["labels"].astype(bool)) for r in path)
     with pytest.raises(ValueError, match="lams"):
         lambda_path(X, [], **SMALL)
 

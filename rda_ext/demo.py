@@ -10,12 +10,10 @@ import time
 import numpy as np
 import torch
 
-from rda_ext import ops
-from rda_ext.autoencoder import DeepAutoencoder
+from rda_ext.baselines import autoencoder_scores
 from rda_ext.datasets import load_mnist_5k, make_outlier_set
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.metrics import detection_report
-from rda_ext.training import make_optimizer, map_chunks, train_epochs
 
 NOMINAL, FRACTION, HIDDEN = 4, 0.052, (400, 200)
 
@@ -52,7 +50,7 @@ def run_demo(seed: int = 0, device: str = "auto", outer_iter: int = 20, inner_ep
     results["IsolationForest"] = _timed(detection_report(is_out, scores, forest.predict(X) == -1), t)
 
     t = time.perf_counter()
-    scores = _plain_autoencoder_scores(X, outer_iter * inner_epochs, batch_size, rda.model_, seed)
+    scores = autoencoder_scores(X, HIDDEN, outer_iter * inner_epochs, batch_size, device=device, seed=seed)
     flagged = scores > np.quantile(scores, 1 - FRACTION)
     results["plain autoencoder"] = _timed(detection_report(is_out, scores, flagged), t)
 
@@ -60,19 +58,6 @@ def run_demo(seed: int = 0, device: str = "auto", outer_iter: int = 20, inner_ep
     total = time.perf_counter() - start
     print_fn(f"total {total:.1f} s on {rda.model_.enc_weight[0].device}, torch threads {torch.get_num_threads()}")
     return {"methods": results, "seconds": total, "n_rows": len(X), "n_outliers": int(is_out.sum())}
-
-
-def _plain_autoencoder_scores(X: np.ndarray, epochs: int, batch_size: int, like: DeepAutoencoder, seed: int):
-    """Reconstruction error of an autoencoder of RDA's shape trained on X itself for as many
-    epochs as RDA trained in all."""
-    device = like.enc_weight[0].device
-    data = torch.from_numpy(X).to(device)
-    init = torch.Generator().manual_seed(seed)
-    model = DeepAutoencoder(like.sizes, generator=init).to(device)
-    train_epochs(model, make_optimizer(model, "adam", 1e-3), data, epochs, batch_size,
-                 torch.Generator(device=device).manual_seed(seed))
-    model.eval()
-    return map_chunks(lambda x: ops.group_norms(x - model(x), 1), data).double().cpu().numpy()
 
 
 def _timed(report: dict, t0: float) -> dict:

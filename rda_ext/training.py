@@ -16,13 +16,13 @@ OPTIMIZERS = ("adam", "sgd")
 CHUNK_ROWS = 65536
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam or SGD with the fused (single-kernel) update, which torch provides on CPU and CUDA."""
     params = list(model.parameters())
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, fused=True)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
@@ -33,10 +33,12 @@ def train_epochs(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    target: Tensor | None = None,
 ) -> Tensor:
-    """Trains ``model`` to reconstruct the rows of ``data`` (mean squared error) for ``epochs``
-    passes in shuffled minibatches. Returns the mean batch loss of the last epoch as a 0-dim
-    tensor on the device (reading it is the caller's one synchronisation)."""
+    """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
+    ``data`` itself, an autoencoder) with the mean squared error, for ``epochs`` passes in
+    shuffled minibatches. Returns the mean batch loss of the last epoch as a 0-dim tensor on the
+    device (reading it is the caller's one synchronisation)."""
     n = data.shape[0]
     starts = range(0, n, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -46,8 +48,10 @@ def train_epochs(
         if epoch == epochs - 1:
             total.zero_()
         for start in starts:
-            batch = data.index_select(0, perm[start : start + batch_size])
-            loss = F.mse_loss(model(batch), batch)
+            rows = perm[start : start + batch_size]
+            batch = data.index_select(0, rows)
+            goal = batch if target is None else target.index_select(0, rows)
+            loss = F.mse_loss(model(batch), goal)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,50 @@
+"""Markdown tables for benchmarks/RESULTS.md from the quality scripts' JSON files.
+
+    python benchmarks/quality/tables.py benchmarks/results/outliers-amd-epyc-2t-quick.json ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+COLUMNS = (("best_f1", "F1, best over grid"), ("f1", "F1, label-free"), ("auroc", "AUROC"), ("ap", "AP"),
+           ("p_at_10", "P@10"))
+
+
+def outliers(result: dict) -> str:
+    out = []
+    for name, data in result["datasets"].items():
+        out.append(f"**{name}**\n")
+        out.append("| method | " + " | ".join(title for _, title in COLUMNS) + " |")
+        out.append("| --- |" + " ---: |" * len(COLUMNS))
+        for method, stats in data["summary"].items():
+            cells = [f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k, _ in COLUMNS]
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def stuck_pixels(result: dict) -> str:
+    out = ["| seed | planted columns | detected (label-free) | P / R label-free | P / R best lam | "
+           "MAE broken entries: X | L | MAE other entries: L |", "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for r in result["runs"]:
+        free, best = r["label_free"], r["best"]
+        out.append(f"| {r['seed']} | {r['planted']} | {r['detected']} | {free['precision']:.2f} / {free['recall']:.2f} | "
+                   f"{best['precision']:.2f} / {best['recall']:.2f} | {r['mae_broken_X']:.3f} | {r['mae_broken_L']:.3f} | "
+                   f"{r['mae_clean_L']:.3f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    for path in sys.argv[1:]:
+        result = json.load(open(path))
+        print(f"<!-- {path} -->")
+        if "datasets" in result:
+            print(outliers(result))
+        elif "runs" in result:
+            print(stuck_pixels(result))
+
+
+if __name__ == "__main__":
+    main()
