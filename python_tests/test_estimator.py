@@ -185,6 +185,8 @@ def test_warm_start_continues(seed):
     est.set_params(warm_start=True, outer_iter=2).fit(X)
     assert len(est.history_) == SMALL["outer_iter"] + 2 and est.n_iter_ == 2
     assert [h["iteration"] for h in est.history_] == list(range(1, SMALL["outer_iter"] + 3))
+    # c2 of the first warm iteration measures the change from where the previous fit ended.
+    assert est.history_[0]["c2"] > 0.5 > est.history_[SMALL["outer_iter"]]["c2"]
     assert not torch.equal(weights, est.model_.enc_weight[0])
 
 

@@ -162,17 +162,20 @@ class RobustAutoencoder:
             self._batch_seed = int(torch.randint(2**62, (), generator=init))
             self._optim = make_optimizer(model, self.optimizer, self.lr)
             S = torch.zeros_like(Xt)
+            same_rows = False
         for group in self._optim.param_groups:
             group["lr"] = self.lr
         batches = torch.Generator(device=device).manual_seed(self._batch_seed)
         self._batch_seed += 1  # a warm-started fit draws new batch orders
 
         L = torch.empty_like(Xt)
-        LS_prev = torch.zeros_like(Xt)
+        # c2 of a warm start compares with where the previous fit ended.
+        resumed = same_rows and getattr(self, "L_", None) is not None
+        LS_prev = _as_matrix(self.L_, "L_", device, dtype) + S if resumed else torch.zeros_like(Xt)
         history = list(self.history_) if warm else []
         lam = float(self.lam) if self.lam is not None else math.nan
         progress = _progress(self.outer_iter, self.verbose)
-        for it in range(self.outer_iter):
+        for _ in range(self.outer_iter):
             t0 = time.perf_counter()
             torch.sub(Xt, S, out=L)
             train_loss = train_epochs(model, self._optim, L, self.inner_epochs, self.batch_size, batches)

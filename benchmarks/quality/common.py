@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,12 +19,29 @@ from rda_ext.estimator import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
-__all__ = ["RESULTS", "plt", "report_path", "save_json"]
+__all__ = ["parser", "plt", "report_path", "save_figure", "save_json"]
 
 
-def report_path(name: str, device: str, quick: bool) -> Path:
-    kind = resolve_device(device).type
-    return RESULTS / f"{name}-{machine_slug(kind)}{'-quick' if quick else ''}.json"
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every quality script takes: --quick, --device, --out-dir."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the few-minutes version")
+    p.add_argument("--device", default="auto", help='"auto" (default), "cpu" or "cuda"')
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON and PNG go (default benchmarks/results)")
+    return p
+
+
+def report_path(name: str, args: argparse.Namespace) -> Path:
+    kind = resolve_device(args.device).type
+    return args.out_dir / f"{name}-{machine_slug(kind)}{'-quick' if args.quick else ''}.json"
+
+
+def save_figure(fig, out_dir: Path, name: str) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def save_json(path: Path, result: dict, device: str) -> None:

@@ -8,9 +8,7 @@ inner epochs (new reconstruction, old S) and after the proximal step (new S), he
 
 from __future__ import annotations
 
-import argparse
-
-from common import RESULTS, plt, report_path, save_json
+from common import parser, plt, report_path, save_figure, save_json
 
 from rda_ext import RobustAutoencoder
 from rda_ext.datasets import load_mnist_5k, make_outlier_set
@@ -30,10 +28,8 @@ def staircase(history: list[dict]) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    args = cli.parse_args()
     lams, outer = ((3.0, 4.5, 7.0), 15) if args.quick else ((2.0, 3.0, 4.5, 7.0, 10.0), 30)
     X, y = load_mnist_5k()
     X, _, _ = make_outlier_set(X, y, 4, 0.052, seed=0)
@@ -53,10 +49,8 @@ def main() -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("l21_rows RDA on the MNIST subset (digit 4 + 5.2% others)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "convergence.png", dpi=110)
-    plt.close(fig)
-    path = report_path("convergence", args.device, args.quick)
+    save_figure(fig, args.out_dir, "convergence.png")
+    path = report_path("convergence", args)
     save_json(path, dict(mode="quick" if args.quick else "full", lams=list(lams), outer_iter=outer, inner_epochs=10,
                          histories=runs), args.device)
     print(f"wrote {path}")

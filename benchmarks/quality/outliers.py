@@ -12,11 +12,10 @@ Mean and spread over seeds (a seed draws the mixture and initialises the network
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
-from common import RESULTS, plt, report_path, save_json
+from common import parser, plt, report_path, save_figure, save_json
 from sklearn.ensemble import IsolationForest
 
 from rda_ext import RobustAutoencoder, lambda_path
@@ -105,7 +104,7 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
-def figures(X, is_out, labels, run, tag: str) -> list[str]:
+def figures(X, is_out, labels, run, tag: str, out_dir) -> list[str]:
     names = []
     curve = run["RDA"]["curve"]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -113,7 +112,7 @@ def figures(X, is_out, labels, run, tag: str) -> list[str]:
         ax.plot([c["lam"] for c in curve], [c[key] for c in curve], marker="o", label=key)
     ax.axvline(run["RDA"]["lam_label_free"], color="gray", ls="--", label="label-free lam")
     ax.set_xlabel("lam"), ax.set_ylabel("score"), ax.set_ylim(0, 1.02), ax.legend(), ax.set_title(f"l21_rows RDA, {tag}")
-    names.append(_save(fig, f"outliers-{tag}-f1-vs-lam.png"))
+    names.append(save_figure(fig, out_dir, f"outliers-{tag}-f1-vs-lam.png"))
 
     model = run["_rda_model"]
     flagged = np.flatnonzero(model.labels_)
@@ -127,7 +126,7 @@ def figures(X, is_out, labels, run, tag: str) -> list[str]:
         ax.imshow(X[i].reshape(28, 28), cmap="gray_r")
         ax.set_title(f"{labels[i]}" + ("" if is_out[i] else " (in)"), fontsize=8, color="black" if is_out[i] else "red")
     fig.suptitle(f"rows flagged by RDA (label-free), {tag}: class label, red = nominal", fontsize=9)
-    names.append(_save(fig, f"outliers-{tag}-flagged.png"))
+    names.append(save_figure(fig, out_dir, f"outliers-{tag}-flagged.png"))
 
     rows = list(order[:4]) + list(np.flatnonzero(~model.labels_.astype(bool))[:2])
     fig, axes = plt.subplots(len(rows), 3, figsize=(3.6, 1.2 * len(rows)), squeeze=False)
@@ -138,24 +137,15 @@ def figures(X, is_out, labels, run, tag: str) -> list[str]:
             if i == rows[0]:
                 ax.set_title(title)
     fig.suptitle(f"X = L + S, {tag}", fontsize=9)
-    names.append(_save(fig, f"outliers-{tag}-x-l-s.png"))
+    names.append(save_figure(fig, out_dir, f"outliers-{tag}-x-l-s.png"))
     return names
 
 
-def _save(fig, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(RESULTS / name, dpi=110)
-    plt.close(fig)
-    return name
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--fashion-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--seeds", type=int, default=3)
+    cli.add_argument("--fashion-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    args = cli.parse_args()
     seeds = range(args.seeds)
     epochs = (20, 10)
     result = {"mode": "quick" if args.quick else "full", "seeds": list(seeds), "hidden": HIDDEN,
@@ -167,7 +157,7 @@ def main() -> None:
         Xm, is_out, ym = make_outlier_set(X, y, 4, 0.052, seed)
         run = run_one(Xm, is_out, seed, args.device, epochs)
         if seed == 0:
-            result["figures"] = figures(Xm, is_out, ym, run, "mnist5k")
+            result["figures"] = figures(Xm, is_out, ym, run, "mnist5k", args.out_dir)
         runs.append(run)
         print(f"mnist5k seed {seed}: " + ", ".join(f"{m} F1 {r['f1']:.2f}/{r['best_f1']:.2f} AUROC {r['auroc']:.3f}"
                                               for m, r in run.items() if not m.startswith("_")), flush=True)
@@ -195,7 +185,7 @@ def main() -> None:
     result["datasets"]["fashion-mnist each class, 5%"] = dict(
         classes=list(classes), rows_per_class=per_class or 6000, summary=summarise(all_runs),
         per_class={str(c): summarise(r) for c, r in per_class_runs.items()})
-    path = report_path("outliers", args.device, args.quick)
+    path = report_path("outliers", args)
     save_json(path, result, args.device)
     print(f"wrote {path}")
 

@@ -14,10 +14,8 @@ error against the clean images on the broken entries, for X and for L.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from common import RESULTS, plt, report_path, save_json
+from common import parser, plt, report_path, save_figure, save_json
 
 from rda_ext import RobustAutoencoder, lambda_path
 from rda_ext.datasets import load_mnist_5k
@@ -50,10 +48,8 @@ def column_report(planted_cols: np.ndarray, S: np.ndarray) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    args = cli.parse_args()
     seeds, n_rows = (range(1), 2000) if args.quick else (range(3), 5000)
     X_all, _ = load_mnist_5k()
     train = dict(hidden=(400, 200), outer_iter=20, inner_epochs=5, batch_size=64, device=args.device)
@@ -79,14 +75,14 @@ def main() -> None:
               f"{free['precision']:.2f}/{free['recall']:.2f}; MAE on broken entries X {run['mae_broken_X']:.3f} "
               f"-> L {run['mae_broken_L']:.3f}", flush=True)
         if seed == 0:
-            figure(X, Xc, est, cols)
-    path = report_path("stuck-pixels", args.device, args.quick)
+            figure(X, Xc, est, cols, args.out_dir)
+    path = report_path("stuck-pixels", args)
     save_json(path, dict(mode="quick" if args.quick else "full", rows=n_rows, runs=runs, **{k: v for k, v in train.items()
                                                                                        if k != "device"}), args.device)
     print(f"wrote {path}")
 
 
-def figure(X, Xc, est, cols) -> None:
+def figure(X, Xc, est, cols, out_dir) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
     norms = np.linalg.norm(est.S_, axis=0).reshape(28, 28)
     axes[0].imshow(norms, cmap="magma")
@@ -99,9 +95,7 @@ def figure(X, Xc, est, cols) -> None:
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(RESULTS / "stuck-pixels.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir, "stuck-pixels.png")
 
 
 if __name__ == "__main__":

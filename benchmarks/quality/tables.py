@@ -36,6 +36,24 @@ def stuck_pixels(result: dict) -> str:
     return "\n".join(out)
 
 
+def denoising(result: dict) -> str:
+    """Per k: the autoencoder's forest error, RDA's at its best lam, the margin relative to the
+    autoencoder (positive: RDA better), and the error of the outputs against the clean images."""
+    out = ["| k | forest error AE | forest error RDA (best lam) | margin | MAE to clean: corrupted | AE output | RDA L (same lam) |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k in result["ks"]:
+        by_lam = {}
+        for c in (c for c in result["cells"] if c["k"] == k):
+            by_lam.setdefault(c["lam"], []).append(c)
+        mean = {lam: {key: sum(c[key] for c in cs) / len(cs) for key in cs[0] if key not in ("seed", "k", "lam")}
+                for lam, cs in by_lam.items()}
+        lam, best = min(mean.items(), key=lambda t: t[1]["rda_error"])
+        margin = (best["ae_error"] - best["rda_error"]) / best["ae_error"]
+        out.append(f"| {k} | {best['ae_error']:.3f} | {best['rda_error']:.3f} ({lam:g}) | {margin:+.0%} | "
+                   f"{best['noisy_mae']:.3f} | {best['ae_mae']:.3f} | {best['rda_mae']:.3f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     for path in sys.argv[1:]:
         result = json.load(open(path))
@@ -44,6 +62,8 @@ def main() -> None:
             print(outliers(result))
         elif "runs" in result:
             print(stuck_pixels(result))
+        elif "cells" in result:
+            print(denoising(result))
 
 
 if __name__ == "__main__":
