@@ -25,7 +25,7 @@ def test_convergence_quick(tmp_path):
     for history in result["histories"].values():
         assert len(history) == result["outer_iter"]
         assert history[-1]["objective"] < history[1]["objective"]
-    assert (tmp_path / "convergence.png").stat().st_size > 0
+    assert (tmp_path / "convergence-quick.png").stat().st_size > 0
 
 
 def test_tables_from_committed_results():

@@ -16,7 +16,7 @@ import torch
 
 from rda_ext import __version__, build_info
 from rda_ext.estimator import HISTORY_KEYS, RobustAutoencoder
-from rda_ext.files import check_writable, read_matrix, save_npz
+from rda_ext.files import atomic_write, check_writable, read_matrix, save_npz
 from rda_ext.ops import PENALTIES
 
 EXIT_USAGE = 2
@@ -107,8 +107,6 @@ def _demo(args) -> int:
         check_writable(args.json)
     results = run_demo(seed=args.seed, device=args.device)
     if args.json:
-        from rda_ext.files import atomic_write
-
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
     return 0
 

@@ -36,12 +36,14 @@ def report_path(name: str, args: argparse.Namespace) -> Path:
     return args.out_dir / f"{name}-{machine_slug(kind)}{'-quick' if args.quick else ''}.json"
 
 
-def save_figure(fig, out_dir: Path, name: str) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def save_figure(fig, args: argparse.Namespace, name: str) -> str:
+    """Saves ``name``.png in the output folder (``name``-quick.png in quick mode)."""
+    file = f"{name}{'-quick' if args.quick else ''}.png"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
+    fig.savefig(args.out_dir / file, dpi=110)
     plt.close(fig)
-    return name
+    return file
 
 
 def save_json(path: Path, result: dict, device: str) -> None:

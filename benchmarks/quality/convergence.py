@@ -49,7 +49,7 @@ def main() -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("l21_rows RDA on the MNIST subset (digit 4 + 5.2% others)", fontsize=9)
-    save_figure(fig, args.out_dir, "convergence.png")
+    save_figure(fig, args, "convergence")
     path = report_path("convergence", args)
     save_json(path, dict(mode="quick" if args.quick else "full", lams=list(lams), outer_iter=outer, inner_epochs=10,
                          histories=runs), args.device)

@@ -8,7 +8,7 @@ The plain autoencoder is RobustAutoencoder(penalty="l1", lam=1): with a sigmoid 
 so S stays 0 and the training is that of RDA without the sparse part, step for step.
 
     python benchmarks/quality/denoising.py --quick   # k in 0, 50, 100, 200, 300; 4 lam; 1 seed
-    python benchmarks/quality/denoising.py           # k from 0 to 350 by 25; 6 lam; 3 seeds
+    python benchmarks/quality/denoising.py           # k from 0 to 350 by 25; 6 lam; 3 seeds (--seeds N)
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ def forest_error(features: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 def main() -> None:
     cli = parser(__doc__)
+    cli.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1 quick, 3 full)")
     args = cli.parse_args()
     if args.quick:
-        ks, lams, seeds = (0, 50, 100, 200, 300), (0.1, 0.2, 0.3, 0.5), range(1)
+        ks, lams, seeds = (0, 50, 100, 200, 300), (0.1, 0.2, 0.3, 0.5), range(args.seeds or 1)
     else:
-        ks, lams, seeds = tuple(range(0, 351, 25)), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), range(3)
+        ks, lams, seeds = tuple(range(0, 351, 25)), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), range(args.seeds or 3)
     train = dict(hidden=HIDDEN, outer_iter=10, inner_epochs=5, batch_size=64, device=args.device)
     X, y = load_mnist_5k()
     shown = [int(np.flatnonzero(y == digit)[0]) for digit in range(6)]
@@ -59,7 +60,7 @@ def main() -> None:
                 if seed == 0 and k == 100 and lam == lams[len(lams) // 2]:
                     examples = dict(clean=X[shown], noisy=Xc[shown], rda=rda.L_[shown], ae=ae.reconstruct(Xc[shown]),
                                     lam=lam)
-    figures(cells, ks, lams, examples, args.out_dir)
+    figures(cells, ks, lams, examples, args)
     path = report_path("denoising", args)
     save_json(path, dict(mode="quick" if args.quick else "full", ks=list(ks), lams=list(lams), seeds=list(seeds),
                          **{k: v for k, v in train.items() if k != "device"}, cells=cells), args.device)
@@ -70,7 +71,7 @@ def mean_grid(cells, ks, lams, key) -> np.ndarray:
     return np.array([[np.mean([c[key] for c in cells if c["k"] == k and c["lam"] == lam]) for lam in lams] for k in ks])
 
 
-def figures(cells, ks, lams, examples, out_dir) -> None:
+def figures(cells, ks, lams, examples, args) -> None:
     diff = mean_grid(cells, ks, lams, "ae_error") - mean_grid(cells, ks, lams, "rda_error")
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     bound = np.abs(diff).max() or 1.0
@@ -81,7 +82,7 @@ def figures(cells, ks, lams, examples, out_dir) -> None:
         ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, label="forest error: AE - RDA (blue: RDA better)")
     ax.set_title("hidden features, random forest (Figure 2)", fontsize=9)
-    save_figure(fig, out_dir, "denoising-heatmap.png")
+    save_figure(fig, args, "denoising-heatmap")
 
     if examples:
         fig, axes = plt.subplots(4, 6, figsize=(6, 4.4))
@@ -92,7 +93,7 @@ def figures(cells, ks, lams, examples, out_dir) -> None:
                 ax.imshow(examples[key][col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
                 ax.set_xticks([]), ax.set_yticks([])
             axes[row, 0].set_ylabel(title, fontsize=7)
-        save_figure(fig, out_dir, "denoising-examples.png")
+        save_figure(fig, args, "denoising-examples")
 
 
 if __name__ == "__main__":

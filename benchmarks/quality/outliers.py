@@ -104,7 +104,7 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
-def figures(X, is_out, labels, run, tag: str, out_dir) -> list[str]:
+def figures(X, is_out, labels, run, tag: str, args) -> list[str]:
     names = []
     curve = run["RDA"]["curve"]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -112,7 +112,7 @@ def figures(X, is_out, labels, run, tag: str, out_dir) -> list[str]:
         ax.plot([c["lam"] for c in curve], [c[key] for c in curve], marker="o", label=key)
     ax.axvline(run["RDA"]["lam_label_free"], color="gray", ls="--", label="label-free lam")
     ax.set_xlabel("lam"), ax.set_ylabel("score"), ax.set_ylim(0, 1.02), ax.legend(), ax.set_title(f"l21_rows RDA, {tag}")
-    names.append(save_figure(fig, out_dir, f"outliers-{tag}-f1-vs-lam.png"))
+    names.append(save_figure(fig, args, f"outliers-{tag}-f1-vs-lam"))
 
     model = run["_rda_model"]
     flagged = np.flatnonzero(model.labels_)
@@ -126,7 +126,7 @@ def figures(X, is_out, labels, run, tag: str, out_dir) -> list[str]:
         ax.imshow(X[i].reshape(28, 28), cmap="gray_r")
         ax.set_title(f"{labels[i]}" + ("" if is_out[i] else " (in)"), fontsize=8, color="black" if is_out[i] else "red")
     fig.suptitle(f"rows flagged by RDA (label-free), {tag}: class label, red = nominal", fontsize=9)
-    names.append(save_figure(fig, out_dir, f"outliers-{tag}-flagged.png"))
+    names.append(save_figure(fig, args, f"outliers-{tag}-flagged"))
 
     rows = list(order[:4]) + list(np.flatnonzero(~model.labels_.astype(bool))[:2])
     fig, axes = plt.subplots(len(rows), 3, figsize=(3.6, 1.2 * len(rows)), squeeze=False)
@@ -137,7 +137,7 @@ def figures(X, is_out, labels, run, tag: str, out_dir) -> list[str]:
             if i == rows[0]:
                 ax.set_title(title)
     fig.suptitle(f"X = L + S, {tag}", fontsize=9)
-    names.append(save_figure(fig, out_dir, f"outliers-{tag}-x-l-s.png"))
+    names.append(save_figure(fig, args, f"outliers-{tag}-x-l-s"))
     return names
 
 
@@ -157,7 +157,7 @@ def main() -> None:
         Xm, is_out, ym = make_outlier_set(X, y, 4, 0.052, seed)
         run = run_one(Xm, is_out, seed, args.device, epochs)
         if seed == 0:
-            result["figures"] = figures(Xm, is_out, ym, run, "mnist5k", args.out_dir)
+            result["figures"] = figures(Xm, is_out, ym, run, "mnist5k", args)
         runs.append(run)
         print(f"mnist5k seed {seed}: " + ", ".join(f"{m} F1 {r['f1']:.2f}/{r['best_f1']:.2f} AUROC {r['auroc']:.3f}"
                                               for m, r in run.items() if not m.startswith("_")), flush=True)

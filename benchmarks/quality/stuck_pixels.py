@@ -75,14 +75,14 @@ def main() -> None:
               f"{free['precision']:.2f}/{free['recall']:.2f}; MAE on broken entries X {run['mae_broken_X']:.3f} "
               f"-> L {run['mae_broken_L']:.3f}", flush=True)
         if seed == 0:
-            figure(X, Xc, est, cols, args.out_dir)
+            figure(X, Xc, est, cols, args)
     path = report_path("stuck-pixels", args)
     save_json(path, dict(mode="quick" if args.quick else "full", rows=n_rows, runs=runs, **{k: v for k, v in train.items()
                                                                                        if k != "device"}), args.device)
     print(f"wrote {path}")
 
 
-def figure(X, Xc, est, cols, out_dir) -> None:
+def figure(X, Xc, est, cols, args) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
     norms = np.linalg.norm(est.S_, axis=0).reshape(28, 28)
     axes[0].imshow(norms, cmap="magma")
@@ -95,7 +95,7 @@ def figure(X, Xc, est, cols, out_dir) -> None:
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
-    save_figure(fig, out_dir, "stuck-pixels.png")
+    save_figure(fig, args, "stuck-pixels")
 
 
 if __name__ == "__main__":
