@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 COLUMNS = (("best_f1", "F1, best over grid"), ("f1", "F1, label-free"), ("auroc", "AUROC"), ("ap", "AP"),
            ("p_at_10", "P@10"))
@@ -56,7 +57,7 @@ def denoising(result: dict) -> str:
 
 def main() -> None:
     for path in sys.argv[1:]:
-        result = json.load(open(path))
+        result = json.loads(Path(path).read_text())
         print(f"<!-- {path} -->")
         if "datasets" in result:
             print(outliers(result))
