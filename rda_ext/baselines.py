@@ -74,16 +74,7 @@ def vae_scores(X, hidden=400, latent=20, epochs=200, batch_size=64, lr=1e-3, dev
     data, _, batches = _setup(X, device, seed)
     torch.manual_seed(seed)
     model = VariationalAutoencoder(data.shape[1], hidden, latent).to(data.device)
-    opt = make_optimizer(model, "adam", lr)
-    n = data.shape[0]
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, device=data.device, generator=batches)
-        for start in range(0, n, batch_size):
-            loss = model.loss(data.index_select(0, perm[start : start + batch_size]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    train_epochs(model, make_optimizer(model, "adam", lr), data, epochs, batch_size, batches, loss_fn=model.loss)
     return _row_errors(model, data)
 
 

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rda_ext import ops
 from rda_ext.autoencoder import ACTIVATIONS, DeepAutoencoder
@@ -213,7 +214,7 @@ class RobustAutoencoder:
         self.decision_scores_ = scores.to(torch.float64).cpu().numpy()
         if self.penalty == "l21_rows":
             self.threshold_ = lam
-            self.labels_ = (ops.group_norms(S, 1) > 0).cpu().numpy().astype(np.int64)
+            self.labels_ = (group_norms > 0).cpu().numpy().astype(np.int64)  # S's row norms, last iteration
         else:
             self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
             self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
@@ -508,6 +509,4 @@ def _group_norms(S: Tensor, penalty: str) -> Tensor:
 
 
 def _progress(total: int, verbose: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, disable=not verbose, desc="RDA outer iterations", unit="it")

@@ -5,6 +5,8 @@ the losses are summed on the device: nothing here waits for the host."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,28 +36,32 @@ def train_epochs(
     batch_size: int,
     generator: torch.Generator,
     target: Tensor | None = None,
+    loss_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
-    ``data`` itself, an autoencoder) with the mean squared error, for ``epochs`` passes in
-    shuffled minibatches. Returns the mean batch loss of the last epoch as a 0-dim tensor on the
-    device (reading it is the caller's one synchronisation)."""
+    ``data`` itself, an autoencoder) with the mean squared error, or to minimise
+    ``loss_fn(batch)``, for ``epochs`` passes in shuffled minibatches. Returns the mean batch loss
+    of the last epoch as a 0-dim tensor on the device (reading it is the caller's one
+    synchronisation)."""
     n = data.shape[0]
     starts = range(0, n, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=data.device)
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, device=data.device, generator=generator)
-        if epoch == epochs - 1:
-            total.zero_()
+        last = epoch == epochs - 1
         for start in starts:
             rows = perm[start : start + batch_size]
             batch = data.index_select(0, rows)
-            goal = batch if target is None else target.index_select(0, rows)
-            loss = F.mse_loss(model(batch), goal)
+            if loss_fn is not None:
+                loss = loss_fn(batch)
+            else:
+                loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach()
+            if last:
+                total += loss.detach()
     return total / len(starts)
 
 
