@@ -34,3 +34,24 @@ def test_tables_from_committed_results():
     run = subprocess.run([sys.executable, str(QUALITY / "tables.py"), *map(str, files)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "| RDA |" in run.stdout and "| k | forest error AE |" in run.stdout
+
+
+@pytest.fixture
+def denoising(monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    import denoising
+
+    return denoising
+
+
+def test_denoising_resume_reuses_complete_groups_only(denoising, tmp_path):
+    grid = {"ks": [0, 25], "lams": [0.1, 0.2], "hidden": [196, 49], "outer_iter": 10, "inner_epochs": 5,
+            "batch_size": 64}
+    cells = [{"seed": 0, "k": k, "lam": lam, "rda_error": 0.1} for k in (0, 25) for lam in (0.1, 0.2)][:-1]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**grid, "seeds": [0], "cells": cells}))
+    done = denoising.earlier_cells(earlier, grid)
+    assert list(done) == [(0, 0)] and len(done[0, 0]) == 2
+    with pytest.raises(SystemExit, match="lams"):
+        denoising.earlier_cells(earlier, {**grid, "lams": [0.1, 0.3]})
+    assert denoising.earlier_cells(None, grid) == {}

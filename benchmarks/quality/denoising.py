@@ -9,9 +9,15 @@ so S stays 0 and the training is that of RDA without the sparse part, step for s
 
     python benchmarks/quality/denoising.py --quick   # k in 0, 50, 100, 200, 300; 4 lam; 1 seed
     python benchmarks/quality/denoising.py           # k from 0 to 350 by 25; 6 lam; 3 seeds (--seeds N)
+
+--resume FILE takes the cells of an earlier run of the same grid and training from FILE (e.g. a
+one-seed run when three are asked for) and fits only the missing ones.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 from common import parser, plt, report_path, save_figure, save_json
@@ -30,21 +36,42 @@ def forest_error(features: np.ndarray, y: np.ndarray, seed: int) -> float:
     return float(1 - forest.score(Xte, yte))
 
 
+def earlier_cells(path: Path | None, grid: dict) -> dict:
+    """Cells of an earlier run keyed by (seed, k); refuses a file whose grid or training differ."""
+    if path is None:
+        return {}
+    old = json.loads(path.read_text())
+    differ = [key for key, value in grid.items() if old.get(key) != value]
+    if differ:
+        raise SystemExit(f"--resume {path}: its {', '.join(differ)} differ from this run's")
+    by_group = {}
+    for cell in old["cells"]:
+        by_group.setdefault((cell["seed"], cell["k"]), []).append(cell)
+    return {group: cells for group, cells in by_group.items() if len(cells) == len(grid["lams"])}
+
+
 def main() -> None:
     cli = parser(__doc__)
     cli.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1 quick, 3 full)")
+    cli.add_argument("--resume", type=Path, default=None, help="JSON of an earlier run whose cells are reused")
     args = cli.parse_args()
     if args.quick:
         ks, lams, seeds = (0, 50, 100, 200, 300), (0.1, 0.2, 0.3, 0.5), range(args.seeds or 1)
     else:
         ks, lams, seeds = tuple(range(0, 351, 25)), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), range(args.seeds or 3)
     train = dict(hidden=HIDDEN, outer_iter=10, inner_epochs=5, batch_size=64, device=args.device)
+    grid = dict(ks=list(ks), lams=list(lams), **{k: v for k, v in train.items() if k != "device"})
+    done = earlier_cells(args.resume, json.loads(json.dumps(grid)))
     X, y = load_mnist_5k()
     shown = [int(np.flatnonzero(y == digit)[0]) for digit in range(6)]
     cells = []
     examples = {}
     for seed in seeds:
         for k in ks:
+            # The example images come from seed 0, k 100: that group is always fitted.
+            if (seed, k) in done and (seed, k) != (0, 100):
+                cells += done[seed, k]
+                continue
             Xc = corrupt_pixels(X, k, seed)
             ae = RobustAutoencoder(penalty="l1", lam=1.0, random_state=seed, **train).fit(Xc)
             ae_err = forest_error(ae.transform(Xc), y, seed)
@@ -62,8 +89,7 @@ def main() -> None:
                                     lam=lam)
     figures(cells, ks, lams, examples, args)
     path = report_path("denoising", args)
-    save_json(path, dict(mode="quick" if args.quick else "full", ks=list(ks), lams=list(lams), seeds=list(seeds),
-                         **{k: v for k, v in train.items() if k != "device"}, cells=cells), args.device)
+    save_json(path, dict(mode="quick" if args.quick else "full", seeds=list(seeds), **grid, cells=cells), args.device)
     print(f"wrote {path}")
 
 
