@@ -29,11 +29,14 @@ def test_convergence_quick(tmp_path):
 
 
 def test_tables_from_committed_results():
-    files = sorted(RESULTS.glob("outliers-*.json")) + sorted(RESULTS.glob("denoising-*.json"))
+    files = [f for name in ("outliers", "denoising", "stuck-pixels", "convergence")
+             for f in sorted(RESULTS.glob(f"{name}-*.json"))]
     assert files
     run = subprocess.run([sys.executable, str(QUALITY / "tables.py"), *map(str, files)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "| RDA |" in run.stdout and "| k | forest error AE |" in run.stdout
+    assert "per nominal class" in run.stdout and "| seed | planted columns |" in run.stdout
+    assert "| lam | proximal step lowers the objective |" in run.stdout
 
 
 @pytest.fixture

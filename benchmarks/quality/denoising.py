@@ -41,7 +41,7 @@ def earlier_cells(path: Path | None, grid: dict) -> dict:
     if path is None:
         return {}
     old = json.loads(path.read_text())
-    differ = [key for key, value in grid.items() if old.get(key) != value]
+    differ = [key for key, value in json.loads(json.dumps(grid)).items() if old.get(key) != value]
     if differ:
         raise SystemExit(f"--resume {path}: its {', '.join(differ)} differ from this run's")
     by_group = {}
@@ -61,7 +61,7 @@ def main() -> None:
         ks, lams, seeds = tuple(range(0, 351, 25)), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), range(args.seeds or 3)
     train = dict(hidden=HIDDEN, outer_iter=10, inner_epochs=5, batch_size=64, device=args.device)
     grid = dict(ks=list(ks), lams=list(lams), **{k: v for k, v in train.items() if k != "device"})
-    done = earlier_cells(args.resume, json.loads(json.dumps(grid)))
+    done = earlier_cells(args.resume, grid)
     X, y = load_mnist_5k()
     shown = [int(np.flatnonzero(y == digit)[0]) for digit in range(6)]
     cells = []

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
+
+from convergence import staircase
 
 COLUMNS = (("best_f1", "F1, best over grid"), ("f1", "F1, label-free"), ("auroc", "AUROC"), ("ap", "AP"),
            ("p_at_10", "P@10"))
@@ -66,10 +69,27 @@ def denoising(result: dict) -> str:
                 for lam, cs in by_lam.items()}
         lam, best = min(mean.items(), key=lambda t: t[1]["rda_error"])
         per_seed = [(c["ae_error"] - c["rda_error"]) / c["ae_error"] for c in by_lam[lam]]
-        centre = sum(per_seed) / len(per_seed)
-        sd = (sum((m - centre) ** 2 for m in per_seed) / len(per_seed)) ** 0.5
         out.append(f"| {k} | {best['ae_error']:.3f} | {best['rda_error']:.3f} ({lam:g}) | "
-                   f"{centre:+.0%} ± {sd:.0%} | {best['noisy_mae']:.3f} | {best['ae_mae']:.3f} | {best['rda_mae']:.3f} |")
+                   f"{statistics.fmean(per_seed):+.0%} ± {statistics.pstdev(per_seed):.0%} | {best['noisy_mae']:.3f} | {best['ae_mae']:.3f} | {best['rda_mae']:.3f} |")
+    return "\n".join(out)
+
+
+def convergence(result: dict) -> str:
+    """Per lam: how often the proximal step and the inner epochs lower the objective (the
+    staircase of the figure), its first and last value, the rows left in S, and c1, c2 at the end."""
+    out = ["| lam | proximal step lowers the objective | inner epochs lower it | objective at 1 -> last | "
+           "rows in S at the end | c1, c2 at the end |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for lam, history in result["histories"].items():
+        _, ys = staircase(history)
+        before, after = ys[0::2], ys[1::2]
+        lowered = sum(a < b for b, a in zip(before, after))
+        # S = 0 before and after the step leaves the objective as it was.
+        unchanged = sum(abs(a - b) <= 1e-9 * b for b, a in zip(before, after))
+        inner = sum(b < a for a, b in zip(after, before[1:]))
+        first, last = history[0], history[-1]
+        out.append(f"| {float(lam):g} | {lowered} of {len(history)}" + (f" ({unchanged} unchanged)" if unchanged else "")
+                   + f" | {inner} of {len(history) - 1} | {first['objective']:.4g} -> {last['objective']:.4g} | "
+                   f"{last['n_nonzero']} | {last['c1']:.3f}, {last['c2']:.3f} |")
     return "\n".join(out)
 
 
@@ -83,6 +103,8 @@ def main() -> None:
             print(stuck_pixels(result))
         elif "cells" in result:
             print(denoising(result))
+        elif "histories" in result:
+            print(convergence(result))
 
 
 if __name__ == "__main__":
