@@ -10,7 +10,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 BIN := $(VENV)/bin
 
-.PHONY: setup install test demo bench clean
+.PHONY: setup install test demo bench gpu-check clean
 
 setup: $(VENV)/.deps
 
@@ -19,7 +19,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)" "numpy>=1.24" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26" \
 		"tqdm>=4.60" \
-		"scikit-learn>=1.3" "matplotlib>=3.7" "pytest>=7" "hypothesis>=6"
+		"scikit-learn>=1.3" "matplotlib>=3.7" "pytest>=7" "hypothesis>=6" "pyod>=2.1"
 	touch $@
 
 # Built against the torch in the venv, hence no build isolation.
@@ -35,6 +35,11 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_trainer.py
+
+# On a lent GPU machine, no venv: builds with PYTHON (there the system python3, which holds torch)
+# for that GPU, runs the tests and the quick benchmarks; logs and results go to OUT/<gpu>/.
+gpu-check:
+	PYTHON="$(PYTHON)" bash benchmarks/gpu_check.sh "$(OUT)"
 
 clean:
 	rm -rf build $(VENV)

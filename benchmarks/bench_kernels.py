@@ -39,6 +39,9 @@ class Op:
     ours: Callable
     ref: Callable
     ours_out: Callable | None = None  # the out= form, writing into a preallocated result
+    # Further arguments made from each input set before the timing (e.g. the residual's group
+    # norms that shrink_residual(norms=) is given); their bytes are a vector, left out of the floor.
+    extra: Callable | None = None
 
 
 def lam_rows(rows, cols):  # about the median row norm of X - L, X and L standard normal
@@ -69,6 +72,24 @@ def ops(rows: int, cols: int) -> list[Op]:
            lambda X, L, out: rda_ext.shrink_residual(X, L, lc, "l21_cols", out=out)),
         Op("group_norms rows", 1, 4, lambda x: rda_ext.group_norms(x, 1), lambda x: reference.group_norms(x, 1)),
         Op("convergence", 4, 16, rda_ext.convergence, reference.convergence),
+        # The fused forms: the residual's norms without materialising it (reads X and L), the
+        # shrinkage given those norms (reads X and L, writes S: one pass for columns too), and the
+        # convergence numbers that also write LS_prev = L + S (reads X, L, S, LS_prev, writes LS_prev).
+        Op("group_norms rows minus", 2, 8, lambda X, L: rda_ext.group_norms(X, 1, minus=L),
+           lambda X, L: reference.group_norms(X, 1, L)),
+        Op("group_norms cols minus", 2, 8, lambda X, L: rda_ext.group_norms(X, 0, minus=L),
+           lambda X, L: reference.group_norms(X, 0, L)),
+        Op("shrink_residual l21_rows norms", 2, 12,
+           lambda X, L, n: rda_ext.shrink_residual(X, L, lr, "l21_rows", norms=n),
+           lambda X, L, n: reference.shrink_residual(X, L, lr, "l21_rows", n),
+           lambda X, L, n, out: rda_ext.shrink_residual(X, L, lr, "l21_rows", norms=n, out=out),
+           extra=lambda X, L: (rda_ext.group_norms(X, 1, minus=L),)),
+        Op("shrink_residual l21_cols norms", 2, 12,
+           lambda X, L, n: rda_ext.shrink_residual(X, L, lc, "l21_cols", norms=n),
+           lambda X, L, n: reference.shrink_residual(X, L, lc, "l21_cols", n),
+           lambda X, L, n, out: rda_ext.shrink_residual(X, L, lc, "l21_cols", norms=n, out=out),
+           extra=lambda X, L: (rda_ext.group_norms(X, 0, minus=L),)),
+        Op("convergence_step", 4, 20, rda_ext.ops.convergence_step, reference.convergence_step),
     ]
 
 
@@ -129,7 +150,7 @@ def main() -> None:
     rotation_bytes = (256 if device == "cpu" else 512) << 20
     compiled_refs: dict[str, Callable] = {}
     rows_out = []
-    header = (f"{'op':26s} {'shape':>13s} {'ours ms':>9s} {'out= ms':>9s} {'eager ms':>9s} {'compile ms':>10s} "
+    header = (f"{'op':30s} {'shape':>13s} {'ours ms':>9s} {'out= ms':>9s} {'eager ms':>9s} {'compile ms':>10s} "
               f"{'GB/s':>7s} {'of floor':>8s} {'out= of':>8s} {'vs eager':>8s} {'vs compile':>10s}")
     print(header)
     for rows in row_counts:
@@ -141,6 +162,8 @@ def main() -> None:
                 tuple(torch.randn(rows, COLS, generator=gen, device=device) for _ in range(op.operands))
                 for _ in range(n_sets)
             ]
+            if op.extra:
+                arg_sets = [args + op.extra(*args) for args in arg_sets]
             floor = rows * COLS * op.bytes_per_element / bw
             t_ours = statistics.median(timer(op.ours, arg_sets, warmup=3, repeats=repeats))
             t_out = None
@@ -174,7 +197,7 @@ def main() -> None:
             vs_comp = f"{rec['speedup_vs_compiled']:9.2f}x" if t_comp else f"{'-':>10s}"
             t_out_ms = f"{t_out * 1e3:9.3f}" if t_out else f"{'-':>9s}"
             out_floor = f"{floor / t_out:8.0%}" if t_out else f"{'-':>8s}"
-            print(f"{op.name:26s} {rows:>7d}x{COLS:<5d} {t_ours * 1e3:9.3f} {t_out_ms} {t_ref * 1e3:9.3f} {comp} "
+            print(f"{op.name:30s} {rows:>7d}x{COLS:<5d} {t_ours * 1e3:9.3f} {t_out_ms} {t_ref * 1e3:9.3f} {comp} "
                   f"{rec['effective_gb_s']:7.2f} {rec['fraction_of_bandwidth_floor']:8.0%} {out_floor} "
                   f"{rec['speedup_vs_eager']:7.2f}x {vs_comp}")
             del arg_sets

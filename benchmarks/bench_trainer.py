@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from rda_ext import RobustAutoencoder
-from rda_ext.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
-from rda_ext.metrics import roc_auc
+from rda_ext.data.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
+from rda_ext.experiments.metrics import roc_auc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HIDDEN = (400, 200)

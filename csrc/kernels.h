@@ -27,10 +27,13 @@ struct GroupArgs {
 };
 
 // out = r scaled per group by max(0, 1 - lam / ||group||), exactly 0 where ||group|| <= lam.
+// With given_norms defined (one per group, contiguous, r's dtype), those are the groups' norms
+// and the kernel does not compute them.
 struct GroupShrinkArgs : GroupArgs {
   at::TensorBase out;
   int64_t out_ld;
   double lam;
+  at::TensorBase given_norms;
 };
 
 // norms[g] = ||group g of r||_2, one per group, in r's dtype.
@@ -39,9 +42,11 @@ struct GroupNormsArgs : GroupArgs {
 };
 
 // out (2 float64) = ||X - L - S||, ||P - L - S|| over ||X|| (over 1 where ||X|| = 0), with all
-// four operands laid out identically in memory.
+// four operands laid out identically in memory. With update set, P = L + S is written in the same
+// pass, after each element of P has been read.
 struct ConvergenceArgs {
   at::TensorBase X, L, S, P, out;
+  bool update = false;
 };
 
 struct Kernels {

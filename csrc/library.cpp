@@ -2,6 +2,7 @@
 
 #include "kernels.h"
 #include "ops/ops.h"
+#include "ops/penalty.h"
 
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
@@ -12,10 +13,11 @@ TORCH_LIBRARY(rda_ext, m) {
   m.def("soft_threshold_out(Tensor x, float lam, Tensor(a!) out) -> ()");
   m.def("group_shrink(Tensor x, float lam, int dim) -> Tensor");
   m.def("group_shrink_out(Tensor x, float lam, int dim, Tensor(a!) out) -> ()");
-  m.def("shrink_residual(Tensor X, Tensor L, float lam, str penalty) -> Tensor");
-  m.def("shrink_residual_out(Tensor X, Tensor L, float lam, str penalty, Tensor(a!) out) -> ()");
-  m.def("group_norms(Tensor x, int dim) -> Tensor");
+  m.def("shrink_residual(Tensor X, Tensor L, float lam, str penalty, Tensor? norms=None) -> Tensor");
+  m.def("shrink_residual_out(Tensor X, Tensor L, float lam, str penalty, Tensor(a!) out, Tensor? norms=None) -> ()");
+  m.def("group_norms(Tensor x, int dim, Tensor? minus=None) -> Tensor");
   m.def("convergence(Tensor X, Tensor L, Tensor S, Tensor LS_prev) -> Tensor");
+  m.def("convergence_step(Tensor X, Tensor L, Tensor S, Tensor(a!) LS_prev) -> Tensor");
 }
 
 // The front ends are device-agnostic (they call kernels_for(tensor)), so both keys register them.
@@ -27,7 +29,8 @@ TORCH_LIBRARY(rda_ext, m) {
   m.impl("shrink_residual", &rda_ext::shrink_residual);        \
   m.impl("shrink_residual_out", &rda_ext::shrink_residual_out); \
   m.impl("group_norms", &rda_ext::group_norms);                \
-  m.impl("convergence", &rda_ext::convergence)
+  m.impl("convergence", &rda_ext::convergence);                \
+  m.impl("convergence_step", &rda_ext::convergence_step)
 
 TORCH_LIBRARY_IMPL(rda_ext, CPU, m) { RDA_EXT_REGISTER_ALL(m); }
 
@@ -52,4 +55,12 @@ PYBIND11_MODULE(_C, m) {
     info["intra_op_threads"] = at::get_num_threads();
     return info;
   }, "How this build of rda_ext was compiled, and the intra-op threads it runs with now.");
+  m.def("penalties", [] {
+    py::dict table;
+    for (const rda_ext::Penalty& p : rda_ext::kPenalties) {
+      table[py::str(p.name.data(), p.name.size())] =
+          p.group_dim == rda_ext::kEntries ? py::object(py::none()) : py::object(py::int_(p.group_dim));
+    }
+    return table;
+  }, "Each penalty's name and the dim its group norms reduce (None: every entry is a group).");
 }

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from test_estimator import planted
 
-from rda_ext.baselines import autoencoder_scores, rcae, vae_scores
-from rda_ext.metrics import roc_auc
+from rda_ext.experiments.baselines import autoencoder_scores, rcae, vae_scores
+from rda_ext.experiments.metrics import roc_auc
 
 FAST = dict(hidden=(16, 4), batch_size=16, lr=1e-2, activation="elu")
 

@@ -1,3 +1,4 @@
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -115,7 +116,7 @@ def test_score_rejects_wrong_width(tmp_path, capsys, data):
     assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt", *FAST)[0] == 0
     np.save(tmp_path / "narrow.npy", data[:, :10])
     code, _, err = run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "narrow.npy", "--out", tmp_path / "s.npz")
-    assert_user_error(code, err, "X has 10 features, but the model was fitted with 30")
+    assert_user_error(code, err, "X has 10 features, but RobustAutoencoder is expecting 30 features as input")
 
 
 def test_info(capsys):
@@ -154,3 +155,55 @@ def test_demo_runs_the_paper_experiment(tmp_path):
     assert rda["n_flagged"] == 27 and 0 <= rda["f1"] <= 1
     # A detector that learned the digit, not chance: the outliers rank high.
     assert rda["auroc"] > 0.85
+
+
+def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
+    """Every parameter but warm_start is an option of fit, with the estimator's own default, and
+    the options reach the estimator unchanged."""
+    from rda_ext import cli
+
+    seen = {}
+    monkeypatch.setattr(RobustAutoencoder, "fit", lambda self, X, y=None: seen.update(self.get_params()) or 1 / 0)
+    np.save(tmp_path / "X.npy", np.random.rand(5, 3))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz")])
+    assert seen == {**RobustAutoencoder().get_params(), "warm_start": False}
+
+    args = ["--hidden", "7,3", "--penalty", "l1", "--lam", "0.25", "--outer-iter", "4", "--inner-epochs", "0",
+            "--batch-size", "9", "--lr", "0.5", "--optimizer", "sgd", "--activation", "relu",
+            "--output-activation", "linear", "--no-tied-weights", "--tol", "0.125", "--device", "cpu",
+            "--dtype", "float64", "--seed", "11", "-v"]
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
+    assert seen == dict(
+        hidden=(7, 3), penalty="l1", lam=0.25, contamination=0.1, outer_iter=4, inner_epochs=0, batch_size=9,
+        lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False, tol=0.125,
+        warm_start=False, device="cpu", dtype="float64", random_state=11, verbose=True,
+    )
+
+
+def test_fit_help_is_the_estimators_docstring(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--inner-epochs INNER_EPOCHS epochs of autoencoder training per outer iteration. (default: 5)" in out
+    assert "--penalty {l1,l21_rows,l21_cols}" in out
+    assert "--lam LAM | --contamination CONTAMINATION" in out
+
+
+def test_import_asks_nothing_of_cuda():
+    """Importing the package must not create a CUDA context (it breaks a later fork on a GPU host):
+    any question to torch.cuda during the import fails this subprocess."""
+    code = (
+        "import torch\n"
+        "def asked(*a, **k):\n"
+        "    raise AssertionError('torch.cuda was asked during import rda_ext')\n"
+        "for name in ('is_available', 'get_device_name', 'device_count', 'init', 'current_device'):\n"
+        "    setattr(torch.cuda, name, asked)\n"
+        "import rda_ext, rda_ext.cli, rda_ext.solver\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print(rda_ext.__version__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(RDA_EXT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == importlib.metadata.version("rda_ext")

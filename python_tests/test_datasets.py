@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from rda_ext import datasets
+from rda_ext.data import datasets
 
 
 def _seed(gen):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import DEVICES, requires_cuda
 
+import rda_ext
 from rda_ext import RobustAutoencoder, lambda_path
-from rda_ext.estimator import HISTORY_KEYS
-from rda_ext.metrics import roc_auc
+from rda_ext.experiments.metrics import roc_auc
+from rda_ext.solver import HISTORY_KEYS
 
 SMALL = dict(hidden=(16, 4), outer_iter=6, inner_epochs=10, batch_size=16, lr=1e-2, activation="elu")
 
@@ -113,7 +114,7 @@ def test_new_data_scoring(seed):
     code = est.transform(X[300:])
     assert code.shape == (100, SMALL["hidden"][-1]) and code.dtype == np.float32
     assert est.reconstruct(X[300:]).shape == (100, X.shape[1])
-    with pytest.raises(ValueError, match="X has 29 features, but the model was fitted with 30"):
+    with pytest.raises(ValueError, match="X has 29 features, but RobustAutoencoder is expecting 30 features as input"):
         est.decision_function(X[:, :29])
 
 
@@ -250,12 +251,37 @@ def test_bad_data():
         est.fit(torch.full((4, 4), math.inf))
     with pytest.raises(ValueError, match="X must be a 2-D matrix"):
         est.fit(np.random.rand(10))
-    with pytest.raises(ValueError, match="X is empty"):
+    with pytest.raises(ValueError, match=r"X has 0 sample\(s\) \(shape=\(0, 5\)\)"):
         est.fit(np.zeros((0, 5)))
+    with pytest.raises(ValueError, match=r"X has 0 feature\(s\) \(shape=\(7, 0\)\)"):
+        est.fit(np.zeros((7, 0)))
     with pytest.raises(ValueError, match="X must be numeric"):
         est.fit(np.array([["a", "b"]]))
-    with pytest.raises(RuntimeError, match="not fitted"):
-        est.predict(np.random.rand(3, 5))
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        est.fit(np.ones((4, 3), dtype=complex))
+    with pytest.raises(TypeError, match="sparse matrix, which is not supported"):
+        est.fit(pytest.importorskip("scipy.sparse").eye(5, format="csr"))
+    with pytest.raises(TypeError, match="must be a string or a real number"):
+        est.fit(np.array([[0.5, {"a": 1}]], dtype=object))
+
+
+@pytest.mark.parametrize("method", ["predict", "decision_function", "transform", "reconstruct"])
+def test_fitted_only_methods_raise_not_fitted_error(method):
+    est = RobustAutoencoder(**SMALL)
+    with pytest.raises(rda_ext.NotFittedError, match="not fitted yet"):
+        getattr(est, method)(np.random.rand(3, 5))
+    with pytest.raises(rda_ext.NotFittedError):
+        est.save("never-written.pt")
+    sklearn_exceptions = pytest.importorskip("sklearn.exceptions")
+    assert rda_ext.NotFittedError is sklearn_exceptions.NotFittedError
+
+
+def test_object_arrays_of_numbers_fit_like_floats(seed):
+    X, _ = planted(seed, n=60, d=6)
+    params = dict(SMALL, outer_iter=2, random_state=seed, device="cpu")
+    a = RobustAutoencoder(**params).fit(X.astype(object))
+    b = RobustAutoencoder(**params).fit(X.astype(np.float64))
+    np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
 
 
 def test_sigmoid_output_warns_about_unscaled_data():

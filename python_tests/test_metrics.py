@@ -3,7 +3,7 @@ import pytest
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from rda_ext import metrics  # noqa: E402
+from rda_ext.experiments import metrics  # noqa: E402
 
 
 @pytest.fixture

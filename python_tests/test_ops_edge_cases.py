@@ -144,3 +144,236 @@ def test_out_partially_overlapping_an_input_is_refused(device, gen):
     X, out = buf[:10], buf[1:]
     with pytest.raises(RuntimeError, match="single memory location"):
         rda_ext.shrink_residual(X, X.clone(), 0.1, "l1", out=out)
+
+
+# ---- group_norms(minus=), shrink_residual(norms=), convergence_step ----------------------------
+
+GROUP_DIM = rda_ext.ops.GROUP_DIM
+_BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+         torch.float64: torch.int64}
+
+
+def ulp_step(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """Positive t moved by a number of ulps in its own dtype (+1: the next value up)."""
+    return (t.view(_BITS[t.dtype]) + steps).view(t.dtype)
+
+
+def residual_away_from_zero(shape, dtype, device, gen, layout="contiguous"):
+    """X and L with every entry of X - L at least about 0.5 in magnitude, so a tiny shrink factor
+    times the residual is not rounded to 0 even in float16."""
+    L = rand(shape, dtype, device, gen, layout)
+    D = rand(shape, torch.float64, "cpu", gen)
+    D = (D.sign() * (0.5 + D.abs())).to(device)
+    X = rand(shape, dtype, device, gen, layout)  # the layout, then the values
+    X.copy_(L.double() + D)
+    return X, L
+
+
+def group_of(dim: int, k: int):
+    return (lambda t: t[k]) if dim == 1 else (lambda t: t[:, k])
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0)])
+def test_empty_matrices_in_the_new_forms(device, dtype, shape):
+    x = torch.empty(shape, dtype=dtype, device=device)
+    for dim in (0, 1):
+        norms = rda_ext.group_norms(x, dim, minus=torch.empty_like(x))
+        assert norms.shape == (shape[1 - dim],) and norms.dtype == dtype and (norms == 0).all()
+    for penalty in ("l21_rows", "l21_cols"):
+        norms = torch.ones(shape[1 - GROUP_DIM[penalty]], dtype=dtype, device=device)
+        assert rda_ext.ops.shrink_residual(x, x, 1.0, penalty, norms=norms).shape == shape
+        out = torch.empty(shape, dtype=dtype, device=device)
+        assert rda_ext.ops.shrink_residual(x, x, 1.0, penalty, norms=norms, out=out) is out
+    P = torch.empty(shape, dtype=dtype, device=device)
+    c = rda_ext.ops.convergence_step(x, x, x, P)
+    assert c.dtype == torch.float64 and c.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+def test_given_norm_exactly_lam_is_zero_and_one_ulp_above_is_not(device, dtype, penalty, gen):
+    X, L = residual_away_from_zero((40, 23), dtype, device, gen)
+    dim = GROUP_DIM[penalty]
+    norms = rda_ext.group_norms(X, dim, minus=L)
+    n = norms.numel()
+    k_at, k_above, k_below = torch.randperm(n, generator=gen)[:3].tolist()
+    v = norms[k_at].clone()
+    lam = v.item()  # exact: every dtype here converts to float64 exactly
+    norms[k_above] = ulp_step(v, 1)
+    norms[k_below] = ulp_step(v, -1)
+    assert norms[k_below].item() < lam < norms[k_above].item()
+    S = rda_ext.ops.shrink_residual(X, L, lam, penalty, norms=norms)
+    at, above, below = (group_of(dim, k)(S) for k in (k_at, k_above, k_below))
+    assert torch.equal(at, torch.zeros_like(at))
+    assert torch.equal(below, torch.zeros_like(below))
+    assert (above != 0).all()
+    # Scaled by 1 - lam / norm, a little over 2^-p: tiny, and of the residual's signs.
+    R = reference.shrink_residual(X, L, 0.0, "l1")
+    r_above = group_of(dim, k_above)(R)
+    assert torch.equal(above.sign(), r_above.sign())
+    assert (above.double().abs() <= 2 * TOL[dtype] * r_above.double().abs()).all()
+    assert_close(S, reference.shrink_residual(X, L, lam, penalty, norms), dtype, scale=R.abs().max().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_lam_exactly_at_a_group_norms_result_zeroes_the_computed_group(device, penalty, layout, gen):
+    # float64: group_norms(X, dim, minus=L) is exactly the norm that shrink_residual computes and
+    # compares with lam, so that group is exactly 0 and one ulp lower keeps it.
+    X, L = residual_away_from_zero((301, 67), torch.float64, device, gen, layout)
+    dim = GROUP_DIM[penalty]
+    norms = rda_ext.group_norms(X, dim, minus=L)
+    k = int(torch.randint(norms.numel(), (), generator=gen))
+    lam = norms[k].item()
+    group = group_of(dim, k)
+    at = group(rda_ext.shrink_residual(X, L, lam, penalty))
+    assert torch.equal(at, torch.zeros_like(at))
+    below = group(rda_ext.shrink_residual(X, L, math.nextafter(lam, 0), penalty))
+    assert (below != 0).all() and below.abs().max() < 1e-14 * lam
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+@pytest.mark.parametrize("layouts", [("contiguous", "contiguous"), ("transposed", "contiguous"),
+                                     ("sliced", "transposed")])
+def test_given_norms_and_computed_norms_give_the_same_S(device, dtype, penalty, layouts, gen):
+    X = rand((257, 130), dtype, device, gen, layouts[0])
+    L = rand((257, 130), dtype, device, gen, layouts[1], scale=0.5)
+    dim = GROUP_DIM[penalty]
+    R = reference.shrink_residual(X, L, 0.0, "l1")
+    norms = rda_ext.group_norms(X, dim, minus=L)
+    lam = torch.quantile(norms.double().cpu(), 0.5).item()
+    computed = rda_ext.ops.shrink_residual(X, L, lam, penalty)
+    given = rda_ext.ops.shrink_residual(X, L, lam, penalty, norms=norms)
+    assert_close(given, computed, dtype, scale=R.abs().max().item())
+    if dtype == torch.float64:  # the norms are those the kernel computes: the same S, bit for bit
+        assert torch.equal(given, computed)
+    assert_close(given, reference.shrink_residual(X, L, lam, penalty), dtype, scale=R.abs().max().item())
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_nan_norm_gives_a_nan_group_and_inf_keeps_it(device, dtype, penalty, bad, gen):
+    X, L = residual_away_from_zero((20, 30), dtype, device, gen)
+    dim = GROUP_DIM[penalty]
+    norms = rda_ext.group_norms(X, dim, minus=L)
+    k = int(torch.randint(norms.numel(), (), generator=gen))
+    lam = 0.5 * norms.double().min().item()  # no group is zeroed
+    norms[k] = float(bad)
+    S = rda_ext.ops.shrink_residual(X, L, lam, penalty, norms=norms)
+    nan_groups = S.isnan().any(dim=dim).nonzero().flatten().tolist()
+    if bad == "nan":
+        assert nan_groups == [k] and group_of(dim, k)(S).isnan().all()
+    else:  # factor 1 - lam / inf = 1: the residual itself
+        R = reference.shrink_residual(X, L, 0.0, "l1")
+        assert nan_groups == [] and torch.equal(group_of(dim, k)(S), group_of(dim, k)(R))
+    others = torch.ones(norms.numel(), dtype=torch.bool)
+    others[k] = False
+    kept = S.movedim(dim, 1)[others.to(device)] if dim == 0 else S[others.to(device)]
+    assert (kept != 0).all() and not kept.isnan().any()
+    expected = reference.shrink_residual(X, L, lam, penalty, norms)
+    if bad == "inf":  # the reference's (norm - lam) / norm is NaN there; the kernels' 1 - lam / norm is 1
+        group_of(dim, k)(expected).copy_(group_of(dim, k)(reference.shrink_residual(X, L, 0.0, "l1")))
+    assert_close(S, expected, dtype, scale=20.0)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_group_norms_minus_itself_is_zero_and_nan_propagates(device, dtype, gen):
+    x = rand((20, 30), dtype, device, gen)
+    for dim in (0, 1):
+        assert torch.equal(rda_ext.group_norms(x, dim, minus=x), torch.zeros(x.shape[1 - dim], dtype=dtype,
+                                                                           device=device))
+    minus = rand((20, 30), dtype, device, gen)
+    minus[4, 6] = float("nan")
+    assert rda_ext.group_norms(x, 1, minus=minus).isnan().nonzero().flatten().tolist() == [4]
+    assert rda_ext.group_norms(x, 0, minus=minus).isnan().nonzero().flatten().tolist() == [6]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("P_layout", ["transposed", "sliced", "padded"])
+@pytest.mark.parametrize("X_layout", ["contiguous", "transposed"])
+def test_convergence_step_writes_a_strided_LS_prev_and_nothing_beside_it(device, dtype, P_layout, X_layout, gen):
+    shape = (45, 31)
+    X, L, S = (rand(shape, dtype, device, gen, X_layout) for _ in range(3))
+    # LS_prev a view of a larger buffer, so writes outside the view would show.
+    if P_layout == "transposed":
+        base = rand(shape[::-1], dtype, device, gen)
+        P = base.t()
+    elif P_layout == "sliced":
+        base = rand((2 * shape[0], 2 * shape[1] + 1), dtype, device, gen)
+        P = base[::2, 1::2]
+    else:
+        base = rand((shape[0], shape[1] + 3), dtype, device, gen)
+        P = base[:, : shape[1]]
+    base_before, P_before = base.clone(), P.clone()
+    c = rda_ext.ops.convergence_step(X, L, S, P)
+    assert torch.equal(P, reference.convergence_step(X, L, S, P_before)[1])
+    assert torch.equal(c, rda_ext.convergence(X, L, S, P_before))
+    untouched = torch.ones_like(base, dtype=torch.bool)
+    (untouched.t() if P_layout == "transposed" else untouched)[
+        (slice(None, None, 2), slice(1, None, 2)) if P_layout == "sliced" else (slice(None), slice(None, shape[1]))
+    ] = False
+    assert torch.equal(base[untouched], base_before[untouched])
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (63, 17), (4, 5, 6), (20000,)])
+def test_convergence_step_returns_convergence_before_the_update(device, dtype, shape, gen):
+    X, L, S, P = (rand(shape, dtype, device, gen, scale=s) for s in (1.0, 0.9, 0.1, 1.0))
+    before = rda_ext.convergence(X, L, S, P)
+    P_before = P.clone()
+    c = rda_ext.ops.convergence_step(X, L, S, P)
+    assert torch.equal(c, before)  # the same kernel, the same sums
+    assert torch.equal(P, reference.convergence_step(X, L, S, P_before)[1])
+    assert torch.equal(rda_ext.convergence(X, L, S, P), rda_ext.ops.convergence_step(X, L, S, P))
+    # A second step from the updated LS_prev measures against L + S, which it writes again.
+    assert rda_ext.convergence(X, L, S, P)[1] < before[1]
+    assert torch.equal(P, reference.convergence_step(X, L, S, P_before)[1])
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+@pytest.mark.parametrize("out_layout", ["contiguous", "transposed", "padded", "into_X", "into_L"])
+def test_out_with_given_norms(device, dtype, penalty, out_layout, gen):
+    X = rand((97, 41), dtype, device, gen)
+    L = rand((97, 41), dtype, device, gen, "transposed")
+    dim = GROUP_DIM[penalty]
+    norms = rda_ext.group_norms(X, dim, minus=L)
+    lam = torch.quantile(norms.double().cpu(), 0.4).item()
+    expected = reference.shrink_residual(X, L, lam, penalty, norms)
+    scale = reference.shrink_residual(X, L, 0.0, "l1").abs().max().item()
+    out = {"into_X": X, "into_L": L}.get(out_layout)
+    if out is None:
+        out = rand((97, 41), dtype, device, gen, out_layout)
+    assert rda_ext.ops.shrink_residual(X, L, lam, penalty, norms=norms, out=out) is out
+    assert_close(out, expected, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("penalty", ["l1", "l21_rows", "l21_cols"])
+def test_rda_iterations_reusing_S_and_LS_prev_buffers(device, dtype, penalty, gen):
+    # The solver's loop: S and LS_prev allocated once, S written with out=S, LS_prev by
+    # convergence_step, the l2,1 norms from group_norms(minus=) handed to the shrinkage.
+    shape = (120, 36)
+    X = rand(shape, dtype, device, gen)
+    S = torch.zeros_like(X).t().contiguous().t()  # a column-major buffer
+    LS_prev = X.clone()
+    S_ref, LS_prev_ref = torch.zeros_like(X), X.clone()
+    dim = GROUP_DIM[penalty]
+    lam = 0.3 if dim is None else math.sqrt(shape[dim])  # about the median norm: zeroes some groups
+    for it in range(3):
+        L = X - S_ref + rand(shape, dtype, device, gen)  # an autoencoder's reconstruction
+        norms = None if dim is None else rda_ext.group_norms(X, dim, minus=L)
+        assert rda_ext.ops.shrink_residual(X, L, lam, penalty, norms=norms, out=S) is S
+        S_ref = reference.shrink_residual(X, L, lam, penalty)
+        assert_close(S, S_ref, dtype, scale=reference.shrink_residual(X, L, 0.0, "l1").abs().max().item())
+        zero_groups = (S == 0) if dim is None else (S == 0).all(dim=dim)
+        assert not zero_groups.all() and (it > 0 or zero_groups.any())
+        S_ref = S.clone()  # go on from the kernel's S, so that the iterations stay comparable
+        c = rda_ext.ops.convergence_step(X, L, S, LS_prev)
+        c_ref, LS_prev_ref = reference.convergence_step(X, L, S_ref, LS_prev_ref)
+        torch.testing.assert_close(c.cpu(), c_ref.cpu(), rtol=1e-12, atol=0)
+        assert torch.equal(LS_prev, LS_prev_ref)

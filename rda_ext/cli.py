@@ -7,7 +7,9 @@ whole or not at all."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import re
 import sys
 import warnings
 
@@ -15,9 +17,10 @@ import numpy as np
 import torch
 
 from rda_ext import __version__, build_info
-from rda_ext.estimator import HISTORY_KEYS, RobustAutoencoder
-from rda_ext.files import atomic_write, check_writable, read_matrix, save_npz
-from rda_ext.ops import PENALTIES
+from rda_ext.data.files import atomic_write, check_writable, read_matrix, save_npz
+from rda_ext.estimator import RobustAutoencoder
+from rda_ext.solver import HISTORY_KEYS
+from rda_ext.validation import CHOICES, DTYPES
 
 EXIT_USAGE = 2
 
@@ -57,24 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key", help="the array to use in an .npz holding several")
     fit.add_argument("--out", required=True, help="result .npz: L, S, scores, labels, lam, threshold, history")
     fit.add_argument("--model", help="also save the fitted model here (for rda-ext score)")
-    fit.add_argument("--penalty", choices=PENALTIES, default="l21_rows")
-    how = fit.add_mutually_exclusive_group()
-    how.add_argument("--lam", type=float, help="the proximal threshold")
-    how.add_argument("--contamination", type=float, help="expected anomalous fraction (default 0.1), sets lam")
-    fit.add_argument("--hidden", type=_sizes, default=(400, 200), help="encoder layer sizes, e.g. 400,200")
-    fit.add_argument("--outer-iter", type=int, default=20)
-    fit.add_argument("--inner-epochs", type=int, default=5)
-    fit.add_argument("--batch-size", type=int, default=128)
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--optimizer", default="adam")
-    fit.add_argument("--activation", default="sigmoid")
-    fit.add_argument("--output-activation", default="sigmoid", help='"linear" for data outside [0, 1]')
-    fit.add_argument("--untied", action="store_true", help="decoder weights of its own")
-    fit.add_argument("--tol", type=float, default=1e-7)
-    fit.add_argument("--device", default="auto")
-    fit.add_argument("--dtype", default=None, choices=("float32", "float64"))
-    fit.add_argument("--seed", type=int, default=None)
-    fit.add_argument("-v", "--verbose", action="store_true", help="progress bar")
+    _add_estimator_options(fit)
     fit.set_defaults(run=_fit)
 
     score = sub.add_parser("score", help="score new rows with a saved model")
@@ -90,6 +76,47 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The fit options are the estimator's parameters: names, defaults and help come from
+# RobustAutoencoder itself (its signature and docstring), choices from the checks of validation.
+# Here only what is particular to the command line.
+_NOT_OPTIONS = ("warm_start",)  # each rda-ext fit starts afresh
+_OPTION_FLAGS = {"random_state": ("--seed",), "verbose": ("-v", "--verbose")}
+_VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str}  # default None tells no type
+_OPTION_CHOICES = {**CHOICES, "dtype": tuple(DTYPES)}
+_EITHER = ("lam", "contamination")  # lam fixes the threshold that contamination would choose
+
+
+def _estimator_parameters() -> list[inspect.Parameter]:
+    params = inspect.signature(RobustAutoencoder.__init__).parameters.values()
+    return [p for p in params if p.name != "self" and p.name not in _NOT_OPTIONS]
+
+
+def _parameter_help() -> dict[str, str]:
+    """``name : text`` entries of the Parameters section of RobustAutoencoder's docstring."""
+    doc = inspect.cleandoc(RobustAutoencoder.__doc__)
+    section = doc.split("\nParameters", 1)[1].split("\nFitted attributes", 1)[0]
+    entries = re.findall(r"^(\w+) : (.*?)(?=^\w+ : |\Z)", section, flags=re.M | re.S)
+    return {name: " ".join(text.split()) for name, text in entries}
+
+
+def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
+    helps = _parameter_help()
+    either = parser.add_mutually_exclusive_group()
+    for p in _estimator_parameters():
+        default = p.default
+        kwargs = dict(dest=p.name, default=default, help=f"{helps[p.name]} (default: {default!r})".replace("%", "%%"))
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
+            kwargs["type"], kwargs["metavar"] = _sizes, "N,N,..."
+        else:
+            kwargs["type"] = _VALUE_TYPES.get(p.name, type(default))
+        if p.name in _OPTION_CHOICES:
+            kwargs["choices"] = _OPTION_CHOICES[p.name]
+        flags = _OPTION_FLAGS.get(p.name, ("--" + p.name.replace("_", "-"),))
+        (either if p.name in _EITHER else parser).add_argument(*flags, **kwargs)
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(","))
@@ -101,7 +128,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _demo(args) -> int:
-    from rda_ext.demo import run_demo
+    from rda_ext.experiments.demo import run_demo
 
     if args.json:
         check_writable(args.json)
@@ -115,14 +142,7 @@ def _fit(args) -> int:
     for path in filter(None, (args.out, args.model)):
         check_writable(path)
     X = read_matrix(args.input, args.key)
-    est = RobustAutoencoder(
-        hidden=args.hidden, penalty=args.penalty, lam=args.lam,
-        contamination=0.1 if args.contamination is None else args.contamination,
-        outer_iter=args.outer_iter, inner_epochs=args.inner_epochs, batch_size=args.batch_size,
-        lr=args.lr, optimizer=args.optimizer, activation=args.activation,
-        output_activation=args.output_activation, tied_weights=not args.untied, tol=args.tol,
-        device=args.device, dtype=args.dtype, random_state=args.seed, verbose=args.verbose,
-    )
+    est = RobustAutoencoder(**{p.name: getattr(args, p.name) for p in _estimator_parameters()})
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _warning_line

@@ -10,9 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rda_ext import _build  # noqa: F401  (registers the operators)
+from rda_ext._build import _C  # importing it registers the operators
 
-PENALTIES = ("l1", "l21_rows", "l21_cols")
+# Each penalty and the dim its group norms reduce (1: each row a group, 0: each column, None: every
+# entry), read from the kernels' own table.
+GROUP_DIM: dict[str, int | None] = dict(_C.penalties())
+PENALTIES = tuple(GROUP_DIM)
 _ops = torch.ops.rda_ext
 
 
@@ -36,18 +39,24 @@ def group_shrink(x: Tensor, lam: float, dim: int, *, out: Tensor | None = None) 
     return out
 
 
-def shrink_residual(X: Tensor, L: Tensor, lam: float, penalty: str, *, out: Tensor | None = None) -> Tensor:
+def shrink_residual(
+    X: Tensor, L: Tensor, lam: float, penalty: str, *, norms: Tensor | None = None, out: Tensor | None = None
+) -> Tensor:
     """``S = prox(X - L)`` for ``penalty`` in ``"l1"``, ``"l21_rows"``, ``"l21_cols"``, without
-    materialising ``X - L``. ``out`` (e.g. the previous S) saves the allocation."""
+    materialising ``X - L``. ``out`` (e.g. the previous S) saves the allocation. For the l2,1
+    penalties, ``norms`` may give the residual's group norms, ``group_norms(X, GROUP_DIM[penalty],
+    minus=L)``: the kernel then uses them instead of computing them (one pass fewer for
+    ``"l21_cols"``)."""
     if out is None:
-        return _ops.shrink_residual(X, L, float(lam), penalty)
-    _ops.shrink_residual_out(X, L, float(lam), penalty, out)
+        return _ops.shrink_residual(X, L, float(lam), penalty, norms)
+    _ops.shrink_residual_out(X, L, float(lam), penalty, out, norms)
     return out
 
 
-def group_norms(x: Tensor, dim: int) -> Tensor:
-    """The l2 norm of each group of a 2-D ``x``, as ``x.norm(dim=dim)``."""
-    return _ops.group_norms(x, int(dim))
+def group_norms(x: Tensor, dim: int, *, minus: Tensor | None = None) -> Tensor:
+    """The l2 norm of each group of a 2-D ``x``, as ``x.norm(dim=dim)``; with ``minus``, of
+    ``x - minus`` without materialising it."""
+    return _ops.group_norms(x, int(dim), minus)
 
 
 def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
@@ -55,6 +64,13 @@ def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
     ``c1 = ||X - L - S||_F / ||X||_F`` and ``c2 = ||LS_prev - L - S||_F / ||X||_F``
     (the plain norms where ``||X||_F = 0``)."""
     return _ops.convergence(X, L, S, LS_prev)
+
+
+def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
+    """``convergence(X, L, S, LS_prev)``, then ``LS_prev`` holds ``L + S`` (for the next
+    iteration's c2), written in the same pass over the operands. ``LS_prev`` must share no memory
+    with ``X``, ``L`` or ``S``."""
+    return _ops.convergence_step(X, L, S, LS_prev)
 
 
 def _check_matrix(x: Tensor, name: str) -> None:
@@ -89,25 +105,46 @@ def _(x, lam, dim, out):
     _check_like(out, "out", x, "x")
 
 
+def _check_norms(norms: Tensor | None, X: Tensor, penalty: str) -> None:
+    if norms is None:
+        return
+    dim = GROUP_DIM.get(penalty)
+    torch._check(dim is not None, lambda: f"rda_ext: norms are the group norms of an l2,1 penalty, not {penalty!r}")
+    torch._check(norms.dim() == 1 and norms.shape[0] == X.shape[1 - dim], lambda: "rda_ext: norms must hold one norm per group")
+    torch._check(norms.dtype == X.dtype, lambda: "rda_ext: norms must have the dtype of X")
+    torch._check(norms.device == X.device, lambda: "rda_ext: norms must be on the device of X")
+
+
 @torch.library.register_fake("rda_ext::shrink_residual")
-def _(X, L, lam, penalty):
+def _(X, L, lam, penalty, norms=None):
     _check_like(L, "L", X, "X")
+    _check_norms(norms, X, penalty)
     return torch.empty_like(X)
 
 
 @torch.library.register_fake("rda_ext::shrink_residual_out")
-def _(X, L, lam, penalty, out):
+def _(X, L, lam, penalty, out, norms=None):
     _check_like(L, "L", X, "X")
     _check_like(out, "out", X, "X")
+    _check_norms(norms, X, penalty)
 
 
 @torch.library.register_fake("rda_ext::group_norms")
-def _(x, dim):
+def _(x, dim, minus=None):
     _check_matrix(x, "x")
+    if minus is not None:
+        _check_like(minus, "minus", x, "x")
     return x.new_empty(x.shape[1 - dim % 2])
 
 
 @torch.library.register_fake("rda_ext::convergence")
+def _(X, L, S, LS_prev):
+    for t, name in ((L, "L"), (S, "S"), (LS_prev, "LS_prev")):
+        _check_like(t, name, X, "X")
+    return X.new_empty(2, dtype=torch.float64)
+
+
+@torch.library.register_fake("rda_ext::convergence_step")
 def _(X, L, S, LS_prev):
     for t, name in ((L, "L"), (S, "S"), (LS_prev, "LS_prev")):
         _check_like(t, name, X, "X")

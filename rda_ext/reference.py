@@ -1,5 +1,6 @@
 """The operators in plain PyTorch, written for clarity: the ground truth of the tests and the
-baseline of the benchmarks. Nothing here touches the compiled kernels.
+baseline of the benchmarks. Nothing here calls the compiled kernels (the penalty table is read
+from the library, where it is defined once).
 
 float16 and bfloat16 inputs are computed in float32 and rounded back, as the kernels do.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from rda_ext.ops import GROUP_DIM
 
 _NARROW = (torch.float16, torch.bfloat16)
 
@@ -38,23 +41,26 @@ def group_shrink(x: Tensor, lam: float, dim: int) -> Tensor:
     return (w * factor).to(x.dtype)
 
 
-def shrink_residual(X: Tensor, L: Tensor, lam: float, penalty: str) -> Tensor:
-    """S = prox(X - L) for the penalty "l1", "l21_rows" (row groups) or "l21_cols" (column groups)."""
+def shrink_residual(X: Tensor, L: Tensor, lam: float, penalty: str, norms: Tensor | None = None) -> Tensor:
+    """S = prox(X - L) for the penalty "l1", "l21_rows" (row groups) or "l21_cols" (column groups);
+    with ``norms`` given, the l2,1 groups are scaled as if those were their norms."""
+    if penalty not in GROUP_DIM:
+        raise ValueError(f"penalty must be one of {tuple(GROUP_DIM)}, got {penalty!r}")
     R = _wide(X) - _wide(L)
-    if penalty == "l1":
-        S = soft_threshold(R, lam)
-    elif penalty == "l21_rows":
-        S = group_shrink(R, lam, dim=1)
-    elif penalty == "l21_cols":
-        S = group_shrink(R, lam, dim=0)
-    else:
-        raise ValueError(f"penalty must be one of 'l1', 'l21_rows', 'l21_cols', got {penalty!r}")
-    return S.to(X.dtype)
+    dim = GROUP_DIM[penalty]
+    if dim is None:
+        return soft_threshold(R, lam).to(X.dtype)
+    if norms is None:
+        return group_shrink(R, lam, dim).to(X.dtype)
+    norms = _wide(norms).unsqueeze(dim)
+    factor = torch.where(norms <= lam, torch.zeros_like(norms), (norms - lam) / norms)
+    return (R * factor).to(X.dtype)
 
 
-def group_norms(x: Tensor, dim: int) -> Tensor:
-    """The l2 norm of each group."""
-    return _norms(_wide(x), dim).squeeze(dim).to(x.dtype)
+def group_norms(x: Tensor, dim: int, minus: Tensor | None = None) -> Tensor:
+    """The l2 norm of each group of x (of x - minus, if given)."""
+    w = _wide(x) if minus is None else _wide(x) - _wide(minus)
+    return _norms(w, dim).squeeze(dim).to(x.dtype)
 
 
 def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
@@ -64,3 +70,9 @@ def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
     scale = X.norm()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return torch.stack([(X - L - S).norm() / scale, (P - L - S).norm() / scale])
+
+
+def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """convergence(X, L, S, LS_prev) and the next LS_prev, L + S (in X's dtype, added in float32
+    for float16/bfloat16)."""
+    return convergence(X, L, S, LS_prev), (_wide(L) + _wide(S)).to(X.dtype)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import machine, machine_slug  # noqa: E402
 
-from rda_ext.estimator import resolve_device  # noqa: E402
+from rda_ext.validation import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

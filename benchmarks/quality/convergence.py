@@ -11,7 +11,7 @@ from __future__ import annotations
 from common import parser, plt, report_path, save_figure, save_json
 
 from rda_ext import RobustAutoencoder
-from rda_ext.datasets import load_mnist_5k, make_outlier_set
+from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
 
 
 def staircase(history: list[dict]) -> tuple[list[float], list[float]]:

@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
 from rda_ext import RobustAutoencoder
-from rda_ext.datasets import corrupt_pixels, load_mnist_5k
+from rda_ext.data.datasets import corrupt_pixels, load_mnist_5k
 
 HIDDEN = (196, 49)
 

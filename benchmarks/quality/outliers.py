@@ -19,9 +19,9 @@ from common import parser, plt, report_path, save_figure, save_json
 from sklearn.ensemble import IsolationForest
 
 from rda_ext import RobustAutoencoder, lambda_path
-from rda_ext.baselines import autoencoder_scores, rcae, vae_scores
-from rda_ext.datasets import load_fashion_mnist, load_mnist_5k, make_outlier_set
-from rda_ext.metrics import (
+from rda_ext.data.datasets import load_fashion_mnist, load_mnist_5k, make_outlier_set
+from rda_ext.experiments.baselines import autoencoder_scores, rcae, vae_scores
+from rda_ext.experiments.metrics import (
     average_precision,
     precision_at_k,
     precision_recall_f1,

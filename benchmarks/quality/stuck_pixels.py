@@ -18,8 +18,8 @@ import numpy as np
 from common import parser, plt, report_path, save_figure, save_json
 
 from rda_ext import RobustAutoencoder, lambda_path
-from rda_ext.datasets import load_mnist_5k
-from rda_ext.metrics import precision_recall_f1
+from rda_ext.data.datasets import load_mnist_5k
+from rda_ext.experiments.metrics import precision_recall_f1
 
 N_STUCK, N_NOISY = 3, 3
 

@@ -1,5 +1,6 @@
 // CPU kernel of convergence: one pass over X, L, S and LS_prev summing ||X||^2, ||X - L - S||^2
-// and ||LS_prev - L - S||^2 in float64, in fixed chunks so the result is reproducible.
+// and ||LS_prev - L - S||^2 in float64, in fixed chunks so the result is reproducible; for
+// convergence_step the same pass writes LS_prev = L + S.
 
 #include "cpu/parallel.h"
 #include "kernels.h"
@@ -14,9 +15,10 @@ namespace rda_ext::cpu {
 namespace {
 
 // ||X||^2, ||X - L - S||^2 and ||P - L - S||^2 over [begin, end).
-template <typename T>
-RDA_EXT_HOT_LOOP std::array<double, 3> chunk_sums(const T* X, const T* L, const T* S, const T* P, int64_t begin,
-                                                   int64_t end) {
+// With Update, also P_next[i] = L[i] + S[i] (P_next is P: each P[i] is read first).
+template <bool Update, typename T>
+RDA_EXT_HOT_LOOP std::array<double, 3> chunk_sums(const T* X, const T* L, const T* S, const T* P, T* P_next,
+                                                   int64_t begin, int64_t end) {
   double xx = 0, r1 = 0, r2 = 0;
 #pragma omp simd reduction(+ : xx, r1, r2)
   for (int64_t i = begin; i < end; ++i) {
@@ -25,6 +27,7 @@ RDA_EXT_HOT_LOOP std::array<double, 3> chunk_sums(const T* X, const T* L, const 
     xx += x * x;
     r1 += d1 * d1;
     r2 += d2 * d2;
+    if constexpr (Update) P_next[i] = L[i] + S[i];
   }
   return {xx, r1, r2};
 }
@@ -35,9 +38,13 @@ void sums(const ConvergenceArgs& a) {
   const T* L = a.L.const_data_ptr<T>();
   const T* S = a.S.const_data_ptr<T>();
   const T* P = a.P.const_data_ptr<T>();
+  T* P_next = a.update ? a.P.mutable_data_ptr<T>() : nullptr;
   const int64_t n = a.X.numel();
   std::vector<std::array<double, 3>> partial(ceil_div(n, kChunk));
-  for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) { partial[c] = chunk_sums(X, L, S, P, begin, end); });
+  for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) {
+    partial[c] = P_next ? chunk_sums<true>(X, L, S, P, P_next, begin, end)
+                        : chunk_sums<false>(X, L, S, P, P_next, begin, end);
+  });
   std::array<double, 3> total{0, 0, 0};
   for (const auto& p : partial) {
     for (int k = 0; k < 3; ++k) total[k] += p[k];

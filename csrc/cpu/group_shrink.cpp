@@ -1,6 +1,7 @@
 // CPU kernels of group_shrink, group_norms and shrink_residual "l21_*". Groups along the
 // contiguous dimension (rows of a row-major matrix) are done in one pass per row while the row
-// is in cache; groups across it (columns) in two passes: column sums of squares, then scaling.
+// is in cache; groups across it (columns) in two passes: column sums of squares, then scaling
+// (one pass when the caller gives the norms).
 // Squares are summed in float64 whatever the dtype.
 
 #include "cpu/parallel.h"
@@ -123,18 +124,20 @@ template <typename T>
 void shrink(const GroupShrinkArgs& a) {
   const Rows<T> rows(a);
   T* out = a.out.mutable_data_ptr<T>();
+  const T* given = a.given_norms.defined() ? a.given_norms.const_data_ptr<T>() : nullptr;
   if (a.inner_groups) {
     at::parallel_for(0, a.outer, rows_per_task(a.inner), [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
         const T* x = rows.x_row(o);
         const T* y = rows.y_row(o);
-        const T f = static_cast<T>(shrink_factor(row_norm(x, y, a.inner), a.lam));
+        const double norm = given ? double(given[o]) : row_norm(x, y, a.inner);
+        const T f = static_cast<T>(shrink_factor(norm, a.lam));
         write_scaled(x, y, out + o * a.out_ld, 0, a.inner, [f](int64_t) { return f; });
       }
     });
     return;
   }
-  const std::vector<double> norms = column_norms(a, rows);
+  const std::vector<double> norms = given ? std::vector<double>(given, given + a.inner) : column_norms(a, rows);
   std::vector<T> factor(a.inner);
   for (int64_t j = 0; j < a.inner; ++j) factor[j] = static_cast<T>(shrink_factor(norms[j], a.lam));
   const T* f = factor.data();

@@ -3,7 +3,8 @@
 // row (a warp for short rows, a block for long ones) sums the squares, then rescales the row
 // while it is still in cache. Groups across it (columns): a tiled pass writes per-chunk column
 // sums, a second pass adds them in a fixed order (so results are reproducible, no atomics), and
-// a third rescales. Squares are summed in float64 whatever the dtype.
+// a third rescales. Given the norms (shrink_residual's norms=), only the rescaling runs.
+// Squares are summed in float64 whatever the dtype.
 
 #include "cuda/common.cuh"
 #include "group_norm.h"
@@ -42,7 +43,7 @@ __device__ double team_rescaled_norm(const T* xr, const T* yr, int64_t inner, in
 // writes the norms only; else writes out = r * factor.
 template <typename T, int TEAM, bool HasY>
 __global__ void row_groups_kernel(int64_t outer, int64_t inner, const T* x, int64_t x_ld, const T* y,
-                                  int64_t y_ld, T* out, int64_t out_ld, T* norms, double lam) {
+                                  int64_t y_ld, T* out, int64_t out_ld, T* norms, const T* given, double lam) {
   using A = opmath_t<T>;
   constexpr int kTeams = kThreads / TEAM;
   const int lane = threadIdx.x % TEAM;
@@ -51,14 +52,19 @@ __global__ void row_groups_kernel(int64_t outer, int64_t inner, const T* x, int6
        o += int64_t{gridDim.x} * kTeams) {
     const T* xr = x + o * x_ld;
     const T* yr = HasY ? y + o * y_ld : nullptr;
-    double acc = 0;
+    double norm;
+    if (given) {
+      norm = static_cast<double>(given[o]);
+    } else {
+      double acc = 0;
 #pragma unroll 4
-    for (int64_t j = lane; j < inner; j += TEAM) {
-      const double r = residual<HasY>(xr, yr, j);
-      acc += r * r;
+      for (int64_t j = lane; j < inner; j += TEAM) {
+        const double r = residual<HasY>(xr, yr, j);
+        acc += r * r;
+      }
+      const double sumsq = team_reduce<TEAM>(acc, Sum{});
+      norm = needs_rescaled_norm(sumsq) ? team_rescaled_norm<TEAM, HasY>(xr, yr, inner, lane) : sqrt(sumsq);
     }
-    const double sumsq = team_reduce<TEAM>(acc, Sum{});
-    const double norm = needs_rescaled_norm(sumsq) ? team_rescaled_norm<TEAM, HasY>(xr, yr, inner, lane) : sqrt(sumsq);
     if (norms) {
       if (lane == 0) norms[o] = static_cast<T>(norm);
       continue;
@@ -129,6 +135,13 @@ __global__ void column_finish_kernel(int64_t outer, int64_t inner, const T* x, i
   }
 }
 
+template <typename T>
+__global__ void given_factor_kernel(int64_t inner, const T* given, double lam, double* factor) {
+  for (int64_t j = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; j < inner; j += int64_t{gridDim.x} * blockDim.x) {
+    factor[j] = shrink_factor(static_cast<double>(given[j]), lam);
+  }
+}
+
 template <typename T, bool HasY>
 __global__ void column_scale_kernel(int64_t outer, int64_t inner, const T* x, int64_t x_ld, const T* y,
                                     int64_t y_ld, T* out, int64_t out_ld, int64_t chunk_rows,
@@ -149,17 +162,17 @@ __global__ void column_scale_kernel(int64_t outer, int64_t inner, const T* x, in
 constexpr int64_t kWarpRowMax = 2048;
 
 template <typename T, bool HasY>
-void launch(const GroupArgs& a, T* out, int64_t out_ld, T* norms, double lam) {
+void launch(const GroupArgs& a, T* out, int64_t out_ld, T* norms, const T* given, double lam) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const T* x = a.x.const_data_ptr<T>();
   const T* y = HasY ? a.y.const_data_ptr<T>() : nullptr;
   if (a.inner_groups) {
     if (a.inner <= kWarpRowMax) {
       row_groups_kernel<T, 32, HasY><<<grid_for(a.outer * 32), kThreads, 0, stream>>>(
-          a.outer, a.inner, x, a.x_ld, y, a.y_ld, out, out_ld, norms, lam);
+          a.outer, a.inner, x, a.x_ld, y, a.y_ld, out, out_ld, norms, given, lam);
     } else {
       row_groups_kernel<T, kThreads, HasY><<<grid_for(a.outer * kThreads), kThreads, 0, stream>>>(
-          a.outer, a.inner, x, a.x_ld, y, a.y_ld, out, out_ld, norms, lam);
+          a.outer, a.inner, x, a.x_ld, y, a.y_ld, out, out_ld, norms, given, lam);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
@@ -167,6 +180,16 @@ void launch(const GroupArgs& a, T* out, int64_t out_ld, T* norms, double lam) {
   const Chunks chunks = column_chunks(a.outer, a.inner);
   const dim3 tiles(static_cast<unsigned>(ceil_div(a.inner, kTileCols)), static_cast<unsigned>(chunks.count));
   const auto f64 = a.x.options().dtype(at::kDouble);
+  if (given) {
+    const at::Tensor factor = at::empty({a.inner}, f64);
+    given_factor_kernel<T><<<grid_for(a.inner), kThreads, 0, stream>>>(a.inner, given, lam,
+                                                                         factor.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    column_scale_kernel<T, HasY><<<tiles, kThreads, 0, stream>>>(a.outer, a.inner, x, a.x_ld, y, a.y_ld, out,
+                                                                  out_ld, chunks.rows, factor.const_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   const at::Tensor partial = at::empty({chunks.count * a.inner}, f64);
   column_sumsq_kernel<T, HasY><<<tiles, kThreads, 0, stream>>>(a.outer, a.inner, x, a.x_ld, y, a.y_ld,
                                                                 chunks.rows, partial.mutable_data_ptr<double>());
@@ -183,9 +206,9 @@ void launch(const GroupArgs& a, T* out, int64_t out_ld, T* norms, double lam) {
 }
 
 template <typename T>
-void dispatch_y(const GroupArgs& a, T* out, int64_t out_ld, T* norms, double lam) {
-  if (a.y.defined()) launch<T, true>(a, out, out_ld, norms, lam);
-  else launch<T, false>(a, out, out_ld, norms, lam);
+void dispatch_y(const GroupArgs& a, T* out, int64_t out_ld, T* norms, const T* given, double lam) {
+  if (a.y.defined()) launch<T, true>(a, out, out_ld, norms, given, lam);
+  else launch<T, false>(a, out, out_ld, norms, given, lam);
 }
 
 }  // namespace
@@ -193,14 +216,15 @@ void dispatch_y(const GroupArgs& a, T* out, int64_t out_ld, T* norms, double lam
 void group_shrink(const GroupShrinkArgs& a) {
   const c10::cuda::CUDAGuard guard(a.x.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "rda_ext::group_shrink", [&] {
-    dispatch_y<scalar_t>(a, a.out.mutable_data_ptr<scalar_t>(), a.out_ld, nullptr, a.lam);
+    const scalar_t* given = a.given_norms.defined() ? a.given_norms.const_data_ptr<scalar_t>() : nullptr;
+    dispatch_y<scalar_t>(a, a.out.mutable_data_ptr<scalar_t>(), a.out_ld, nullptr, given, a.lam);
   });
 }
 
 void group_norms(const GroupNormsArgs& a) {
   const c10::cuda::CUDAGuard guard(a.x.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "rda_ext::group_norms", [&] {
-    dispatch_y<scalar_t>(a, nullptr, 0, a.norms.mutable_data_ptr<scalar_t>(), 0.0);
+    dispatch_y<scalar_t>(a, nullptr, 0, a.norms.mutable_data_ptr<scalar_t>(), nullptr, 0.0);
   });
 }
 

@@ -10,8 +10,8 @@
 
 namespace rda_ext {
 
-void group_shrink_into(const at::Tensor& x, const at::Tensor& y, double lam, int64_t dim,
-                       const at::Tensor& out) {
+void group_shrink_into(const at::Tensor& x, const at::Tensor& y, double lam, int64_t dim, const at::Tensor& out,
+                       const at::Tensor& norms) {
   // Column-major input (e.g. X.T) is read in place rather than copied.
   const bool transposed = stored_transposed(x);
   const Matrix xm = as_matrix(x, transposed);
@@ -22,6 +22,7 @@ void group_shrink_into(const at::Tensor& x, const at::Tensor& y, double lam, int
     a.out = target.t;
     a.out_ld = target.ld;
     a.lam = lam;
+    a.given_norms = norms;
     kernels_for(x).group_shrink(a);
   }
   finish_out(out, target.t);

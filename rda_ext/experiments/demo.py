@@ -10,10 +10,10 @@ import time
 import numpy as np
 import torch
 
-from rda_ext.baselines import autoencoder_scores
-from rda_ext.datasets import load_mnist_5k, make_outlier_set
+from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
 from rda_ext.estimator import RobustAutoencoder
-from rda_ext.metrics import detection_report
+from rda_ext.experiments.baselines import autoencoder_scores
+from rda_ext.experiments.metrics import detection_report
 
 NOMINAL, FRACTION, HIDDEN = 4, 0.052, (400, 200)
 

@@ -24,7 +24,7 @@ def _as_features(images: np.ndarray) -> np.ndarray:
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """The embedded default: 5,000 real MNIST digits, 500 per class, as (X (5000, 784), y)."""
-    with resources.files("rda_ext").joinpath("data/mnist_5k.npz").open("rb") as f:
+    with resources.files("rda_ext.data").joinpath("mnist_5k.npz").open("rb") as f:
         with np.load(f) as data:
             return _as_features(data["images"]), data["labels"].astype(np.int64)
 

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rda_ext import ops
-from rda_ext.autoencoder import DeepAutoencoder
-from rda_ext.estimator import resolve_device, survival_threshold
-from rda_ext.training import make_optimizer, map_chunks, train_epochs
+from rda_ext.solver import survival_threshold
+from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.training import make_optimizer, map_chunks, train_epochs
+from rda_ext.validation import resolve_device
 
 
 def _setup(X: np.ndarray, device: str, seed: int) -> tuple[Tensor, torch.Generator, torch.Generator]:

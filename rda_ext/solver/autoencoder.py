@@ -8,6 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+
+def identity(x: Tensor) -> Tensor:
+    """The "linear" activation, a named function so that a model pickles."""
+    return x
+
+
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "relu": F.relu,
@@ -15,7 +21,7 @@ ACTIVATIONS = {
     "tanh": torch.tanh,
     "leaky_relu": F.leaky_relu,
     "gelu": F.gelu,
-    "linear": lambda x: x,
+    "linear": identity,
 }
 
 

@@ -1,0 +1,79 @@
+"""The RDA iteration over tensors (rda_ext.solver): every number it reports after a proximal step
+is checked against the reference computed from scratch on the same L."""
+
+import pytest
+import torch
+from conftest import DEVICES
+
+from rda_ext import ops, reference
+from rda_ext.solver import RDASolver, survival_threshold
+from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.training import make_optimizer
+
+CONTAMINATION = 0.1
+
+
+def make_solver(gen, device, penalty, lam, n=97, d=23):
+    X = torch.rand(n, d, generator=gen, dtype=torch.float64).to(device)
+    model = DeepAutoencoder((d, 5), "elu", "linear", generator=gen).to(device=device, dtype=torch.float64)
+    return RDASolver(
+        model, make_optimizer(model, "adam", 1e-2), X, torch.zeros_like(X), torch.zeros_like(X),
+        penalty=penalty, lam=lam, contamination=CONTAMINATION, inner_epochs=2, batch_size=16,
+        generator=torch.Generator(device=device).manual_seed(int(gen.initial_seed())),
+    )
+
+
+def groups_of(T, penalty):
+    dim = ops.GROUP_DIM[penalty]
+    return T.abs().flatten() if dim is None else reference.group_norms(T, dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("penalty", ops.PENALTIES)
+@pytest.mark.parametrize("lam_given", [True, False], ids=["lam", "contamination"])
+def test_iteration_reports_what_the_reference_computes(gen, device, penalty, lam_given):
+    solver = make_solver(gen, device, penalty, 0.3 if lam_given else None)
+    solver.iterate()  # S and LS_prev leave zero
+    S_prev, LS_prev = solver.S.clone(), solver.LS_prev.clone()
+    row = solver.iterate()
+    X, L, S = solver.X, solver.L, solver.S
+    R = X - L
+    lam = row["lam"]
+    if not lam_given:
+        groups = groups_of(R, penalty)
+        survivors = round(CONTAMINATION * groups.numel())
+        assert int((groups > lam).sum()) == survivors
+        assert lam == pytest.approx(survival_threshold(groups, CONTAMINATION), rel=1e-12)
+    else:
+        assert lam == 0.3
+    torch.testing.assert_close(S, reference.shrink_residual(X, L, lam, penalty), rtol=1e-12, atol=1e-14)
+    s_groups = groups_of(S, penalty)
+    assert row["n_nonzero"] == int((s_groups > 0).sum())
+    recon = (X - S_prev - L).norm().item()
+    assert row["recon_error"] == pytest.approx(recon, rel=1e-9)
+    assert row["objective"] == pytest.approx(recon + lam * s_groups.sum().item(), rel=1e-9)
+    c1, c2 = reference.convergence(X, L, S, LS_prev).tolist()
+    assert (row["c1"], row["c2"]) == (pytest.approx(c1, rel=1e-12), pytest.approx(c2, rel=1e-12))
+    torch.testing.assert_close(solver.LS_prev, L + S, rtol=0, atol=0)
+    torch.testing.assert_close(solver.row_scores(), reference.group_norms(X, 1, L), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("penalty", ops.PENALTIES)
+def test_run_stops_at_tol_and_reports_each_iteration(gen, penalty):
+    solver = make_solver(gen, "cpu", penalty, 0.3)
+    seen = []
+    rows = solver.run(6, tol=0.0, on_iteration=seen.append)
+    assert len(rows) == 6 and seen == rows
+    # A tolerance every iteration meets stops after the first.
+    assert len(make_solver(gen, "cpu", penalty, 0.3).run(6, tol=1e9)) == 1
+
+
+@pytest.mark.parametrize("fraction, n", [(0.1, 97), (0.05, 20), (0.3, 10), (0.01, 30)])
+def test_survival_threshold_lets_exactly_the_fraction_survive(gen, fraction, n):
+    norms = torch.rand(n, generator=gen, dtype=torch.float64)
+    lam = survival_threshold(norms, fraction)
+    survivors = round(fraction * n)
+    assert int((norms > lam).sum()) == survivors
+    if survivors:  # halfway between the smallest survivor and the largest shrunk norm
+        top = norms.sort(descending=True).values
+        assert lam == pytest.approx((top[survivors - 1] + top[survivors]).item() / 2, rel=1e-15)

@@ -1,0 +1,75 @@
+"""``RDADetector``: a ``RobustAutoencoder`` as a PyOD detector, so that PyOD's thresholds,
+``predict_proba``, ``predict_confidence`` and utilities work on RDA's outlier scores.
+
+Optional: it needs PyOD (``pip install pyod``, or the extra ``pip install 'rda_ext[pyod]'``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+try:
+    from pyod.models.base import BaseDetector
+except ImportError as e:
+    raise ImportError(
+        "rda_ext.estimator.pyod_detector needs PyOD, which is not installed: pip install pyod "
+        "(or pip install 'rda_ext[pyod]')"
+    ) from e
+
+# scikit-learn is a dependency of PyOD, so it is present once PyOD imported.
+from sklearn.utils.validation import check_is_fitted
+
+from rda_ext.estimator import RobustAutoencoder
+
+__all__ = ["RDADetector"]
+
+
+class RDADetector(BaseDetector):
+    """PyOD detector scoring rows by a Robust Deep Autoencoder (``RobustAutoencoder``).
+
+    Parameters
+    ----------
+    estimator : an unfitted ``RobustAutoencoder`` whose parameters ``fit`` trains with (None:
+        ``RobustAutoencoder()``). It is used as a template and never fitted itself.
+    contamination : PyOD's expected fraction of outliers. ``fit`` passes it to the estimator,
+        which accepts (0, 0.5). A PyOD thresholder object (PyThresh) is accepted too: it sets
+        the labels, and the estimator keeps its own ``contamination`` for choosing lam.
+
+    Fitted attributes
+    -----------------
+    estimator_ : the fitted ``RobustAutoencoder``.
+    decision_scores_ : ``estimator_.decision_scores_``, the norm of each training row of X - L.
+    threshold_, labels_ : PyOD's, from the scores and ``contamination``: the top
+        ``contamination`` fraction of the training scores is labelled 1. For the "l21_rows"
+        penalty this may differ slightly from ``estimator_.labels_``, which marks the rows
+        where S is non-zero.
+    """
+
+    def __init__(self, estimator: RobustAutoencoder | None = None, contamination: float = 0.1) -> None:
+        super().__init__(contamination=contamination)
+        self.estimator = estimator
+
+    def fit(self, X: ArrayLike | torch.Tensor, y: ArrayLike | None = None) -> RDADetector:
+        """Fits a copy of ``estimator`` on X (rows = instances); ``y`` is ignored, as in PyOD."""
+        self._set_n_classes(y)
+        template = RobustAutoencoder() if self.estimator is None else self.estimator
+        params = template.get_params()
+        # The same test BaseDetector applies to tell a fraction from a thresholder object.
+        if isinstance(self.contamination, (float, int)):
+            params["contamination"] = self.contamination
+        # A fresh estimator per fit: fitting the template would change the caller's object and
+        # make a warm_start template continue from an earlier fit.
+        self.estimator_ = type(template)(**params).fit(X)
+        self.decision_scores_ = self.estimator_.decision_scores_
+        self._process_decision_scores()
+        return self
+
+    def decision_function(self, X: ArrayLike | torch.Tensor) -> np.ndarray:
+        """Outlier score of each row of X (float64 numpy): the norm of its row of X - AE(X)."""
+        check_is_fitted(self, "estimator_")
+        scores = self.estimator_.decision_function(X)
+        # PyOD scales and compares scores with numpy, also for a tensor X (which may be on a GPU).
+        if isinstance(scores, torch.Tensor):
+            scores = scores.detach().to(torch.float64).cpu().numpy()
+        return scores

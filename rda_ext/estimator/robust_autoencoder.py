@@ -1,0 +1,245 @@
+"""``RobustAutoencoder``: the Robust Deep Autoencoder of Zhou & Paffenroth (KDD 2017) as a
+scikit-learn/PyOD-style estimator, trained with the fused proximal kernels."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rda_ext import ops
+from rda_ext.estimator.persistence import load_model, save_model
+from rda_ext.estimator.sklearn_protocol import SklearnProtocol
+from rda_ext.solver import RDASolver
+from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.training import make_optimizer, map_chunks
+from rda_ext.validation import (
+    as_matrix,
+    check_params,
+    like_input,
+    resolve_device,
+    resolve_dtype,
+    vector_like_input,
+    warn_if_outside_output_range,
+)
+
+
+class RobustAutoencoder(SklearnProtocol):
+    """Robust Deep Autoencoder: X = L + S, L reconstructed by a deep autoencoder, S sparse.
+
+    Each outer iteration trains the autoencoder on L = X - S for ``inner_epochs``, sets
+    L = AE(L), then S = prox(X - L) for the ``penalty`` with threshold ``lam`` (the fused
+    ``shrink_residual`` kernel), and measures c1 = ||X - L - S|| / ||X||, c2 = ||(L + S)_prev -
+    L - S|| / ||X||. Training stops after ``outer_iter`` iterations, or once both c1 and c2 are
+    below ``tol``.
+
+    Parameters (stored as given; checked by ``fit``; the command line's ``fit`` options and their
+    help are read from this list)
+    ----------
+    hidden : encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them.
+    penalty : "l1" (noisy entries), "l21_rows" (outlying rows), "l21_cols" (corrupted columns).
+    lam : the proximal threshold, exactly as the kernels take it. If None, it is chosen at every
+        outer iteration from ``contamination``.
+    contamination : fraction of groups (rows, columns or entries) expected to be anomalous, in
+        (0, 0.5). Without ``lam``, lam is set at every outer iteration to the quantile of the
+        residual group norms that lets about this fraction of groups survive the shrinkage. For
+        "l1" and "l21_cols" it also sets ``threshold_`` (a quantile of the training scores).
+    outer_iter : the most outer iterations (autoencoder training, then the proximal step).
+    inner_epochs : epochs of autoencoder training per outer iteration.
+    batch_size : rows per minibatch.
+    lr : learning rate.
+    optimizer : "adam" or "sgd" (with momentum 0.9).
+    activation : of every hidden layer ("sigmoid" as in the paper, "relu", "elu", "tanh", ...).
+    output_activation : of the reconstruction; the default "sigmoid" suits data in [0, 1]
+        (images); use "linear" for unbounded data.
+    tied_weights : decoder weights are the transposed encoder weights (the authors' code).
+    tol : convergence tolerance on c1 and c2 (0 runs all outer iterations).
+    warm_start : a new ``fit`` continues from the fitted autoencoder (and S, for the same X).
+    device : "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    dtype : "float32" (default, whatever the input dtype) or "float64".
+    random_state : seed of the initial weights and of the batch order; None draws a fresh one.
+    verbose : show a progress bar over the outer iterations.
+
+    Fitted attributes
+    -----------------
+    L_, S_ : the decomposition of the training X, of X's type (numpy array or tensor), dtype and
+        device.
+    decision_scores_ : numpy, the outlier score of each training row: the norm of its row of X - L.
+    threshold_, labels_ : rows scoring above ``threshold_`` have label 1. For "l21_rows",
+        ``threshold_ = lam_``, so ``labels_`` marks exactly the rows where S is non-zero.
+    lam_ : the lam of the last proximal step.  n_iter_ : outer iterations run.
+    history_ : one dict per outer iteration with ``HISTORY_KEYS``: lam, mean training loss of the
+        last inner epoch, recon_error ||L_in - AE(L_in)||_F, objective recon_error + lam *
+        penalty(S), c1, c2, the number of non-zero groups of S and the seconds taken.
+    model_ : the trained ``DeepAutoencoder``.  n_features_in_ : columns of X.
+    """
+
+    def __init__(
+        self,
+        hidden=(400, 200),
+        penalty="l21_rows",
+        lam=None,
+        contamination=0.1,
+        outer_iter=20,
+        inner_epochs=5,
+        batch_size=128,
+        lr=1e-3,
+        optimizer="adam",
+        activation="sigmoid",
+        output_activation="sigmoid",
+        tied_weights=True,
+        tol=1e-7,
+        warm_start=False,
+        device="auto",
+        dtype=None,
+        random_state=None,
+        verbose=False,
+    ):
+        self.hidden = hidden
+        self.penalty = penalty
+        self.lam = lam
+        self.contamination = contamination
+        self.outer_iter = outer_iter
+        self.inner_epochs = inner_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.activation = activation
+        self.output_activation = output_activation
+        self.tied_weights = tied_weights
+        self.tol = tol
+        self.warm_start = warm_start
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None) -> RobustAutoencoder:
+        """Decomposes X (rows = instances) into L + S. ``y`` is ignored. Returns self."""
+        self._check_params()
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        Xt = as_matrix(X, "X", device, dtype)
+        warn_if_outside_output_range(Xt, self.output_activation)
+        n, d = Xt.shape
+        warm = self.warm_start and hasattr(self, "model_") and self.model_.sizes == (d, *self.hidden)
+        if warm:
+            moved = next(self.model_.parameters()).device != device
+            model = self.model_.to(device=device, dtype=dtype)
+            same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
+            S = as_matrix(self.S_, "S_", device, dtype).clone() if same_rows else torch.zeros_like(Xt)
+            if moved or self._optim is None:
+                self._optim = make_optimizer(model, self.optimizer, self.lr)
+        else:
+            seed = self.random_state if self.random_state is not None else secrets.randbits(63)
+            init = torch.Generator().manual_seed(int(seed))
+            model = DeepAutoencoder(
+                (d, *self.hidden), self.activation, self.output_activation, self.tied_weights, init
+            ).to(device=device, dtype=dtype)
+            self._batch_seed = int(torch.randint(2**62, (), generator=init))
+            self._optim = make_optimizer(model, self.optimizer, self.lr)
+            S = torch.zeros_like(Xt)
+            same_rows = False
+        for group in self._optim.param_groups:
+            group["lr"] = self.lr
+        batches = torch.Generator(device=device).manual_seed(self._batch_seed)
+        self._batch_seed += 1  # a warm-started fit draws new batch orders
+
+        # c2 of a warm start compares with where the previous fit ended.
+        resumed = same_rows and getattr(self, "L_", None) is not None
+        LS_prev = as_matrix(self.L_, "L_", device, dtype) + S if resumed else torch.zeros_like(Xt)
+        solver = RDASolver(
+            model, self._optim, Xt, S, LS_prev, penalty=self.penalty,
+            lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
+            inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
+        )
+        history = list(self.history_) if warm else []
+        progress = tqdm(total=self.outer_iter, disable=not self.verbose, desc="RDA outer iterations", unit="it")
+
+        def record(row: dict) -> None:
+            history.append(dict(iteration=len(history) + 1, **row))
+            progress.update(1)
+            progress.set_postfix(c1=f"{row['c1']:.2e}", c2=f"{row['c2']:.2e}", nonzero=row["n_nonzero"],
+                                 lam=f"{row['lam']:.4g}")
+
+        try:
+            run = solver.run(self.outer_iter, self.tol, record)
+        finally:
+            progress.close()
+
+        self.model_ = model.eval()
+        self.n_features_in_ = d
+        self.n_iter_ = len(run)
+        self.history_ = history
+        self.lam_ = run[-1]["lam"]
+        self.L_ = like_input(solver.L, X)
+        self.S_ = like_input(S, X)
+        self.decision_scores_ = solver.row_scores().to(torch.float64).cpu().numpy()
+        if self.penalty == "l21_rows":
+            self.threshold_ = self.lam_
+            self.labels_ = (solver.norms > self.lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
+        else:
+            self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
+            self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        return self
+
+    # ---------------------------------------------------------------- new data
+    def decision_function(self, X):
+        """Outlier score of each row of X (data never seen in fit works): the norm of its row of
+        X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
+        Xt = self._check_new(X)
+        scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=self.model_(x)), Xt)
+        return vector_like_input(scores, X)
+
+    def predict(self, X):
+        """1 for the rows of X scoring above ``threshold_``, else 0."""
+        scores = self.decision_function(X)
+        if isinstance(scores, Tensor):
+            return (scores > self.threshold_).to(torch.int64)
+        return (scores > self.threshold_).astype(np.int64)
+
+    def transform(self, X):
+        """The hidden code (the innermost layer) of each row of X."""
+        Xt = self._check_new(X)
+        return like_input(map_chunks(self.model_.encode, Xt), X)
+
+    def reconstruct(self, X):
+        """AE(X): the low-dimensional part L the trained autoencoder gives for new rows."""
+        Xt = self._check_new(X)
+        return like_input(map_chunks(self.model_, Xt), X)
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    def fit_transform(self, X, y=None):
+        """The hidden code of the training rows after ``fit(X)``."""
+        return self.fit(X).transform(X)
+
+    def _check_new(self, X) -> Tensor:
+        self._check_fitted()
+        p = next(self.model_.parameters())
+        Xt = as_matrix(X, "X", p.device, p.dtype)
+        if Xt.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {Xt.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                "features as input"
+            )
+        return Xt
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path, *, data: bool = True) -> None:
+        """Writes parameters, weights and the fitted state to ``path`` (a torch file that
+        ``load`` reads with ``weights_only=True``). ``data=False`` leaves out L_ and S_ (the size
+        of the training data). The file is written whole or not at all."""
+        save_model(self, path, data=data)
+
+    @classmethod
+    def load(cls, path, *, device: str | None = None) -> RobustAutoencoder:
+        """A model written by ``save``. Loading runs no code from the file (weights_only).
+        ``device`` overrides the saved device parameter (e.g. "cpu" for a model fitted on a GPU)."""
+        return load_model(cls, path, device=device)
+
+    def _check_params(self) -> None:
+        check_params(self.get_params())

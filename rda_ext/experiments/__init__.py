@@ -1,0 +1,1 @@
+"""Experiments: the detectors RDA is compared with, detection metrics, and the demo."""

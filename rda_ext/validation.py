@@ -1,0 +1,156 @@
+"""Checking parameters and converting user data: numpy arrays, tensors and array-likes in, finite
+2-D tensors on the device out, and results back in the caller's form. Also the device names every
+entry point accepts."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rda_ext import ops
+from rda_ext.solver.autoencoder import ACTIVATIONS
+from rda_ext.solver.training import OPTIMIZERS
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# The estimator's parameters that take one of a few names.
+CHOICES = {
+    "penalty": ops.PENALTIES,
+    "optimizer": OPTIMIZERS,
+    "activation": tuple(ACTIVATIONS),
+    "output_activation": tuple(ACTIVATIONS),
+}
+
+
+def resolve_device(name) -> torch.device:
+    """"auto" (CUDA when visible), "cpu", "cuda" or "cuda:N" as a device, with a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f'device must be "auto", "cpu", "cuda" or "cuda:N", got {name!r}') from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f'device must be "auto", "cpu", "cuda" or "cuda:N", got {name!r}')
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f'device is {name!r} but no CUDA device is visible (use "cpu" or "auto")')
+    return device
+
+
+def resolve_dtype(name) -> torch.dtype:
+    if name is None:
+        return torch.float32
+    key = str(name).removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f'dtype must be None, "float32" or "float64", got {name!r}')
+    return DTYPES[key]
+
+
+def check_params(p: dict) -> None:
+    """The estimator's parameters ``p`` (as get_params gives them), each with an error naming it."""
+
+    def fail(name, expected):
+        raise ValueError(f"{name} must be {expected}, got {p[name]!r}")
+
+    hidden = p["hidden"]
+    if not isinstance(hidden, (tuple, list)) or not hidden or not all(is_int(h) and h > 0 for h in hidden):
+        fail("hidden", "a non-empty sequence of positive layer sizes, e.g. (400, 200)")
+    for name, names in CHOICES.items():
+        if p[name] not in names:
+            fail(name, f"one of {names}")
+    if p["lam"] is not None and not (is_real(p["lam"]) and math.isfinite(p["lam"]) and p["lam"] >= 0):
+        fail("lam", "None or a finite number >= 0")
+    if not (is_real(p["contamination"]) and 0 < p["contamination"] < 0.5):
+        fail("contamination", "a number in (0, 0.5)")
+    for name in ("outer_iter", "batch_size"):
+        if not (is_int(p[name]) and p[name] > 0):
+            fail(name, "a positive integer")
+    if not (is_int(p["inner_epochs"]) and p["inner_epochs"] >= 0):
+        fail("inner_epochs", "an integer >= 0")
+    if not (is_real(p["lr"]) and math.isfinite(p["lr"]) and p["lr"] > 0):
+        fail("lr", "a finite number > 0")
+    if not (is_real(p["tol"]) and p["tol"] >= 0):
+        fail("tol", "a number >= 0")
+    resolve_device(p["device"])
+    resolve_dtype(p["dtype"])
+
+
+def is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """X (numpy array, tensor or array-like) as a finite 2-D tensor on ``device`` in ``dtype``.
+    The caller's data is never written to."""
+    if isinstance(X, Tensor):
+        t = X.detach()
+    else:
+        if hasattr(X, "toarray") or hasattr(X, "tocsr"):
+            raise TypeError(f"{name} is a sparse matrix, which is not supported: pass a dense array ({name}.toarray())")
+        a = np.asarray(X)
+        if a.dtype == object:
+            a = a.astype(np.float64)  # numbers stored as objects; anything else raises a TypeError here
+        if np.iscomplexobj(a):
+            raise ValueError(f"Complex data not supported: {name} has dtype {a.dtype}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+        a = np.ascontiguousarray(a)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
+    if t.is_complex():
+        raise ValueError(f"Complex data not supported: {name} has dtype {t.dtype}")
+    if t.dim() != 2:
+        hint = " Reshape your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row." if t.dim() == 1 else ""
+        raise ValueError(
+            f"{name} must be a 2-D matrix (rows = instances, columns = features), got shape {tuple(t.shape)}.{hint}"
+        )
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} has 0 sample(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
+    t = t.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def warn_if_outside_output_range(X: Tensor, output_activation: str) -> None:
+    if output_activation == "sigmoid":
+        lo, hi = torch.aminmax(X)
+        if lo < 0 or hi > 1:
+            warnings.warn(
+                f"X has values in [{float(lo):.3g}, {float(hi):.3g}] but the output activation is "
+                "sigmoid, which reconstructs only [0, 1]: scale X or use output_activation='linear'",
+                stacklevel=3,
+            )
+
+
+def kind(X) -> str:
+    return "tensor" if isinstance(X, Tensor) else "numpy"
+
+
+def like_input(t: Tensor, X):
+    """``t`` in the form of the caller's X: a tensor of X's dtype on X's device, or numpy of X's
+    float dtype (float32 for integer input)."""
+    if isinstance(X, Tensor):
+        dtype = X.dtype if X.is_floating_point() else t.dtype
+        return t.to(device=X.device, dtype=dtype)
+    a = np.asarray(X)
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32
+    return t.cpu().numpy().astype(dtype, copy=False)
+
+
+def vector_like_input(t: Tensor, X):
+    if isinstance(X, Tensor):
+        return t.to(X.device)
+    return t.to(torch.float64).cpu().numpy()
+
+
+def to_cpu(a) -> Tensor:
+    return a.detach().cpu() if isinstance(a, Tensor) else torch.from_numpy(np.ascontiguousarray(a))
