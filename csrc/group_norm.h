@@ -1,7 +1,8 @@
 #pragma once
 // The l2 norm of a group from its float64 sum of squares, safe where that sum under- or
 // overflows (float64 entries below ~1e-146 or above ~1e150 in magnitude): those rare groups
-// are summed again scaled by their largest magnitude, as a careful norm does.
+// are summed again scaled by their largest magnitude, as a careful norm does. The same for the
+// sums of squares of the convergence numbers, chunk by chunk.
 
 #include <c10/macros/Macros.h>
 
@@ -29,6 +30,41 @@ C10_HOST_DEVICE double rescaled_norm(int64_t count, Fetch r) {
     s += q * q;
   }
   return m * sqrt(s);
+}
+
+// A sum of squares kept as m^2 * ssq so that it neither under- nor overflows in float64: m = 1 for
+// a plain sum, m = the largest magnitude for the squares of values divided by it, m = 0 for zero.
+// The convergence numbers add such sums over chunks of up to billions of entries.
+struct ScaledSumsq {
+  double m = 0, ssq = 0;
+};
+
+// A chunk's plain sum of squares, whose largest magnitude is max_abs, needs summing again scaled:
+// it overflowed although every value is finite, or it lost digits to underflow. NaN needs nothing.
+C10_HOST_DEVICE inline bool needs_rescaled_sum(double sumsq, double max_abs) {
+  return (sumsq == INFINITY && max_abs < INFINITY) || (sumsq < kSafeSumsqMin && max_abs > 0);
+}
+
+// A plain sum as a ScaledSumsq; NaN and inf stay what they are.
+C10_HOST_DEVICE inline ScaledSumsq plain_sumsq(double sumsq) {
+  return sumsq == 0 ? ScaledSumsq{} : ScaledSumsq{1, sumsq};
+}
+
+C10_HOST_DEVICE inline ScaledSumsq combine(ScaledSumsq a, ScaledSumsq b) {
+  if (a.m < b.m) {
+    const ScaledSumsq t = a;
+    a = b;
+    b = t;
+  }
+  if (b.m == 0) return a;
+  const double r = b.m / a.m;
+  return {a.m, a.ssq + b.ssq * r * r};
+}
+
+// ||a|| / ||b|| from their sums of squares; where ||b|| = 0, ||a||.
+C10_HOST_DEVICE inline double norm_ratio(ScaledSumsq a, ScaledSumsq b) {
+  if (b.m == 0) return a.m * sqrt(a.ssq);
+  return (a.m / b.m) * sqrt(a.ssq / b.ssq);
 }
 
 // The shrink factor of a group with the given norm; NaN norms stay NaN so that bad data shows.

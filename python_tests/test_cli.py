@@ -207,3 +207,20 @@ def test_import_asks_nothing_of_cuda():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(RDA_EXT))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == importlib.metadata.version("rda_ext")
+
+
+@pytest.mark.parametrize("how", [["--lam", "0.5"], ["--contamination", "0.1"]])
+def test_diverging_fit_is_a_user_error_and_writes_nothing(tmp_path, capsys, data, how):
+    out = tmp_path / "r.npz"
+    code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", out, "--model", tmp_path / "m.pt",
+                            "--optimizer", "sgd", "--lr", "1e20", "--output-activation", "linear",
+                            "--hidden", "8", "--outer-iter", "4", "--inner-epochs", "2", *how)
+    assert_user_error(code, err, "training diverged at outer iteration")
+    assert not out.exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_out_and_model_the_same_file_is_refused(tmp_path, capsys, data):
+    same = tmp_path / "r.npz"
+    code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", same, "--model", tmp_path / "." / "r.npz", *FAST)
+    assert_user_error(code, err, "--out and --model are the same file")
+    assert not same.exists()

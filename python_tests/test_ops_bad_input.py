@@ -1,5 +1,6 @@
 """Bad arguments give a clear error that names them, and leave out= untouched."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICES, requires_cuda
@@ -291,3 +292,18 @@ def test_LS_prev_as_another_strided_view_of_an_input_is_refused(device, overlap)
     with pytest.raises(RuntimeError, match="LS_prev must share no memory with L"):
         rda_ext.ops.convergence_step(X, L, S, P)
     assert torch.equal(buf, before)
+
+
+@pytest.mark.parametrize("dim", [1.7, 1.0, True, "1", None])
+def test_dim_that_int_would_truncate_is_refused(dim):
+    x = torch.randn(4, 5)
+    for call in (lambda: rda_ext.group_shrink(x, 0.3, dim), lambda: rda_ext.group_shrink(x, 0.3, dim, out=x.clone()),
+                 lambda: rda_ext.group_norms(x, dim)):
+        with pytest.raises(TypeError, match="dim must be an integer"):
+            call()
+
+
+@pytest.mark.parametrize("dim", [np.int64(1), np.int32(0), torch.tensor(1)])
+def test_integer_dims_of_other_types_are_accepted(dim):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(rda_ext.group_norms(x, dim), reference.group_norms(x, int(dim)))

@@ -274,10 +274,7 @@ def test_nan_norm_gives_a_nan_group_and_inf_keeps_it(device, dtype, penalty, bad
     others[k] = False
     kept = S.movedim(dim, 1)[others.to(device)] if dim == 0 else S[others.to(device)]
     assert (kept != 0).all() and not kept.isnan().any()
-    expected = reference.shrink_residual(X, L, lam, penalty, norms)
-    if bad == "inf":  # the reference's (norm - lam) / norm is NaN there; the kernels' 1 - lam / norm is 1
-        group_of(dim, k)(expected).copy_(group_of(dim, k)(reference.shrink_residual(X, L, 0.0, "l1")))
-    assert_close(S, expected, dtype, scale=20.0)
+    assert_close(S, reference.shrink_residual(X, L, lam, penalty, norms), dtype, scale=20.0)
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
@@ -377,3 +374,73 @@ def test_rda_iterations_reusing_S_and_LS_prev_buffers(device, dtype, penalty, ge
         c_ref, LS_prev_ref = reference.convergence_step(X, L, S_ref, LS_prev_ref)
         torch.testing.assert_close(c.cpu(), c_ref.cpu(), rtol=1e-12, atol=0)
         assert torch.equal(LS_prev, LS_prev_ref)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("lam", [3.4e38, 3.41e38, 1e300, 1.7976931348623157e308])
+def test_huge_finite_lam_keeps_infinite_entries(device, dtype, lam, gen):
+    """A finite lam at or above the dtype's largest value zeroes every finite entry but the largest
+    ones above it, and keeps +-inf (the prox of an infinite entry) as float64 arithmetic does; it must
+    not round to inf in the dtype and make inf - inf = NaN."""
+    x = rand((7, 9), dtype, device, gen)
+    x[0, 0], x[3, 4], x[5, 8] = math.inf, -math.inf, torch.finfo(dtype).max
+    expected = reference.soft_threshold(x, lam)
+    assert expected[0, 0] == math.inf and expected[3, 4] == -math.inf and not expected.isnan().any()
+    # A lam beyond the dtype acts as its largest value: what float64 arithmetic gives for the entries.
+    lam_in_dtype = torch.tensor(min(lam, torch.finfo(dtype).max), dtype=dtype).item()
+    assert torch.equal(expected, reference.soft_threshold(x.double(), lam_in_dtype).to(dtype))
+    for got in (rda_ext.soft_threshold(x, lam), rda_ext.shrink_residual(x, torch.zeros_like(x), lam, "l1")):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_groups_holding_inf_keep_their_values_in_kernels_and_reference(device, dtype, dim, gen):
+    """The rule for an infinite group norm (a group holding +-inf, or whose norm overflows the dtype):
+    factor 1 - lam / inf = 1, the group unchanged, in the kernels and the reference alike; the
+    other groups are shrunk as usual."""
+    x = rand((6, 8), dtype, device, gen)
+    big = torch.finfo(dtype).max * 0.6
+    group = (lambda t, k: t[k]) if dim == 1 else (lambda t, k: t[:, k])
+    group(x, 1)[0] = math.inf
+    group(x, 2)[1] = -math.inf
+    group(x, 3)[:4] = big  # finite entries whose norm overflows the dtype
+    lam = 0.5
+    for S in (rda_ext.group_shrink(x, lam, dim), reference.group_shrink(x, lam, dim)):
+        for k in (1, 2, 3):
+            assert torch.equal(group(S, k), group(x, k))
+        assert not S.isnan().any()
+    assert torch.equal(rda_ext.group_norms(x, dim)[[1, 2, 3]].cpu(), torch.full((3,), math.inf, dtype=dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("magnitude", [1e-320, 1e-300, 1e-170, 1e170, 1e300])
+@pytest.mark.parametrize("step", [False, True], ids=["convergence", "convergence_step"])
+def test_convergence_of_float64_data_beyond_the_square_range(device, magnitude, step, gen):
+    """Squares of float64 data beyond 1e+-154 under- or overflow; the numbers must still be the
+    ratios of the true norms (not NaN, and not a false [0, 0] that stops training as converged)."""
+    shape = (700, 300)  # several chunks and tiles, so that chunk sums are combined too
+    X, L, S, P = (rand(shape, torch.float64, device, gen) * magnitude for _ in range(4))
+    # The same numbers from the data brought back to ordinary magnitudes (a power of two: exact).
+    k = -round(math.log2(magnitude))
+    expected = reference.convergence(*(t * 2.0 ** (k // 2) * 2.0 ** (k - k // 2) for t in (X, L, S, P)))
+    assert (expected > 0).all()
+    # Subnormal data (1e-320) holds only a few significant digits; the ratios keep what is there.
+    rel = 1e-3 if magnitude < 1e-307 else 1e-13
+    torch.testing.assert_close(reference.convergence(X, L, S, P).cpu(), expected.cpu(), rtol=rel, atol=0)
+    P_next = L + S
+    c = rda_ext.ops.convergence_step(X, L, S, P) if step else rda_ext.convergence(X, L, S, P)
+    torch.testing.assert_close(c.cpu(), expected.cpu(), rtol=rel, atol=0)
+    if step:
+        assert torch.equal(P, P_next)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_convergence_with_one_chunk_far_below_the_others(device, gen):
+    """A few tiny rows among ordinary ones: the chunks' sums are combined without losing either."""
+    X, L, S, P = (rand((3000, 100), torch.float64, device, gen) for _ in range(4))
+    for t in (X, L, S, P):
+        t[:1000] *= 1e-200  # the first chunks hold only tiny values
+    ref = reference.convergence(X, L, S, P)
+    torch.testing.assert_close(rda_ext.convergence(X, L, S, P).cpu(), ref.cpu(), rtol=1e-13, atol=0)
+    assert (ref > 0).all()

@@ -6,7 +6,7 @@ import torch
 from conftest import DEVICES
 
 from rda_ext import ops, reference
-from rda_ext.solver import RDASolver, survival_threshold
+from rda_ext.solver import RDASolver, TrainingDiverged, survival_threshold
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.training import make_optimizer
 
@@ -77,3 +77,21 @@ def test_survival_threshold_lets_exactly_the_fraction_survive(gen, fraction, n):
     if survivors:  # halfway between the smallest survivor and the largest shrunk norm
         top = norms.sort(descending=True).values
         assert lam == pytest.approx((top[survivors - 1] + top[survivors]).item() / 2, rel=1e-15)
+
+
+@pytest.mark.parametrize("penalty", ops.PENALTIES)
+@pytest.mark.parametrize("lam", [0.3, None], ids=["lam", "contamination"])
+def test_divergence_stops_with_a_clear_error(gen, penalty, lam):
+    """SGD with a huge step makes the weights, then L, non-finite: the iteration that sees it raises
+    TrainingDiverged naming itself, instead of a NaN decomposition or a kernel's lam error."""
+    solver = make_solver(gen, "cpu", penalty, lam)
+    solver.optimizer = make_optimizer(solver.model, "sgd", 1e6)
+    with pytest.raises(TrainingDiverged, match=r"training diverged at outer iteration \d+: .* is not finite.*lower lr"):
+        solver.run(5, tol=0.0)
+    assert 1 <= solver.iterations <= 5
+
+
+def test_a_finite_run_is_not_reported_as_diverged(gen):
+    solver = make_solver(gen, "cpu", "l21_rows", None)
+    rows = solver.run(3, tol=0.0)
+    assert len(rows) == 3 and solver.iterations == 3

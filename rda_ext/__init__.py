@@ -4,6 +4,7 @@ from rda_ext._build import _C, build_info
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.estimator.regularization_path import lambda_path
 from rda_ext.estimator.sklearn_protocol import NotFittedError
+from rda_ext.solver import TrainingDiverged
 from rda_ext.ops import (
     convergence,
     convergence_step,
@@ -21,6 +22,7 @@ __all__ = [
     "RobustAutoencoder",
     "build_info",
     "NotFittedError",
+    "TrainingDiverged",
     "convergence",
     "convergence_step",
     "group_norms",

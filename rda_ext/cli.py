@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -58,6 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="decompose a matrix into L + S and score its rows")
     fit.add_argument("input", help="data matrix: .npy, .npz (see --key) or .csv; rows = instances")
     fit.add_argument("--key", help="the array to use in an .npz holding several")
+    _add_header_option(fit)
     fit.add_argument("--out", required=True, help="result .npz: L, S, scores, labels, lam, threshold, history")
     fit.add_argument("--model", help="also save the fitted model here (for rda-ext score)")
     _add_estimator_options(fit)
@@ -66,7 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score new rows with a saved model")
     score.add_argument("model", help="a model saved by rda-ext fit --model")
     score.add_argument("input", help="data matrix: .npy, .npz (see --key) or .csv")
-    score.add_argument("--key")
+    score.add_argument("--key", help="the array to use in an .npz holding several")
+    _add_header_option(score)
     score.add_argument("--out", required=True, help="result .npz: scores, labels, threshold")
     score.add_argument("--device", default=None, help="overrides the saved device")
     score.set_defaults(run=_score)
@@ -74,6 +77,21 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="build information: CUDA kernels, GPU, threads")
     info.set_defaults(run=_info)
     return parser
+
+
+def _add_header_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--header", action=argparse.BooleanOptionalAction, default=None,
+        help="whether the first line of a .csv input is a header to skip (default: a header if none of its "
+             "cells is a number; a first line mixing numbers and text is an error)",
+    )
+
+
+def _read_input(args) -> tuple[np.ndarray, str]:
+    """The input matrix, and where it came from for the summary line."""
+    X, header = read_matrix(args.input, args.key, header=args.header, return_header=True)
+    source = f"read from {args.input}" + ("" if header is None else f" (header: {'yes' if header else 'no'})")
+    return X, source
 
 
 # The fit options are the estimator's parameters: names, defaults and help come from
@@ -139,9 +157,11 @@ def _demo(args) -> int:
 
 
 def _fit(args) -> int:
+    if args.model and os.path.abspath(args.model) == os.path.abspath(args.out):
+        raise ValueError(f"--out and --model are the same file ({args.out}): the model would replace the result")
     for path in filter(None, (args.out, args.model)):
         check_writable(path)
-    X = read_matrix(args.input, args.key)
+    X, source = _read_input(args)
     est = RobustAutoencoder(**{p.name: getattr(args, p.name) for p in _estimator_parameters()})
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -157,7 +177,7 @@ def _fit(args) -> int:
         est.save(args.model, data=False)
     h = est.history_[-1]
     print(
-        f"{len(X)} rows x {X.shape[1]} features, {est.n_iter_} outer iterations, lam {est.lam_:.6g}: "
+        f"{len(X)} rows x {X.shape[1]} features {source}, {est.n_iter_} outer iterations, lam {est.lam_:.6g}: "
         f"{int(est.labels_.sum())} rows flagged, {h['n_nonzero']} non-zero groups in S "
         f"(c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
     )
@@ -167,11 +187,14 @@ def _fit(args) -> int:
 def _score(args) -> int:
     check_writable(args.out)
     est = RobustAutoencoder.load(args.model, device=args.device)
-    X = read_matrix(args.input, args.key)
+    X, source = _read_input(args)
     scores = est.decision_function(X)
     labels = (scores > est.threshold_).astype(np.int64)
     save_npz(args.out, scores=scores, labels=labels, threshold=np.float64(est.threshold_))
-    print(f"{len(X)} rows scored, {int(labels.sum())} above the threshold {est.threshold_:.6g} -> {args.out}")
+    print(
+        f"{len(X)} rows scored ({X.shape[1]} features {source}), {int(labels.sum())} above the threshold "
+        f"{est.threshold_:.6g} -> {args.out}"
+    )
     return 0
 
 

@@ -7,6 +7,8 @@ The threshold ``lam`` is a Python number (finite, >= 0); the compiled operators 
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -34,8 +36,8 @@ def group_shrink(x: Tensor, lam: float, dim: int, *, out: Tensor | None = None) 
     column (features). A group with norm <= lam becomes exactly 0, any other is scaled by
     ``1 - lam / norm``."""
     if out is None:
-        return _ops.group_shrink(x, float(lam), int(dim))
-    _ops.group_shrink_out(x, float(lam), int(dim), out)
+        return _ops.group_shrink(x, float(lam), _dim(dim))
+    _ops.group_shrink_out(x, float(lam), _dim(dim), out)
     return out
 
 
@@ -56,7 +58,7 @@ def shrink_residual(
 def group_norms(x: Tensor, dim: int, *, minus: Tensor | None = None) -> Tensor:
     """The l2 norm of each group of a 2-D ``x``, as ``x.norm(dim=dim)``; with ``minus``, of
     ``x - minus`` without materialising it."""
-    return _ops.group_norms(x, int(dim), minus)
+    return _ops.group_norms(x, _dim(dim), minus)
 
 
 def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
@@ -71,6 +73,13 @@ def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor
     iteration's c2), written in the same pass over the operands. ``LS_prev`` must share no memory
     with ``X``, ``L`` or ``S``."""
     return _ops.convergence_step(X, L, S, LS_prev)
+
+
+def _dim(dim) -> int:
+    """dim as an int, refusing what int() would truncate or reinterpret (1.7, True, "1")."""
+    if isinstance(dim, bool) or not hasattr(type(dim), "__index__"):
+        raise TypeError(f"rda_ext: dim must be an integer (0 or 1 for a matrix), got {dim!r}")
+    return operator.index(dim)
 
 
 def _check_matrix(x: Tensor, name: str) -> None:

@@ -20,8 +20,10 @@ def _wide(x: Tensor) -> Tensor:
 
 
 def soft_threshold(x: Tensor, lam: float) -> Tensor:
-    """sign(x) * max(|x| - lam, 0), which is torch's softshrink."""
-    return torch.nn.functional.softshrink(_wide(x), lam).to(x.dtype)
+    """sign(x) * max(|x| - lam, 0), which is torch's softshrink. A lam beyond the largest finite value
+    of the computing dtype acts as that value (it zeroes every finite entry and keeps +-inf)."""
+    w = _wide(x)
+    return torch.nn.functional.softshrink(w, min(lam, torch.finfo(w.dtype).max)).to(x.dtype)
 
 
 def _norms(w: Tensor, dim: int) -> Tensor:
@@ -32,13 +34,19 @@ def _norms(w: Tensor, dim: int) -> Tensor:
     return torch.where(m.isinf(), m, (w / unit).norm(dim=dim, keepdim=True) * unit)
 
 
+def _shrink_factor(norms: Tensor, lam: float) -> Tensor:
+    """0 where the norm is <= lam, else 1 - lam / norm: 1 for an infinite norm (a group holding +-inf,
+    or one whose norm overflows, keeps its values, as soft-thresholding keeps an infinite entry), NaN
+    for a NaN norm, so bad data is not hidden."""
+    # lam as a tensor: torch divides a number by a tensor through its reciprocal, which overflows
+    # for subnormal norms.
+    return torch.where(norms <= lam, torch.zeros_like(norms), 1 - torch.full_like(norms, lam) / norms)
+
+
 def group_shrink(x: Tensor, lam: float, dim: int) -> Tensor:
-    """Each group (the slices x.norm(dim=dim) reduces) is 0 if its norm is <= lam, else scaled
-    by 1 - lam / norm. A NaN norm gives NaN, so bad data is not hidden."""
+    """Each group (the slices x.norm(dim=dim) reduces) is scaled by its shrink factor."""
     w = _wide(x)
-    norms = _norms(w, dim)
-    factor = torch.where(norms <= lam, torch.zeros_like(norms), (norms - lam) / norms)
-    return (w * factor).to(x.dtype)
+    return (w * _shrink_factor(_norms(w, dim), lam)).to(x.dtype)
 
 
 def shrink_residual(X: Tensor, L: Tensor, lam: float, penalty: str, norms: Tensor | None = None) -> Tensor:
@@ -52,9 +60,7 @@ def shrink_residual(X: Tensor, L: Tensor, lam: float, penalty: str, norms: Tenso
         return soft_threshold(R, lam).to(X.dtype)
     if norms is None:
         return group_shrink(R, lam, dim).to(X.dtype)
-    norms = _wide(norms).unsqueeze(dim)
-    factor = torch.where(norms <= lam, torch.zeros_like(norms), (norms - lam) / norms)
-    return (R * factor).to(X.dtype)
+    return (R * _shrink_factor(_wide(norms).unsqueeze(dim), lam)).to(X.dtype)
 
 
 def group_norms(x: Tensor, dim: int, minus: Tensor | None = None) -> Tensor:
@@ -65,11 +71,18 @@ def group_norms(x: Tensor, dim: int, minus: Tensor | None = None) -> Tensor:
 
 def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
     """[c1, c2] in float64: ||X - L - S|| / ||X|| and ||LS_prev - L - S|| / ||X|| (plain norms when
-    ||X|| = 0)."""
+    ||X|| = 0), each norm computed scaled so that float64 data beyond 1e+-150 neither under- nor
+    overflows."""
     X, L, S, P = (t.double() for t in (X, L, S, LS_prev))
-    scale = X.norm()
+    if X.numel() == 0:
+        return X.new_zeros(2)
+
+    def norm(t):
+        return _norms(t.reshape(1, -1), 1).reshape(())
+
+    scale = norm(X)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.stack([(X - L - S).norm() / scale, (P - L - S).norm() / scale])
+    return torch.stack([norm(X - L - S) / scale, norm(P - L - S) / scale])
 
 
 def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> tuple[Tensor, Tensor]:

@@ -74,8 +74,19 @@ def check_params(p: dict) -> None:
         fail("lr", "a finite number > 0")
     if not (is_real(p["tol"]) and p["tol"] >= 0):
         fail("tol", "a number >= 0")
+    if not is_random_state(p["random_state"]):
+        fail("random_state", "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator")
     resolve_device(p["device"])
     resolve_dtype(p["dtype"])
+
+
+def is_random_state(v) -> bool:
+    """What ``random_state`` takes: None (a fresh seed), an integer seed (numpy integers too; not a
+    bool, not a float, which would be silently truncated) or a numpy RandomState/Generator, from
+    which ``fit`` draws the seed as scikit-learn does."""
+    if v is None or isinstance(v, (np.random.RandomState, np.random.Generator)):
+        return True
+    return is_int(v) and 0 <= v < 2**64
 
 
 def is_int(v) -> bool:

@@ -1,12 +1,16 @@
 // CPU kernel of convergence: one pass over X, L, S and LS_prev summing ||X||^2, ||X - L - S||^2
 // and ||LS_prev - L - S||^2 in float64, in fixed chunks so the result is reproducible; for
-// convergence_step the same pass writes LS_prev = L + S.
+// convergence_step LS_prev = L + S is written chunk by chunk, right after the chunk is summed
+// (from cache). A chunk whose float64 sum under- or overflows (float64 data beyond ~1e+-150) is
+// summed again scaled by its largest magnitude before LS_prev is overwritten.
 
 #include "cpu/parallel.h"
+#include "group_norm.h"
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -14,22 +18,40 @@ namespace rda_ext::cpu {
 
 namespace {
 
-// ||X||^2, ||X - L - S||^2 and ||P - L - S||^2 over [begin, end).
-// With Update, also P_next[i] = L[i] + S[i] (P_next is P: each P[i] is read first).
-template <bool Update, typename T>
-RDA_EXT_HOT_LOOP std::array<double, 3> chunk_sums(const T* X, const T* L, const T* S, const T* P, T* P_next,
-                                                   int64_t begin, int64_t end) {
-  double xx = 0, r1 = 0, r2 = 0;
-#pragma omp simd reduction(+ : xx, r1, r2)
+struct ChunkSums {
+  std::array<double, 3> sumsq, max_abs;
+};
+
+// ||X||^2, ||X - L - S||^2 and ||P - L - S||^2 over [begin, end), with Scaled of the values
+// divided by scale[k] (a division: the reciprocal of a subnormal scale overflows), and the
+// largest magnitude of each.
+template <bool Scaled, typename T>
+RDA_EXT_HOT_LOOP ChunkSums chunk_sums(const T* X, const T* L, const T* S, const T* P, int64_t begin, int64_t end,
+                                      const double* scale) {
+  double xx = 0, r1 = 0, r2 = 0, mx = 0, m1 = 0, m2 = 0;
+#pragma omp simd reduction(+ : xx, r1, r2) reduction(max : mx, m1, m2)
   for (int64_t i = begin; i < end; ++i) {
     const double x = X[i], l = L[i], s = S[i], p = P[i];
-    const double d1 = x - l - s, d2 = p - l - s;
-    xx += x * x;
-    r1 += d1 * d1;
-    r2 += d2 * d2;
-    if constexpr (Update) P_next[i] = L[i] + S[i];
+    double qx = x, q1 = x - l - s, q2 = p - l - s;
+    mx = std::max(mx, std::abs(qx));
+    m1 = std::max(m1, std::abs(q1));
+    m2 = std::max(m2, std::abs(q2));
+    if constexpr (Scaled) {
+      qx /= scale[0];
+      q1 /= scale[1];
+      q2 /= scale[2];
+    }
+    xx += qx * qx;
+    r1 += q1 * q1;
+    r2 += q2 * q2;
   }
-  return {xx, r1, r2};
+  return {{xx, r1, r2}, {mx, m1, m2}};
+}
+
+template <typename T>
+RDA_EXT_HOT_LOOP void add_into(const T* L, const T* S, T* P, int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) P[i] = L[i] + S[i];
 }
 
 template <typename T>
@@ -40,19 +62,34 @@ void sums(const ConvergenceArgs& a) {
   const T* P = a.P.const_data_ptr<T>();
   T* P_next = a.update ? a.P.mutable_data_ptr<T>() : nullptr;
   const int64_t n = a.X.numel();
-  std::vector<std::array<double, 3>> partial(ceil_div(n, kChunk));
+  std::vector<std::array<ScaledSumsq, 3>> partial(ceil_div(n, kChunk));
   for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) {
-    partial[c] = P_next ? chunk_sums<true>(X, L, S, P, P_next, begin, end)
-                        : chunk_sums<false>(X, L, S, P, P_next, begin, end);
+    const ChunkSums plain = chunk_sums<false>(X, L, S, P, begin, end, nullptr);
+    bool rescale = false;
+    for (int k = 0; k < 3; ++k) {
+      partial[c][k] = plain_sumsq(plain.sumsq[k]);
+      rescale |= needs_rescaled_sum(plain.sumsq[k], plain.max_abs[k]);
+    }
+    if (rescale) {
+      std::array<double, 3> scale{};
+      for (int k = 0; k < 3; ++k) {
+        const bool usable = plain.max_abs[k] > 0 && plain.max_abs[k] < INFINITY;
+        scale[k] = usable ? plain.max_abs[k] : 1;
+      }
+      const ChunkSums scaled = chunk_sums<true>(X, L, S, P, begin, end, scale.data());
+      for (int k = 0; k < 3; ++k) {
+        if (needs_rescaled_sum(plain.sumsq[k], plain.max_abs[k])) partial[c][k] = {scale[k], scaled.sumsq[k]};
+      }
+    }
+    if (P_next) add_into(L, S, P_next, begin, end);
   });
-  std::array<double, 3> total{0, 0, 0};
+  std::array<ScaledSumsq, 3> total{};
   for (const auto& p : partial) {
-    for (int k = 0; k < 3; ++k) total[k] += p[k];
+    for (int k = 0; k < 3; ++k) total[k] = combine(total[k], p[k]);
   }
-  const double scale = total[0] > 0 ? std::sqrt(total[0]) : 1.0;
   double* out = a.out.mutable_data_ptr<double>();
-  out[0] = std::sqrt(total[1]) / scale;
-  out[1] = std::sqrt(total[2]) / scale;
+  out[0] = norm_ratio(total[1], total[0]);
+  out[1] = norm_ratio(total[2], total[0]);
 }
 
 }  // namespace

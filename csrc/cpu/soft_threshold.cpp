@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace rda_ext::cpu {
 
@@ -32,6 +33,13 @@ RDA_EXT_HOT_LOOP void soft_range(const T* x, const T* y, T* out, int64_t begin, 
   }
 }
 
+// lam in T, at most T's largest finite value: a finite lam beyond it would round to inf, and
+// inf - clamp(inf, -inf, inf) is NaN where the prox of an infinite entry is that entry.
+template <typename T>
+T threshold_as(double lam) {
+  return static_cast<T>(std::min(lam, static_cast<double>(std::numeric_limits<T>::max())));
+}
+
 template <typename T>
 void soft(const T* x, const T* y, T* out, int64_t n, T lam) {
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { soft_range(x, y, out, begin, end, lam); });
@@ -42,7 +50,7 @@ void soft(const T* x, const T* y, T* out, int64_t n, T lam) {
 void soft_threshold(const SoftThresholdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "rda_ext::soft_threshold", [&] {
     soft<scalar_t>(a.x.const_data_ptr<scalar_t>(), a.y.defined() ? a.y.const_data_ptr<scalar_t>() : nullptr,
-                   a.out.mutable_data_ptr<scalar_t>(), a.x.numel(), static_cast<scalar_t>(a.lam));
+                   a.out.mutable_data_ptr<scalar_t>(), a.x.numel(), threshold_as<scalar_t>(a.lam));
   });
 }
 

@@ -4,6 +4,9 @@
 #include "cuda/common.cuh"
 #include "kernels.h"
 
+#include <algorithm>
+#include <limits>
+
 #include <ATen/Dispatch.h>
 
 namespace rda_ext::cuda {
@@ -46,7 +49,9 @@ template <typename T, bool HasY>
 void launch(const T* x, const T* y, T* out, int64_t n, double lam) {
   constexpr int V = 16 / sizeof(T);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const auto l = static_cast<opmath_t<T>>(lam);
+  // At most the arithmetic type's largest finite value: a finite lam beyond it would round to
+  // inf, and inf - clamp(inf, -inf, inf) is NaN where the prox of an infinite entry is that entry.
+  const auto l = static_cast<opmath_t<T>>(std::min(lam, static_cast<double>(std::numeric_limits<opmath_t<T>>::max())));
   if (aligned16(x) && aligned16(out) && (!HasY || aligned16(y))) {
     soft_kernel<T, V, HasY><<<grid_for(n / V + 1), kThreads, 0, stream>>>(x, y, out, n, l);
   } else {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import csv
 import os
 import tempfile
 import zipfile
@@ -11,16 +13,34 @@ import numpy as np
 FORMATS = (".npy", ".npz", ".csv")
 
 
-def read_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+def read_matrix(
+    path: str | os.PathLike, key: str | None = None, header: bool | None = None, *, return_header: bool = False
+):
     """A numeric matrix (rows = instances) from ``.npy``, ``.npz`` (the array named ``key``, which
-    may be left out when the file holds one array) or ``.csv`` (comma-separated, an optional
-    header line). Arrays of images (n, h, w) become (n, h * w)."""
+    may be left out when the file holds one array) or ``.csv``. Arrays of images (n, h, w) become
+    (n, h * w).
+
+    A ``.csv`` file is UTF-8 text (a byte order mark is allowed), comma-separated, LF or CRLF line
+    ends, blank lines allowed only at the end; cells may have spaces around them and may be quoted.
+    ``header`` says whether its first line is a header to skip: ``True``, ``False``, or ``None``
+    (default) to decide by the rule that the first line is a header if none of its cells is a
+    number; a first line that mixes numbers and text is an error (say which with ``header``). Every
+    other fault (empty file, no data rows, rows of unequal length, an empty or non-numeric cell) is
+    a ``ValueError`` naming the file, and the line and column where it can.
+
+    With ``return_header=True`` the result is ``(matrix, header_skipped)``, where
+    ``header_skipped`` is ``None`` for ``.npy`` and ``.npz`` files."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"{path}: unsupported file type {ext or '(none)'!r}; use one of {', '.join(FORMATS)}")
+    if header not in (None, True, False):
+        raise ValueError(f"header must be None, True or False, got {header!r}")
+    if header is not None and ext != ".csv":
+        raise ValueError(f"{path}: a header line (header={header}, --header/--no-header) applies to .csv files only")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
+    skipped = None
     try:
         if ext == ".npy":
             a = np.load(path, allow_pickle=False)
@@ -34,25 +54,109 @@ def read_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
                     raise ValueError(f"it has no array {key!r} (it holds {', '.join(z.files)})")
                 a = z[key]
         else:
-            a = _read_csv(path)
+            a, skipped = _read_csv(path, header)
+    except CsvError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: cannot read: {e}") from e
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ValueError(f"{path}: the data must be numeric, got dtype {a.dtype}")
     if a.ndim < 2:
         raise ValueError(f"{path}: expected a matrix (rows = instances, columns = features), got shape {a.shape}")
-    return a.reshape(len(a), -1)
+    a = a.reshape(len(a), -1)
+    return (a, skipped) if return_header else a
 
 
-def _read_csv(path: str) -> np.ndarray:
-    with open(path) as f:
-        first = f.readline()
+class CsvError(ValueError):
+    """A fault in a ``.csv`` file; the message names the file (and the line and column)."""
+
+
+def _is_number(cell: str) -> bool:
     try:
-        [float(v) for v in first.split(",")]
-        header = 0
+        float(cell)
     except ValueError:
-        header = 1
-    return np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2, dtype=np.float64)
+        return False
+    return True
+
+
+def _show(cell: str) -> str:
+    return repr(cell if len(cell) <= 40 else cell[:37] + "...")
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def _separator_hint(cells) -> str:
+    for sep, name in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+        if any(sep in c for c in cells):
+            return f"; cells must be separated by commas, not {name}"
+    return ""
+
+
+def _read_csv(path: str, header: bool | None) -> tuple[np.ndarray, bool]:
+    """Parsed by hand (csv module + float), so that every fault is one message naming the file,
+    line and column, and nothing is printed (np.loadtxt warns on empty files)."""
+    values = array.array("d")
+    width = first = None  # cells per row, and the line that set it
+    n_rows = 0
+    blank = None  # the first of a run of blank lines, an error unless only blank lines follow
+    head = None  # the cells of the header line, if one was skipped
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=",", quotechar='"', skipinitialspace=True, strict=False)
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    blank = blank or line
+                    continue
+                if blank is not None:
+                    raise CsvError(
+                        f"{path}: line {blank} is blank (in a one-column file, a missing value); "
+                        f"blank lines are allowed only at the end"
+                    )
+                if width is None:  # the first line: a header or the first row of data
+                    if header or (header is None and not any(map(_is_number, row))):
+                        head, width, first = row, len(row), line
+                        continue
+                elif len(row) != width:
+                    what = f"the header (line {first})" if head is not None else f"line {first}"
+                    raise CsvError(
+                        f"{path}: line {line} has {_cells(len(row))}, {what} has {width}{_separator_hint(row)}"
+                    )
+                try:
+                    values.extend(map(float, row))
+                except ValueError:
+                    raise _cell_error(path, line, row, auto_first=header is None and width is None) from None
+                if width is None:
+                    width, first = len(row), line
+                n_rows += 1
+    except UnicodeDecodeError as e:
+        raise CsvError(f"{path}: not UTF-8 text ({e})") from None
+    except csv.Error as e:
+        raise CsvError(f"{path}: line {reader.line_num}: not CSV text ({e})") from None
+    if n_rows == 0:
+        if head is None:
+            raise CsvError(f"{path}: the file is empty (no data rows)")
+        why = "" if header else ", taken as a header because none of its cells is a number"
+        raise CsvError(f"{path}: no data rows, only a header line {first}{why}{_separator_hint(head)}")
+    return np.frombuffer(values, dtype=np.float64).reshape(n_rows, width), head is not None
+
+
+def _cell_error(path: str, line: int, row: list[str], auto_first: bool) -> CsvError:
+    for column, cell in enumerate(row, 1):
+        if _is_number(cell):
+            continue
+        where = f"{path}: line {line}, column {column}"
+        if not cell.strip():
+            return CsvError(f"{where}: empty cell (a missing value)")
+        if auto_first:
+            return CsvError(
+                f"{where}: {_show(cell.strip())} is not a number but other cells of the line are, so it is neither "
+                f"a header nor data: say which with header=True/False (rda-ext: --header/--no-header)"
+            )
+        return CsvError(f"{where}: {_show(cell.strip())} is not a number{_separator_hint([cell])}")
+    raise AssertionError("unreachable: a cell failed float() but each parses")
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -1,68 +1,260 @@
 """The model file of a fitted RobustAutoencoder: a torch file of plain values and tensors only, read
-back with ``weights_only=True`` so that loading runs no code from the file."""
+back with ``weights_only=True`` so that loading runs no code from the file.
+
+``save_model`` stores the parameters as plain Python values (numpy scalars, which ``fit`` accepts,
+become Python numbers; a numpy RandomState or Generator becomes its state), and ``load_model``
+checks the whole file before it builds anything: a file that is not one, or not whole, is a
+``ValueError`` that names it and says what is wrong."""
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 
+import numpy as np
 import torch
 
 from rda_ext.data.files import atomic_write
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.validation import kind, resolve_device, resolve_dtype, to_cpu
+from rda_ext.validation import check_params, is_int, is_real, kind, resolve_device, resolve_dtype, to_cpu
 
 FORMAT = "rda_ext.RobustAutoencoder/1"
+_KEYS = ("format", "params", "sizes", "weights", "fitted")
 _FITTED_SCALARS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_")
+_FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
+_DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
+_RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
+
+
+class _Invalid(Exception):
+    """What is wrong with a file that has the format tag (load_model adds the file's name)."""
+
+
+class _Unusable(Exception):
+    """A valid file that cannot be used here (its device); load_model adds the file's name."""
 
 
 def save_model(est, path, *, data: bool = True) -> None:
     """Writes ``est``'s parameters, weights and fitted state to ``path``, whole or not at all;
-    ``data=False`` leaves out L_ and S_."""
+    ``data=False`` leaves out L_ and S_. The estimator itself is not changed."""
     est._check_fitted()
     params = est.get_params()
-    params["hidden"] = list(params["hidden"])
     params["dtype"] = None if est.dtype is None else str(resolve_dtype(est.dtype)).removeprefix("torch.")
-    fitted = {name: getattr(est, name) for name in _FITTED_SCALARS}
-    fitted["history_"] = [dict(h) for h in est.history_]
-    fitted["decision_scores_"] = torch.from_numpy(est.decision_scores_)
-    fitted["labels_"] = torch.from_numpy(est.labels_)
-    fitted["batch_seed"] = est._batch_seed
+    params["random_state"] = _random_state_to_file(params["random_state"])
+    fitted = {name: plain(getattr(est, name)) for name in _FITTED_SCALARS}
+    fitted["decision_scores_"] = torch.from_numpy(np.ascontiguousarray(est.decision_scores_))
+    fitted["labels_"] = torch.from_numpy(np.ascontiguousarray(est.labels_))
+    fitted["batch_seed"] = plain(est._batch_seed)
     if data:
         fitted["L_"], fitted["S_"], fitted["input"] = to_cpu(est.L_), to_cpu(est.S_), kind(est.L_)
     state = {
-        "format": FORMAT, "params": params, "sizes": list(est.model_.sizes),
+        "format": FORMAT, "params": plain(params), "sizes": plain(est.model_.sizes),
         "weights": {k: v.detach().cpu() for k, v in est.model_.state_dict().items()}, "fitted": fitted,
     }
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_model(cls, path, *, device: str | None = None):
-    """The estimator of class ``cls`` saved at ``path``; ``device`` overrides the saved one."""
+def plain(value):
+    """``value`` with what ``torch.load(weights_only=True)`` refuses or may not keep replaced by plain
+    Python values: numpy scalars by Python numbers, numpy arrays and tuples by lists, a torch
+    device or dtype by its name (recursively through lists and dicts)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+def _random_state_to_file(rs):
+    if isinstance(rs, np.random.RandomState):
+        return {_RANDOM_STATE: "RandomState", "state": plain(rs.get_state(legacy=False))}
+    if isinstance(rs, np.random.Generator):
+        return {_RANDOM_STATE: "Generator", "state": plain(rs.bit_generator.state)}
+    return plain(rs)
+
+
+def _random_state_from_file(value):
+    if not isinstance(value, dict):
+        return value
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+        what, state = value[_RANDOM_STATE], value["state"]
+        if what == "RandomState":
+            rs = np.random.RandomState()
+            rs.set_state(state)
+            return rs
+        if what == "Generator":
+            bit_generator = getattr(np.random, state["bit_generator"])
+            if not (isinstance(bit_generator, type) and issubclass(bit_generator, np.random.BitGenerator)):
+                raise ValueError(f"{state['bit_generator']!r} is not a numpy bit generator")
+            bits = bit_generator()
+            bits.state = state
+            return np.random.Generator(bits)
+        raise ValueError(f"unknown kind {what!r}")
+    except Exception as e:
+        raise _Invalid(f"parameters invalid: random_state is not a readable numpy random state ({e})") from None
+
+
+def load_model(cls, path, *, device: str | None = None):
+    """The estimator of class ``cls`` saved at ``path``; ``device`` overrides the saved one. A file
+    that is not a whole rda_ext model is a ValueError naming it and what is wrong."""
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            # torch's note on an unusual pickle protocol (a file of random bytes): the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{os.fspath(path)!r} is not a readable rda_ext model ({first_line})") from e
+        raise ValueError(f"{name!r} is not a readable rda_ext model ({_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not an rda_ext model file")
-    params = dict(state["params"])
-    params["hidden"] = tuple(params["hidden"])
+        raise ValueError(f"{name!r} is not an rda_ext model file")
+    if device is not None:
+        resolve_device(device)  # the caller's argument, with its own error
+    try:
+        params = _checked_params(cls, state)
+        est = _build(cls, state, params, device)
+    except _Invalid as e:
+        raise ValueError(f"{name!r} is not a valid rda_ext model file: {e}") from None
+    except _Unusable as e:
+        raise ValueError(f"{name!r}: {e}") from None
+    except Exception as e:  # whatever the checks above missed: still the file's fault, said as such
+        raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {_reason(e)}") from None
+    # Outside the file checks: running out of device memory here is not the file's fault.
+    est.model_ = est.model_.to(device=resolve_device(est.device), dtype=resolve_dtype(est.dtype)).eval()
+    return est
+
+
+def _checked_params(cls, state: dict) -> dict:
+    missing = [key for key in _KEYS if key not in state]
+    if missing:
+        raise _Invalid(f"missing key {', '.join(map(repr, missing))}")
+    params = state["params"]
+    if not isinstance(params, dict):
+        raise _Invalid(f"'params' is a {type(params).__name__}, not a dict")
+    names = cls._param_names()
+    missing = [p for p in names if p not in params]
+    unknown = [p for p in params if p not in names]
+    if missing or unknown:
+        raise _Invalid("parameters invalid: " + "; ".join(
+            filter(None, (missing and f"missing {', '.join(map(repr, missing))}",
+                          unknown and f"unknown {', '.join(map(repr, unknown))}"))))
+    params = dict(params)
+    if isinstance(params["hidden"], list):
+        params["hidden"] = tuple(params["hidden"])
+    params["random_state"] = _random_state_from_file(params["random_state"])
+    try:
+        check_params(dict(params, device="cpu"))  # the device is checked where it is used
+    except ValueError as e:
+        raise _Invalid(f"parameters invalid: {e}") from None
+    return params
+
+
+def _build(cls, state: dict, params: dict, device):
+    sizes = state["sizes"]
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(is_int(s) and s > 0 for s in sizes)
+            and tuple(sizes[1:]) == tuple(params["hidden"])):
+        raise _Invalid(f"sizes {sizes!r} do not match hidden {params['hidden']!r}")
     if device is not None:
         params["device"] = device
+    else:
+        try:
+            resolve_device(params["device"])
+        except ValueError as e:
+            raise _Unusable(f"the saved {e}; load(..., device=...) overrides it") from None
     est = cls(**params)
-    est._check_params()
-    model = DeepAutoencoder(tuple(state["sizes"]), est.activation, est.output_activation, est.tied_weights)
-    model.load_state_dict(state["weights"])
-    est.model_ = model.to(device=resolve_device(est.device), dtype=resolve_dtype(est.dtype)).eval()
+    model = DeepAutoencoder(tuple(sizes), est.activation, est.output_activation, est.tied_weights)
+    model.load_state_dict(_checked_weights(state["weights"], model.state_dict()))
+    est.model_ = model  # on the CPU until load_model moves it
+
     fitted = state["fitted"]
-    for name in _FITTED_SCALARS:
-        setattr(est, name, fitted[name])
+    if not isinstance(fitted, dict):
+        raise _Invalid(f"'fitted' is a {type(fitted).__name__}, not a dict")
+    missing = [key for key in _FITTED_KEYS if key not in fitted]
+    if missing:
+        raise _Invalid(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
+    d = sizes[0]
+    if not (is_int(fitted["n_features_in_"]) and fitted["n_features_in_"] == d):
+        raise _Invalid(f"n_features_in_ is {fitted['n_features_in_']!r} but the network takes {d} features")
+    for key in ("n_iter_", "batch_seed"):
+        if not (is_int(fitted[key]) and fitted[key] >= 0):
+            raise _Invalid(f"{key} is {fitted[key]!r}, not an integer >= 0")
+    for key in ("lam_", "threshold_"):
+        if not is_real(fitted[key]):
+            raise _Invalid(f"{key} is {fitted[key]!r}, not a number")
+    history = fitted["history_"]
+    if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+        raise _Invalid("history_ is not a list of dicts")
+    scores, labels = fitted["decision_scores_"], fitted["labels_"]
+    if not (isinstance(scores, torch.Tensor) and scores.dim() == 1 and scores.is_floating_point()):
+        raise _Invalid("decision_scores_ is not a vector of floats")
+    if not (isinstance(labels, torch.Tensor) and labels.shape == scores.shape
+            and not labels.is_floating_point() and not labels.is_complex()):
+        raise _Invalid(f"labels_ is not a vector of {len(scores)} integers like decision_scores_")
+    present = [key for key in _DATA_KEYS if key in fitted]
+    if present and len(present) < len(_DATA_KEYS):
+        missing = [key for key in _DATA_KEYS if key not in fitted]
+        raise _Invalid(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
+    if present:
+        for key in ("L_", "S_"):
+            t = fitted[key]
+            if not (isinstance(t, torch.Tensor) and tuple(t.shape) == (len(scores), d)):
+                got = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
+                raise _Invalid(f"{key} is not a ({len(scores)}, {d}) tensor but {got}")
+        if fitted["input"] not in ("numpy", "tensor"):
+            raise _Invalid(f"input is {fitted['input']!r}, not 'numpy' or 'tensor'")
+
+    for key in _FITTED_SCALARS:
+        setattr(est, key, fitted[key])
     est._batch_seed = fitted["batch_seed"]
     est._optim = None
-    est.decision_scores_ = fitted["decision_scores_"].numpy()
-    est.labels_ = fitted["labels_"].numpy()
-    if "L_" in fitted:
+    est.decision_scores_ = scores.numpy()
+    est.labels_ = labels.numpy()
+    if present:
         est.L_, est.S_ = (t.numpy() if fitted["input"] == "numpy" else t for t in (fitted["L_"], fitted["S_"]))
     return est
+
+
+def _checked_weights(weights, expected: dict) -> dict:
+    if not isinstance(weights, dict):
+        raise _Invalid(f"'weights' is a {type(weights).__name__}, not a dict")
+    missing = [k for k in expected if k not in weights]
+    unknown = [k for k in weights if k not in expected]
+    if missing:
+        raise _Invalid(f"missing weight {', '.join(map(repr, missing))}")
+    if unknown:
+        raise _Invalid(f"unexpected weight {', '.join(map(repr, unknown))} for this network")
+    for key, want in expected.items():
+        w = weights[key]
+        if not (isinstance(w, torch.Tensor) and w.is_floating_point()):
+            raise _Invalid(f"weight {key!r} is not a float tensor")
+        if w.shape != want.shape:
+            raise _Invalid(f"weight shape mismatch: {key!r} is {tuple(w.shape)}, the network needs {tuple(want.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise _Invalid(f"weight {key!r} holds NaN or infinite values")
+    return weights
+
+
+def _reason(e: BaseException) -> str:
+    """The gist of a torch.load error in one line, without torch's advice to load the file with
+    ``weights_only=False`` (which would run code from it) or to allowlist its globals."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
+    if found:
+        text = found.group(1)
+        glob = re.match(r"Unsupported global: GLOBAL (\S+)", text)
+        if glob:
+            text = f"it holds a {glob.group(1)} object, which a model file never does"
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    kept = [s for s in sentences if s and "weights_only" not in s and "safe_globals" not in s]
+    return kept[0].rstrip(".") if kept else (
+        "the file is empty or cut short" if isinstance(e, EOFError) else type(e).__name__)

@@ -3,6 +3,7 @@ scikit-learn/PyOD-style estimator, trained with the fused proximal kernels."""
 
 from __future__ import annotations
 
+import copy
 import secrets
 
 import numpy as np
@@ -60,7 +61,8 @@ class RobustAutoencoder(SklearnProtocol):
     warm_start : a new ``fit`` continues from the fitted autoencoder (and S, for the same X).
     device : "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
     dtype : "float32" (default, whatever the input dtype) or "float64".
-    random_state : seed of the initial weights and of the batch order; None draws a fresh one.
+    random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
+        RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations.
 
     Fitted attributes
@@ -124,34 +126,40 @@ class RobustAutoencoder(SklearnProtocol):
         Xt = as_matrix(X, "X", device, dtype)
         warn_if_outside_output_range(Xt, self.output_activation)
         n, d = Xt.shape
-        warm = self.warm_start and hasattr(self, "model_") and self.model_.sizes == (d, *self.hidden)
+        architecture = ((d, *self.hidden), self.activation, self.output_activation, bool(self.tied_weights))
+        warm = self.warm_start and hasattr(self, "model_") and self.model_.architecture == architecture
+        # Nothing of the fitted state changes before the fit succeeds: a fit that raises (bad
+        # numbers, a diverged loss, an interrupt) leaves the previous fit whole, or none.
         if warm:
-            moved = next(self.model_.parameters()).device != device
-            model = self.model_.to(device=device, dtype=dtype)
+            # A copy in the requested dtype and on the requested device, with an optimizer of its own:
+            # the previous optimizer's state (Adam's moments, SGD's momentum) is carried over, cast to
+            # the copy's dtype and device, so that a dtype or device change never mixes them.
+            model = copy.deepcopy(self.model_).to(device=device, dtype=dtype)
+            optim = make_optimizer(model, self.optimizer, float(self.lr))
+            previous = getattr(self, "_optim", None)
+            if previous is not None and type(previous) is type(optim):
+                optim.load_state_dict(copy.deepcopy(previous.state_dict()))
             same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
             S = as_matrix(self.S_, "S_", device, dtype).clone() if same_rows else torch.zeros_like(Xt)
-            if moved or self._optim is None:
-                self._optim = make_optimizer(model, self.optimizer, self.lr)
+            batch_seed = self._batch_seed
         else:
-            seed = self.random_state if self.random_state is not None else secrets.randbits(63)
-            init = torch.Generator().manual_seed(int(seed))
+            init = torch.Generator().manual_seed(_initial_seed(self.random_state))
             model = DeepAutoencoder(
                 (d, *self.hidden), self.activation, self.output_activation, self.tied_weights, init
             ).to(device=device, dtype=dtype)
-            self._batch_seed = int(torch.randint(2**62, (), generator=init))
-            self._optim = make_optimizer(model, self.optimizer, self.lr)
+            batch_seed = int(torch.randint(2**62, (), generator=init))
+            optim = make_optimizer(model, self.optimizer, float(self.lr))
             S = torch.zeros_like(Xt)
             same_rows = False
-        for group in self._optim.param_groups:
-            group["lr"] = self.lr
-        batches = torch.Generator(device=device).manual_seed(self._batch_seed)
-        self._batch_seed += 1  # a warm-started fit draws new batch orders
+        for group in optim.param_groups:
+            group["lr"] = float(self.lr)
+        batches = torch.Generator(device=device).manual_seed(batch_seed)
 
         # c2 of a warm start compares with where the previous fit ended.
         resumed = same_rows and getattr(self, "L_", None) is not None
         LS_prev = as_matrix(self.L_, "L_", device, dtype) + S if resumed else torch.zeros_like(Xt)
         solver = RDASolver(
-            model, self._optim, Xt, S, LS_prev, penalty=self.penalty,
+            model, optim, Xt, S, LS_prev, penalty=self.penalty,
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
             inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
         )
@@ -169,20 +177,25 @@ class RobustAutoencoder(SklearnProtocol):
         finally:
             progress.close()
 
-        self.model_ = model.eval()
+        L_out, S_out = like_input(solver.L, X), like_input(S, X)
+        scores = solver.row_scores().to(torch.float64).cpu().numpy()
+        lam_ = run[-1]["lam"]
+        if self.penalty == "l21_rows":
+            threshold = lam_
+            labels = (solver.norms > lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
+        else:
+            threshold = float(np.quantile(scores, 1.0 - self.contamination))
+            labels = (scores > threshold).astype(np.int64)
+
+        self.model_, self._optim = model.eval(), optim
+        self._batch_seed = batch_seed + 1  # a warm-started fit draws new batch orders
         self.n_features_in_ = d
         self.n_iter_ = len(run)
         self.history_ = history
-        self.lam_ = run[-1]["lam"]
-        self.L_ = like_input(solver.L, X)
-        self.S_ = like_input(S, X)
-        self.decision_scores_ = solver.row_scores().to(torch.float64).cpu().numpy()
-        if self.penalty == "l21_rows":
-            self.threshold_ = self.lam_
-            self.labels_ = (solver.norms > self.lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
-        else:
-            self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
-            self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self.lam_ = lam_
+        self.L_, self.S_ = L_out, S_out
+        self.decision_scores_ = scores
+        self.threshold_, self.labels_ = threshold, labels
         return self
 
     # ---------------------------------------------------------------- new data
@@ -243,3 +256,16 @@ class RobustAutoencoder(SklearnProtocol):
 
     def _check_params(self) -> None:
         check_params(self.get_params())
+
+
+def _initial_seed(random_state) -> int:
+    """The seed of the initial weights (and of the batch orders) for ``random_state``, as checked by
+    ``check_params``: None draws a fresh one, a RandomState or Generator gives the next draw (as
+    scikit-learn's ``check_random_state`` and its estimators do), an integer is the seed."""
+    if random_state is None:
+        return secrets.randbits(63)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int64).max, dtype=np.int64))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int64).max))
+    return int(random_state)

@@ -42,6 +42,8 @@ class DeepAutoencoder(nn.Module):
     ):
         super().__init__()
         self.sizes = tuple(int(s) for s in sizes)
+        # What the network is, beyond its weights: a warm start continues only the same network.
+        self.architecture = (self.sizes, activation, output_activation, bool(tied))
         self.act = ACTIVATIONS[activation]
         self.out_act = ACTIVATIONS[output_activation]
         self.tied = tied

@@ -24,6 +24,7 @@ written (W) once (benchmarks/bench_prox_step.py times both sequences):
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -34,6 +35,10 @@ from rda_ext import ops
 from rda_ext.solver.training import reconstruct_into, train_epochs
 
 HISTORY_KEYS = ("iteration", "lam", "train_loss", "recon_error", "objective", "c1", "c2", "n_nonzero", "seconds")
+
+
+class TrainingDiverged(ValueError):
+    """A number of an outer iteration is not finite: the autoencoder's training diverged."""
 
 
 def survival_threshold(norms: Tensor, fraction: float) -> float:
@@ -76,6 +81,7 @@ class RDASolver:
         self.inner_epochs, self.batch_size, self.generator = inner_epochs, batch_size, generator
         # The residual's group norms of the last proximal step (l2,1 penalties).
         self.norms: Tensor | None = None
+        self.iterations = 0  # run by this solver
 
     def run(self, outer_iter: int, tol: float, on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
         """Up to ``outer_iter`` outer iterations, stopping once c1 and c2 are both below ``tol``.
@@ -94,11 +100,17 @@ class RDASolver:
         """One outer iteration. Synchronises with the host once (twice with contamination: the
         chosen lam is read before the shrinkage)."""
         t0 = time.perf_counter()
+        self.iterations += 1
         torch.sub(self.X, self.S, out=self.L)
         train_loss = train_epochs(self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator)
         recon_sq = reconstruct_into(self.model, self.L, out=self.L)
         lam, stats = self.proximal_step()
         loss, recon, pen, nnz, c1, c2 = torch.stack([train_loss, recon_sq.sqrt(), *stats]).tolist()
+        # Checked on the numbers this synchronisation reads anyway: a non-finite L or S makes one of them so.
+        for value, what in ((loss, "the training loss"), (recon, "the reconstruction AE(X - S)"),
+                            (c1, "L + S"), (c2, "L + S"), (pen, "S")):
+            if not math.isfinite(value):
+                self._diverged(what, loss, recon)
         return dict(
             lam=lam, train_loss=loss, recon_error=recon, objective=recon + lam * pen, c1=c1, c2=c2,
             n_nonzero=int(nnz), seconds=time.perf_counter() - t0,
@@ -126,7 +138,17 @@ class RDASolver:
         norms = self.norms
         if norms is None:
             norms = torch.sub(self.X, self.L, out=self.S).abs_()
-        return survival_threshold(norms, self.contamination)
+        lam = survival_threshold(norms, self.contamination)
+        if not math.isfinite(lam):
+            self._diverged("the residual X - AE(X - S), whose quantile gives lam,", math.nan, math.nan)
+        return lam
+
+    def _diverged(self, what: str, loss: float, recon: float):
+        raise TrainingDiverged(
+            f"training diverged at outer iteration {self.iterations}: {what} is not finite (last training loss "
+            f"{loss:.3g}, reconstruction error {recon:.3g}); lower lr, use optimizer='adam', or scale X (e.g. to "
+            "[0, 1] with output_activation='sigmoid', or to unit variance with 'linear')"
+        )
 
     def penalty_stats(self, lam: float) -> list[Tensor]:
         """The penalty of S (the sum of its group norms) and its number of non-zero groups. For the
