@@ -257,6 +257,13 @@ def test_bad_data():
         est.fit(np.zeros((7, 0)))
     with pytest.raises(ValueError, match="X must be numeric"):
         est.fit(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match=r"X has dtype float\d+, which torch cannot hold"):
+        est.fit(np.ones((4, 3), dtype=np.longdouble))
+    X_big_endian = np.random.rand(30, 5).astype(">f8")
+    np.testing.assert_array_equal(
+        RobustAutoencoder(**dict(SMALL, outer_iter=1), random_state=0, device="cpu").fit(X_big_endian).decision_scores_,
+        RobustAutoencoder(**dict(SMALL, outer_iter=1), random_state=0, device="cpu").fit(X_big_endian.astype("<f8")).decision_scores_,
+    )
     with pytest.raises(ValueError, match="Complex data not supported"):
         est.fit(np.ones((4, 3), dtype=complex))
     with pytest.raises(TypeError, match="sparse matrix, which is not supported"):

@@ -51,7 +51,7 @@ def samples(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for op, args in samples(device):
-        # The gradient tests do not apply: the proximal steps are not differentiated through.
+        # Gradients: test_ops_autograd.py (requires-grad samples); these samples include out= forms, which have none.
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 

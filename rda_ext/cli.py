@@ -11,7 +11,9 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -24,6 +26,8 @@ from rda_ext.solver import HISTORY_KEYS
 from rda_ext.validation import CHOICES, DTYPES
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
 
 class UsageError(ValueError):
@@ -35,14 +39,80 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler, so that what is being written is cleaned up on the way out
+    (a BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    restore = _handle_signals()
     try:
         args = parser.parse_args(argv)
         return args.run(args)
-    except (ValueError, OSError, torch.OutOfMemoryError) as e:
-        print(f"rda-ext: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except Terminated:
+        return _fail("terminated", EXIT_TERMINATED)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not _allocation_failure(e):
+            raise
+        return _fail(f"error: {_out_of_memory(e)}", EXIT_USAGE)
+    except (ValueError, OSError) as e:
+        return _fail(f"error: {e}", EXIT_USAGE)
+    finally:
+        restore()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rda-ext: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _handle_signals():
+    """SIGTERM raises ``Terminated``, so that a temporary file is removed (O_TMPFILE needs no
+    removal) and the exit is one line; after a first SIGINT or SIGTERM both are ignored, so that
+    a second one cannot break the cleanup. Returns what restores the previous handlers (main is
+    also called from Python, in tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    for sig, old in previous.items():
+        if old is not signal.SIG_IGN:  # nohup / background jobs: stay ignored
+            signal.signal(sig, handler)
+
+    def restore():
+        for sig, h in previous.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+    return restore
+
+
+_ALLOCATION_FAILURE = ("can't allocate memory", "out of memory", "storage size calculation overflowed")
+
+
+def _allocation_failure(e: RuntimeError) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or any(m in str(e).lower() for m in _ALLOCATION_FAILURE)
+
+
+def _out_of_memory(e: RuntimeError) -> str:
+    tried = re.search(r"tried to allocate ([\d.]+) ?(\w+)", str(e), flags=re.IGNORECASE)
+    size = None
+    if tried:
+        number, unit = tried.groups()
+        size = f"{int(number) / 2**30:.3g} GiB" if unit == "bytes" and number.isdigit() else f"{number} {unit}"
+    where = "GPU" if isinstance(e, torch.OutOfMemoryError) or "cuda" in str(e).lower() else "CPU"
+    return (
+        f"the network or the data does not fit in {where} memory"
+        + (f" (an allocation of {size} failed)" if size else "")
+        + ": use smaller --hidden layer sizes or a smaller --batch-size"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -142,6 +212,8 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 400,200, got {text!r}") from None
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    if max(sizes) >= 2**63:
+        raise argparse.ArgumentTypeError(f"layer sizes must be below 2**63, got {text!r}")
     return sizes
 
 

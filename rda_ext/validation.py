@@ -112,7 +112,9 @@ def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
             raise ValueError(f"Complex data not supported: {name} has dtype {a.dtype}")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-        a = np.ascontiguousarray(a)
+        if a.dtype.kind == "f" and a.dtype.itemsize > 8:
+            raise ValueError(f"{name} has dtype {a.dtype}, which torch cannot hold: convert it, e.g. {name}.astype(np.float64)")
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=") if not a.dtype.isnative else None)
         t = torch.from_numpy(a if a.flags.writeable else a.copy())
     if t.is_complex():
         raise ValueError(f"Complex data not supported: {name} has dtype {t.dtype}")

@@ -1,8 +1,8 @@
 // CPU kernel of convergence: one pass over X, L, S and LS_prev summing ||X||^2, ||X - L - S||^2
 // and ||LS_prev - L - S||^2 in float64, in fixed chunks so the result is reproducible; for
-// convergence_step LS_prev = L + S is written chunk by chunk, right after the chunk is summed
-// (from cache). A chunk whose float64 sum under- or overflows (float64 data beyond ~1e+-150) is
-// summed again scaled by its largest magnitude before LS_prev is overwritten.
+// convergence_step LS_prev = L + S is written in the same pass (float64 data: right after each
+// chunk is summed, from cache, since a chunk whose float64 sum under- or overflows, data beyond
+// ~1e+-150, is summed again scaled by its largest magnitude before LS_prev is overwritten).
 
 #include "cpu/parallel.h"
 #include "group_norm.h"
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <type_traits>
 
 namespace rda_ext::cpu {
 
@@ -25,9 +26,10 @@ struct ChunkSums {
 // ||X||^2, ||X - L - S||^2 and ||P - L - S||^2 over [begin, end), with Scaled of the values
 // divided by scale[k] (a division: the reciprocal of a subnormal scale overflows), and the
 // largest magnitude of each.
-template <bool Scaled, typename T>
-RDA_EXT_HOT_LOOP ChunkSums chunk_sums(const T* X, const T* L, const T* S, const T* P, int64_t begin, int64_t end,
-                                      const double* scale) {
+// With WriteP, also P_next[i] = L[i] + S[i] (P_next is P), after P[i] is read.
+template <bool Scaled, bool WriteP, typename T>
+RDA_EXT_HOT_LOOP ChunkSums chunk_sums(const T* X, const T* L, const T* S, const T* P, T* P_next, int64_t begin,
+                                      int64_t end, const double* scale) {
   double xx = 0, r1 = 0, r2 = 0, mx = 0, m1 = 0, m2 = 0;
 #pragma omp simd reduction(+ : xx, r1, r2) reduction(max : mx, m1, m2)
   for (int64_t i = begin; i < end; ++i) {
@@ -44,6 +46,7 @@ RDA_EXT_HOT_LOOP ChunkSums chunk_sums(const T* X, const T* L, const T* S, const 
     xx += qx * qx;
     r1 += q1 * q1;
     r2 += q2 * q2;
+    if constexpr (WriteP) P_next[i] = L[i] + S[i];
   }
   return {{xx, r1, r2}, {mx, m1, m2}};
 }
@@ -63,8 +66,13 @@ void sums(const ConvergenceArgs& a) {
   T* P_next = a.update ? a.P.mutable_data_ptr<T>() : nullptr;
   const int64_t n = a.X.numel();
   std::vector<std::array<ScaledSumsq, 3>> partial(ceil_div(n, kChunk));
+  // Squares of float32 (and narrower) values summed in float64 can neither overflow nor underflow,
+  // so their chunks are never summed again and LS_prev is written in the same pass; float64 chunks
+  // are written after their sums are known to be usable.
+  constexpr bool may_rescale = std::is_same_v<T, double>;
   for_each_chunk(n, [&](int64_t c, int64_t begin, int64_t end) {
-    const ChunkSums plain = chunk_sums<false>(X, L, S, P, begin, end, nullptr);
+    const ChunkSums plain = !may_rescale && P_next ? chunk_sums<false, true, T>(X, L, S, P, P_next, begin, end, nullptr)
+                                                   : chunk_sums<false, false, T>(X, L, S, P, nullptr, begin, end, nullptr);
     bool rescale = false;
     for (int k = 0; k < 3; ++k) {
       partial[c][k] = plain_sumsq(plain.sumsq[k]);
@@ -76,12 +84,12 @@ void sums(const ConvergenceArgs& a) {
         const bool usable = plain.max_abs[k] > 0 && plain.max_abs[k] < INFINITY;
         scale[k] = usable ? plain.max_abs[k] : 1;
       }
-      const ChunkSums scaled = chunk_sums<true>(X, L, S, P, begin, end, scale.data());
+      const ChunkSums scaled = chunk_sums<true, false, T>(X, L, S, P, nullptr, begin, end, scale.data());
       for (int k = 0; k < 3; ++k) {
         if (needs_rescaled_sum(plain.sumsq[k], plain.max_abs[k])) partial[c][k] = {scale[k], scaled.sumsq[k]};
       }
     }
-    if (P_next) add_into(L, S, P_next, begin, end);
+    if (may_rescale && P_next) add_into(L, S, P_next, begin, end);
   });
   std::array<ScaledSumsq, 3> total{};
   for (const auto& p : partial) {

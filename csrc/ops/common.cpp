@@ -1,6 +1,7 @@
 #include "ops/common.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
@@ -8,6 +9,16 @@
 #include <optional>
 
 namespace rda_ext {
+
+void check_no_autograd(const char* op, std::initializer_list<at::Tensor> tensors) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK(!(t.defined() && t.requires_grad()), "rda_ext: ", op,
+                ": out=... arguments don't support automatic differentiation, but one of the arguments "
+                "requires grad (the operator writes its result in place and has no gradient; use the "
+                "functional form, or call it under torch.no_grad())");
+  }
+}
 
 void check_lam(double lam) {
   TORCH_CHECK(std::isfinite(lam) && lam >= 0,

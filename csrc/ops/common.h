@@ -28,6 +28,11 @@ int64_t check_group_dim(int64_t dim);
 // and it is either one of the inputs exactly or overlaps none of them.
 void check_out(const at::Tensor& out, const at::Tensor& like, std::initializer_list<at::Tensor> inputs);
 
+// The mutating operators (the *_out ones, convergence_step) have no autograd formula: with grad
+// mode on, none of their tensors (undefined ones are skipped) may require grad, as for torch's own
+// out= functions. The front ends run below the Autograd key, where requires_grad is still visible.
+void check_no_autograd(const char* op, std::initializer_list<at::Tensor> tensors);
+
 // t if its memory is one dense block, else a contiguous copy.
 at::Tensor dense(const at::Tensor& t);
 

@@ -43,6 +43,7 @@ at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tenso
 }
 
 at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev) {
+  check_no_autograd("convergence_step", {X, L, S, LS_prev});
   check_args(X, L, S, LS_prev);
   // LS_prev is written while X, L and S are read: it must share no memory with them. Views whose
   // overlap torch cannot decide (two strided views of one storage) are refused too.

@@ -45,6 +45,7 @@ at::Tensor group_shrink(const at::Tensor& x, double lam, int64_t dim) {
 }
 
 void group_shrink_out(const at::Tensor& x, double lam, int64_t dim, const at::Tensor& out) {
+  check_no_autograd("group_shrink_out", {x, out});
   const int64_t d = check_args(x, lam, dim);
   check_out(out, x, {x});
   group_shrink_into(x, {}, lam, d, out);

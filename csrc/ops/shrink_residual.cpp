@@ -67,6 +67,7 @@ at::Tensor shrink_residual(const at::Tensor& X, const at::Tensor& L, double lam,
 
 void shrink_residual_out(const at::Tensor& X, const at::Tensor& L, double lam, std::string_view penalty,
                          const at::Tensor& out, const std::optional<at::Tensor>& norms) {
+  check_no_autograd("shrink_residual_out", {X, L, out, norms.value_or(at::Tensor())});
   const auto [p, n] = check_args(X, L, lam, penalty, norms);
   check_out(out, X, {X, L});
   if (n.defined()) at::assert_no_overlap(out, n);

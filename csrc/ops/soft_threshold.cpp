@@ -32,6 +32,7 @@ at::Tensor soft_threshold(const at::Tensor& x, double lam) {
 }
 
 void soft_threshold_out(const at::Tensor& x, double lam, const at::Tensor& out) {
+  check_no_autograd("soft_threshold_out", {x, out});
   check_args(x, lam);
   check_out(out, x, {x});
   soft_threshold_into(x, {}, lam, out);

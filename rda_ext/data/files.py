@@ -5,7 +5,9 @@ from __future__ import annotations
 import array
 import csv
 import os
-import tempfile
+import shutil
+import stat
+import threading
 import zipfile
 
 import numpy as np
@@ -59,12 +61,25 @@ def read_matrix(
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: cannot read: {e}") from e
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ValueError(f"{path}: the data must be numeric, got dtype {a.dtype}")
+    a = _supported(path, a)
     if a.ndim < 2:
         raise ValueError(f"{path}: expected a matrix (rows = instances, columns = features), got shape {a.shape}")
     a = a.reshape(len(a), -1)
     return (a, skipped) if return_header else a
+
+
+def _supported(path: str, a: np.ndarray) -> np.ndarray:
+    """``a`` if its dtype is a real bool, integer or float of at most 64 bits (in native byte
+    order, converted if not); any other dtype (long double / float128, complex, object, datetime,
+    timedelta, strings, records) is a ``ValueError`` naming the dtype and the file. Long double is
+    refused rather than narrowed to float64, which would silently lose precision and range."""
+    kind = a.dtype.kind
+    if kind in "biu" or (kind == "f" and a.dtype.itemsize <= 8):
+        return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+    raise ValueError(
+        f"{path}: unsupported dtype {a.dtype}; the data must be bool, integer, float16, "
+        f"float32 or float64"
+    )
 
 
 class CsvError(ValueError):
@@ -160,30 +175,173 @@ def _cell_error(path: str, line: int, row: list[str], auto_first: bool) -> CsvEr
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Fails early, before a long computation, if ``path`` could not be written."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    """Fails early, before a long computation, if ``path`` could not be written, or is an
+    existing read-only file: like ``cp`` without ``-f``, a file without write permission is not
+    replaced. (A file with no write bit at all is refused even for root, whom ``access`` lets
+    write anything.)"""
+    name = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(name))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{os.fspath(path)}: the folder {directory} does not exist")
+        raise FileNotFoundError(f"{name}: the folder {directory} does not exist")
     if not os.access(directory, os.W_OK):
-        raise PermissionError(f"{os.fspath(path)}: the folder {directory} is not writable")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{os.fspath(path)} is a folder")
+        raise PermissionError(f"{name}: the folder {directory} is not writable")
+    if os.path.isdir(name):
+        raise IsADirectoryError(f"{name} is a folder")
+    if os.path.exists(name):
+        mode = os.stat(name).st_mode
+        if not os.access(name, os.W_OK) or not mode & 0o222:
+            raise PermissionError(
+                f"{name}: the file exists and is read-only (mode {stat.filemode(mode)}); "
+                f"make it writable or remove it to replace it"
+            )
+
+
+# Temporary files are named ``.rda-ext-tmp-<pid>-<random>`` so that one left by a process that
+# died (SIGKILL, power loss) can be told apart and removed by the next write to the folder.
+_TMP_PREFIX = ".rda-ext-tmp-"
+_umask_lock = threading.Lock()
+_umask_cache: list[int] = []
+
+
+def _umask() -> int:
+    """The process umask, read without changing it from /proc (Linux 4.7+), else by setting and
+    restoring it once (under a lock, and cached, since the two calls are not atomic)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        if not _umask_cache:
+            mask = os.umask(0)
+            os.umask(mask)
+            _umask_cache.append(mask)
+        return _umask_cache[0]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or an odd number): keep its file
+    return True
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Removes ``.rda-ext-tmp-<pid>-*`` files of processes that no longer run."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_TMP_PREFIX):
+            continue
+        pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _temp_name(directory: str) -> str:
+    return os.path.join(directory, f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}")
+
+
+_links_unnamed: dict[int, bool] = {}  # st_dev -> whether an O_TMPFILE file can be linked there
+
+
+def _open_unnamed(directory: str) -> int | None:
+    """An unnamed file in ``directory`` (O_TMPFILE, Linux 3.11+ on most file systems): if the
+    process dies before it is linked, nothing is left. ``None`` where it is unsupported, or where
+    it cannot be given a name (some sandboxes refuse to link /proc/self/fd/N: EXDEV), which is
+    tried once per file system."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        dev = os.stat(directory).st_dev
+        fd = os.open(directory, flag | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
+    except OSError:  # EOPNOTSUPP, EISDIR (old kernel), EINVAL...: the named fallback
+        return None
+    if dev not in _links_unnamed:
+        tmp = _temp_name(directory)
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp)
+        except OSError:
+            _links_unnamed[dev] = False
+        else:
+            _links_unnamed[dev] = True
+            os.unlink(tmp)
+    if not _links_unnamed[dev]:
+        os.close(fd)
+        return None
+    return fd
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Writes through ``write(file)`` to a temporary file beside ``path``, then renames it over
-    ``path``: a reader sees the old file or the whole new one, never a part."""
+    ``path``: a reader sees the old file or the whole new one, never a part. The new file's mode
+    is 0666 less the umask, like any new file.
+
+    On Linux the data goes to an unnamed file (O_TMPFILE), linked under a temporary name only once
+    complete and at once renamed over ``path``, so that a process killed while writing leaves
+    nothing behind; elsewhere to a named temporary file ``.rda-ext-tmp-<pid>-<random>``, removed
+    on any exception (including KeyboardInterrupt). A temporary file of a process that died (in
+    the fallback while writing, or between the link and the rename) is removed by the next write
+    to the same folder."""
     path = os.fspath(path)
     check_writable(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    directory = os.path.dirname(os.path.abspath(path))
+    _remove_stale_temps(directory)
+    fd = _open_unnamed(directory)
+    if fd is not None:
+        with os.fdopen(fd, "w+b") as f:
+            write(f)
+            f.flush()
+            tmp = _temp_name(directory)
+            try:
+                os.link(f"/proc/self/fd/{f.fileno()}", tmp)  # linkat(AT_SYMLINK_FOLLOW): a name
+            except OSError:  # refused after all: copy it to a named file
+                f.seek(0)
+                _write_named(directory, path, lambda g: shutil.copyfileobj(f, g))
+                return
+            _replace(tmp, path)
+        return
+    _write_named(directory, path, write)
+
+
+def _write_named(directory: str, path: str, write) -> None:
+    tmp = _temp_name(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _replace(tmp, path)
+
+
+def _replace(tmp: str, path: str) -> None:
+    try:
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        _unlink(tmp)
         raise
 
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
     """``np.savez`` to exactly ``path`` (no suffix added), whole or not at all."""
