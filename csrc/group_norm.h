@@ -32,9 +32,10 @@ C10_HOST_DEVICE double rescaled_norm(int64_t count, Fetch r) {
   return m * sqrt(s);
 }
 
-// A sum of squares kept as m^2 * ssq so that it neither under- nor overflows in float64: m = 1 for
-// a plain sum, m = the largest magnitude for the squares of values divided by it, m = 0 for zero.
-// The convergence numbers add such sums over chunks of up to billions of entries.
+// A sum of squares kept as m^2 * ssq so that it neither under- nor overflows in float64: a chunk's
+// finite plain sum s as (sqrt(s), 1), a rescaled chunk as (its largest magnitude, the sum of the
+// squared values divided by it), zero as (0, 0). Combined, ssq grows at most by the number of
+// chunks, so the convergence numbers add such sums over up to billions of entries.
 struct ScaledSumsq {
   double m = 0, ssq = 0;
 };
@@ -47,7 +48,9 @@ C10_HOST_DEVICE inline bool needs_rescaled_sum(double sumsq, double max_abs) {
 
 // A plain sum as a ScaledSumsq; NaN and inf stay what they are.
 C10_HOST_DEVICE inline ScaledSumsq plain_sumsq(double sumsq) {
-  return sumsq == 0 ? ScaledSumsq{} : ScaledSumsq{1, sumsq};
+  if (sumsq == 0) return {};
+  if (sumsq < INFINITY) return {sqrt(sumsq), 1};
+  return {1, sumsq};
 }
 
 C10_HOST_DEVICE inline ScaledSumsq combine(ScaledSumsq a, ScaledSumsq b) {

@@ -330,3 +330,4 @@ def test_at_most_one_host_sync_per_outer_iteration(seed):
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     # The input checks (finite, range), one per outer iteration, and the final scores.
     assert len(syncs) <= SMALL["outer_iter"] + 4, [str(w.message) for w in syncs[:8]]
+

@@ -414,7 +414,7 @@ def test_groups_holding_inf_keep_their_values_in_kernels_and_reference(device, d
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("magnitude", [1e-320, 1e-300, 1e-170, 1e170, 1e300])
+@pytest.mark.parametrize("magnitude", [1e-320, 1e-300, 1e-170, 3e151, 1e170, 1e300])
 @pytest.mark.parametrize("step", [False, True], ids=["convergence", "convergence_step"])
 def test_convergence_of_float64_data_beyond_the_square_range(device, magnitude, step, gen):
     """Squares of float64 data beyond 1e+-154 under- or overflow; the numbers must still be the

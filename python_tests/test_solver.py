@@ -95,3 +95,21 @@ def test_a_finite_run_is_not_reported_as_diverged(gen):
     solver = make_solver(gen, "cpu", "l21_rows", None)
     rows = solver.run(3, tol=0.0)
     assert len(rows) == 3 and solver.iterations == 3
+
+
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+def test_nonzero_groups_counted_as_the_kernel_decides_for_a_lam_float32_rounds(gen, penalty):
+    """float32 data, lam just below a group's float32 norm but rounding to it in float32: the kernel
+    keeps the group (it compares in float64), and so must the count of non-zero groups."""
+    solver = make_solver(gen, "cpu", penalty, None)
+    for name in ("X", "S", "LS_prev"):
+        setattr(solver, name, getattr(solver, name).float())
+    solver.L = (solver.X + 0.1 * torch.randn(solver.X.shape, generator=gen)).float()
+    norms = ops.group_norms(solver.X, ops.GROUP_DIM[penalty], minus=solver.L)
+    k = int(norms.argsort()[norms.numel() // 2])
+    solver.lam = float(norms[k]) * (1 - 1e-9)
+    assert torch.tensor(solver.lam, dtype=torch.float32) == norms[k]  # lam rounds to the norm in float32
+    _, (pen, nnz, _, _) = solver.proximal_step()
+    s_groups = groups_of(solver.S, penalty)
+    assert s_groups[k] > 0
+    assert int(nnz) == int((s_groups > 0).sum())

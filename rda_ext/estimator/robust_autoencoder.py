@@ -182,7 +182,7 @@ class RobustAutoencoder(SklearnProtocol):
         lam_ = run[-1]["lam"]
         if self.penalty == "l21_rows":
             threshold = lam_
-            labels = (solver.norms > lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
+            labels = (solver.norms.double() > lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
         else:
             threshold = float(np.quantile(scores, 1.0 - self.contamination))
             labels = (scores > threshold).astype(np.int64)

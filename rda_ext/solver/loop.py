@@ -157,8 +157,9 @@ class RDASolver:
             # Row sums first: a single float32 sum over n x d entries drifts (0.4% at 60000 x 784).
             l1 = torch.linalg.vector_norm(self.S, 1, dim=1).double().sum()
             return [l1, torch.count_nonzero(self.S).double()]
-        shrunk = (self.norms.double() - lam).clamp_min_(0)
-        return [shrunk.sum(), (self.norms > lam).sum().double()]
+        # In float64, as the kernels compare a norm with lam: a float32 lam would round.
+        norms = self.norms.double()
+        return [(norms - lam).clamp_min_(0).sum(), (norms > lam).sum().double()]
 
     def convergence(self) -> Tensor:
         """[c1, c2] (global sums of squares), and LS_prev = L + S for the next iteration."""
