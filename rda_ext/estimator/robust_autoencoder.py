@@ -139,6 +139,8 @@ class RobustAutoencoder(SklearnProtocol):
             previous = getattr(self, "_optim", None)
             if previous is not None and type(previous) is type(optim):
                 optim.load_state_dict(copy.deepcopy(previous.state_dict()))
+                for group in optim.param_groups:  # the loaded state brought the previous lr back
+                    group["lr"] = float(self.lr)
             same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
             S = as_matrix(self.S_, "S_", device, dtype).clone() if same_rows else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
@@ -151,8 +153,6 @@ class RobustAutoencoder(SklearnProtocol):
             optim = make_optimizer(model, self.optimizer, float(self.lr))
             S = torch.zeros_like(Xt)
             same_rows = False
-        for group in optim.param_groups:
-            group["lr"] = float(self.lr)
         batches = torch.Generator(device=device).manual_seed(batch_seed)
 
         # c2 of a warm start compares with where the previous fit ended.
@@ -182,7 +182,7 @@ class RobustAutoencoder(SklearnProtocol):
         lam_ = run[-1]["lam"]
         if self.penalty == "l21_rows":
             threshold = lam_
-            labels = (solver.norms.double() > lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
+            labels = solver.nonzero_groups(lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
         else:
             threshold = float(np.quantile(scores, 1.0 - self.contamination))
             labels = (scores > threshold).astype(np.int64)

@@ -157,9 +157,13 @@ class RDASolver:
             # Row sums first: a single float32 sum over n x d entries drifts (0.4% at 60000 x 784).
             l1 = torch.linalg.vector_norm(self.S, 1, dim=1).double().sum()
             return [l1, torch.count_nonzero(self.S).double()]
-        # In float64, as the kernels compare a norm with lam: a float32 lam would round.
-        norms = self.norms.double()
-        return [(norms - lam).clamp_min_(0).sum(), (norms > lam).sum().double()]
+        shrunk = (self.norms.double() - lam).clamp_min_(0)
+        return [shrunk.sum(), self.nonzero_groups(lam).sum().double()]
+
+    def nonzero_groups(self, lam: float) -> Tensor | None:
+        """Which groups of S the last proximal step left non-zero (l2,1 penalties): those whose
+        residual norm exceeds lam, compared in float64 as the kernels do (a float32 lam would round)."""
+        return None if self.norms is None else self.norms.double() > lam
 
     def convergence(self) -> Tensor:
         """[c1, c2] (global sums of squares), and LS_prev = L + S for the next iteration."""
