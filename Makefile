@@ -10,7 +10,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 BIN := $(VENV)/bin
 
-.PHONY: setup install test demo bench gpu-check clean
+.PHONY: setup install test demo bench gpu-check mutation kernel-bugs clean
 
 setup: $(VENV)/.deps
 
@@ -40,6 +40,17 @@ bench: install
 # for that GPU, runs the tests and the quick benchmarks; logs and results go to OUT/<gpu>/.
 gpu-check:
 	PYTHON="$(PYTHON)" bash benchmarks/gpu_check.sh "$(OUT)"
+
+# Mutation testing (benchmarks/mutation; not in CI: about an hour on 2 cores). `mutation` runs mutmut
+# over the Python core and prints the per-module summary; `kernel-bugs` tries the hand-made C++ bugs.
+MUTMUT ?= mutmut==3.8.1
+
+mutation: install
+	$(BIN)/pip install -q "$(MUTMUT)"
+	bash benchmarks/mutation/run.sh "$(abspath $(BIN))/python"
+
+kernel-bugs: install
+	$(BIN)/python benchmarks/mutation/kernel_bugs.py
 
 clean:
 	rm -rf build $(VENV)

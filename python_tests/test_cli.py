@@ -1,9 +1,12 @@
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from test_estimator import planted
 
 from rda_ext import RobustAutoencoder
 from rda_ext.cli import main
+from rda_ext.solver import HISTORY_KEYS
 
 FAST = ["--hidden", "16,4", "--outer-iter", "3", "--inner-epochs", "5", "--batch-size", "16",
         "--lr", "0.01", "--activation", "elu", "--seed", "3"]
@@ -124,6 +128,7 @@ def test_info(capsys):
     assert code == 0 and "cuda_kernels: " in out and "intra_op_threads: " in out
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("command", [[RDA_EXT], [sys.executable, "-m", "rda_ext"]])
 def test_subprocess_entry_points(tmp_path, data, command):
     def run(*argv):
@@ -142,6 +147,7 @@ def test_subprocess_entry_points(tmp_path, data, command):
     assert bad.stderr.strip().startswith("rda-ext: error:") and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.child_process
 def test_demo_runs_the_paper_experiment(tmp_path):
     pytest.importorskip("sklearn")
     result = subprocess.run([RDA_EXT, "demo", "--json", str(tmp_path / "demo.json")],
@@ -152,7 +158,9 @@ def test_demo_runs_the_paper_experiment(tmp_path):
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["n_outliers"] == 27 and report["n_rows"] == 527
     rda = report["methods"]["RDA (l21_rows)"]
-    assert rda["n_flagged"] == 27 and 0 <= rda["f1"] <= 1
+    # As many rows flagged as there are outliers: precision, recall and F1 are one number, a count of 27.
+    assert rda["n_flagged"] == 27 and rda["precision"] == rda["recall"] == rda["f1"]
+    assert rda["f1"] * 27 == pytest.approx(round(rda["f1"] * 27), abs=1e-9)
     # A detector that learned the digit, not chance: the outliers rank high.
     assert rda["auroc"] > 0.85
 
@@ -191,6 +199,7 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     assert "--lam LAM | --contamination CONTAMINATION" in out
 
 
+@pytest.mark.child_process
 def test_import_asks_nothing_of_cuda():
     """Importing the package must not create a CUDA context (it breaks a later fork on a GPU host):
     any question to torch.cuda during the import fails this subprocess."""
@@ -224,3 +233,273 @@ def test_out_and_model_the_same_file_is_refused(tmp_path, capsys, data):
     code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", same, "--model", tmp_path / "." / "r.npz", *FAST)
     assert_user_error(code, err, "--out and --model are the same file")
     assert not same.exists()
+
+
+@pytest.mark.parametrize("how", [["--lam", "0.9"], ["--contamination", "0.1"]])
+def test_fit_writes_the_estimators_exact_results(tmp_path, capsys, data, how):
+    code, out, _ = run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", *how, *FAST)
+    assert code == 0
+    kwargs = {"lam": 0.9} if how[0] == "--lam" else {"contamination": 0.1}
+    est = RobustAutoencoder(hidden=(16, 4), outer_iter=3, inner_epochs=5, batch_size=16, lr=0.01, activation="elu",
+                            random_state=3, **kwargs).fit(data)
+    with np.load(tmp_path / "r.npz") as r:
+        np.testing.assert_array_equal(r["L"], est.L_)
+        np.testing.assert_array_equal(r["S"], est.S_)
+        np.testing.assert_array_equal(r["scores"], est.decision_scores_)
+        assert float(r["lam"]) == est.lam_ and float(r["threshold"]) == est.threshold_
+        # The labels are the non-zero rows of S, and the history its rows in HISTORY_KEYS order.
+        np.testing.assert_array_equal(r["labels"], (r["S"] != 0).any(axis=1).astype(np.int64))
+        assert list(r["history_columns"]) == list(HISTORY_KEYS)
+        expected = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_])
+        seconds = list(HISTORY_KEYS).index("seconds")
+        np.testing.assert_array_equal(np.delete(r["history"], seconds, 1), np.delete(expected, seconds, 1))
+        flagged, lam = int(r["labels"].sum()), float(r["lam"])
+    if how[0] == "--contamination":
+        assert flagged == round(0.1 * len(data))
+    h = est.history_[-1]
+    assert out.strip().splitlines()[-1] == (
+        f"{len(data)} rows x {data.shape[1]} features read from {tmp_path / 'X.npy'}, 3 outer iterations, lam {lam:.6g}: "
+        f"{flagged} rows flagged, {h['n_nonzero']} non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) "
+        f"-> {tmp_path / 'r.npz'}"
+    )
+
+
+def test_score_writes_the_norms_of_the_residual_of_the_saved_network(tmp_path, capsys, data):
+    assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt",
+                    *FAST)[0] == 0
+    model = RobustAutoencoder.load(tmp_path / "m.pt")
+    new = data[::-1] * 0.9
+    np.save(tmp_path / "new.npy", new)
+    code, out, _ = run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "new.npy", "--out", tmp_path / "s.npz")
+    assert code == 0
+    with np.load(tmp_path / "s.npz") as s:
+        expected = np.linalg.norm(new - model.reconstruct(new), axis=1)
+        np.testing.assert_allclose(s["scores"], expected, rtol=1e-5)
+        assert float(s["threshold"]) == model.threshold_
+        np.testing.assert_array_equal(s["labels"], (s["scores"] > model.threshold_).astype(np.int64))
+        flagged = int(s["labels"].sum())
+    assert out.strip().splitlines()[-1] == (f"{len(new)} rows scored ({new.shape[1]} features read from {tmp_path / 'new.npy'}), "
+                           f"{flagged} above the threshold {model.threshold_:.6g} -> {tmp_path / 's.npz'}")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_model_save_writes_neither_output(tmp_path, capsys, data, monkeypatch, existing):
+    import rda_ext.cli as cli
+
+    out, model = tmp_path / "r.npz", tmp_path / "m.pt"
+    if existing:
+        out.write_bytes(b"previous result")
+        model.write_bytes(b"previous model")
+
+    def failing_writer(est, *, data=True):
+        def write(f):
+            f.write(b"part of a model")
+            raise OSError(28, "No space left on device")
+        return write
+
+    monkeypatch.setattr(cli, "model_writer", failing_writer)
+    code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", out, "--model", model, *FAST)
+    assert_user_error(code, err, "No space left on device")
+    if existing:
+        assert out.read_bytes() == b"previous result" and model.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["X.npy"] + (["m.pt", "r.npz"] if existing else []))
+
+
+def test_demo_writes_what_the_experiment_returns(tmp_path, capsys, monkeypatch):
+    import rda_ext.experiments.demo as demo
+
+    calls = []
+
+    def fake(seed, device):
+        calls.append((seed, device))
+        return {"seed": seed, "f1": 0.5}
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    assert run_main(capsys, "demo", "--seed", "4", "--device", "cpu", "--json", tmp_path / "d.json")[0] == 0
+    assert calls == [(4, "cpu")]
+    assert (tmp_path / "d.json").read_text() == json.dumps({"seed": 4, "f1": 0.5}, indent=2)
+    assert run_main(capsys, "demo")[0] == 0 and calls[-1] == (0, "auto")
+    assert sorted(os.listdir(tmp_path)) == ["d.json"]
+    # An unwritable --json fails before the experiment runs.
+    code, _, err = run_main(capsys, "demo", "--json", tmp_path / "none" / "d.json")
+    assert_user_error(code, err, f"{tmp_path / 'none' / 'd.json'}: the folder {tmp_path / 'none'} does not exist")
+    assert len(calls) == 2
+
+
+def test_fit_warnings_are_one_line_each(tmp_path, capsys, data):
+    np.save(tmp_path / "big.npy", data * 10)  # outside the sigmoid output's range
+    code, _, err = run_main(capsys, "fit", tmp_path / "big.npy", "--out", tmp_path / "r.npz", *FAST)
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("rda-ext: warning: ") for line in lines), err
+    assert any("sigmoid" in line for line in lines)
+
+
+def test_score_with_a_device_and_a_threshold_at_a_score(tmp_path, capsys, data):
+    est = RobustAutoencoder(hidden=(16, 4), outer_iter=2, inner_epochs=3, batch_size=16, lr=0.01,
+                            activation="elu", random_state=3, device="cpu").fit(data)
+    scores = est.decision_function(data)
+    est.threshold_ = float(np.sort(scores)[len(scores) // 2])  # a row scoring exactly the threshold is not above it
+    est.set_params(device="cuda:7").save(tmp_path / "m.pt")  # a device this machine lacks
+    code, _, err = run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "X.npy", "--out", tmp_path / "s.npz",
+                            "--device", "cpu")
+    assert code == 0, err
+    with np.load(tmp_path / "s.npz") as s:
+        assert s["labels"].dtype == np.int64
+        np.testing.assert_array_equal(s["labels"], (scores > est.threshold_).astype(np.int64))
+        assert s["labels"].sum() == len(scores) - len(scores) // 2 - 1
+
+
+HELP = {
+    (): """usage: rda-ext [-h] [--version] {demo,fit,score,info} ...
+
+Robust Deep Autoencoders: X = L + S.
+
+positional arguments:
+  {demo,fit,score,info}
+    demo                the outlier experiment of the paper on the embedded MNIST subset
+    fit                 decompose a matrix into L + S and score its rows
+    score               score new rows with a saved model
+    info                build information: CUDA kernels, GPU, threads
+
+options:
+  -h, --help            show this help message and exit
+  --version             show program's version number and exit
+""",
+    ("demo",): """usage: rda-ext demo [-h] [--seed SEED] [--device DEVICE] [--json PATH]
+
+options:
+  -h, --help       show this help message and exit
+  --seed SEED      data mixture and training seed (default 0)
+  --device DEVICE  "auto" (default), "cpu" or "cuda"
+  --json PATH      also write the numbers as JSON
+""",
+    ("score",): """usage: rda-ext score [-h] [--key KEY] [--header | --no-header] --out OUT [--device DEVICE]
+                     model input
+
+positional arguments:
+  model                 a model saved by rda-ext fit --model
+  input                 data matrix: .npy, .npz (see --key) or .csv
+
+options:
+  -h, --help            show this help message and exit
+  --key KEY             the array to use in an .npz holding several
+  --header, --no-header
+                        whether the first line of a .csv input is a header to skip (default: a
+                        header if none of its cells is a number; a first line mixing numbers and
+                        text is an error)
+  --out OUT             result .npz: scores, labels, threshold
+  --device DEVICE       overrides the saved device
+""",
+}
+
+
+@pytest.mark.parametrize("command", list(HELP), ids=lambda c: " ".join(c) or "rda-ext")
+def test_help_texts(capsys, monkeypatch, command):
+    """The command line's own words (fit's come from the estimator and have their own test)."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == HELP[command]
+
+
+def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    for line in ("usage: rda-ext fit [-h] [--key KEY] [--header | --no-header] --out OUT [--model MODEL]",
+                 "  input                 data matrix: .npy, .npz (see --key) or .csv; rows = instances",
+                 "  --key KEY             the array to use in an .npz holding several",
+                 "  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history",
+                 "  --model MODEL         also save the fitted model here (for rda-ext score)"):
+        assert line in out, line
+
+
+def test_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"rda_ext {importlib.metadata.version('rda_ext')}\n"
+    code, _, err = run_main(capsys)
+    assert err == "rda-ext: error: the following arguments are required: command (see rda-ext --help)\n"
+    code, _, err = run_main(capsys, "fit")
+    assert code == 2
+    assert err == "rda-ext: error: the following arguments are required: input, --out (see rda-ext fit --help)\n"
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (KeyboardInterrupt, 130, "rda-ext: interrupted\n"),
+    (lambda: __import__("rda_ext.cli").cli.Terminated(), 143, "rda-ext: terminated\n"),
+    (lambda: __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB"), 2,
+     "rda-ext: error: the network or the data does not fit in GPU memory (an allocation of 3.00 GiB failed): "
+     "use smaller --hidden layer sizes or a smaller --batch-size\n"),
+])
+def test_interrupts_and_allocation_failures_in_fit(tmp_path, capsys, data, monkeypatch, raised, code, line):
+    def fit(self, X):
+        raise raised()
+
+    monkeypatch.setattr(RobustAutoencoder, "fit", fit)
+    got, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz")
+    assert (got, err) == (code, line)
+    assert sorted(os.listdir(tmp_path)) == ["X.npy"]
+
+
+@pytest.fixture
+def own_signal_handlers():
+    """The usual handlers, whatever this process inherited (a background job ignores SIGINT)."""
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "rda-ext: interrupted\n"),
+                                             (signal.SIGTERM, 143, "rda-ext: terminated\n")])
+def test_a_signal_during_fit_is_one_line_and_the_handlers_come_back(tmp_path, capsys, data, monkeypatch, sig, code,
+                                                                     line):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen = {}
+
+    def fit(self, X):
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises before this ends
+        except BaseException:
+            # After the first signal both are ignored, so that a second cannot break the cleanup.
+            seen.update({s: signal.getsignal(s) for s in before})
+            raise
+        raise AssertionError("no handler ran")
+
+    monkeypatch.setattr(RobustAutoencoder, "fit", fit)
+    got, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz")
+    assert (got, err) == (code, line)
+    assert seen == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+def test_an_ignored_signal_stays_ignored_and_threads_leave_handlers_alone(tmp_path, capsys, data, monkeypatch):
+    seen = []
+
+    def fit(self, X):
+        seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+        raise ValueError("stop")
+
+    monkeypatch.setattr(RobustAutoencoder, "fit", fit)
+    int_handler = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup
+    try:
+        assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz")[0] == 2
+        assert seen[-1][1] is signal.SIG_IGN and seen[-1][0] is not int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Called from another thread (signals reach only the main thread), main leaves the handlers alone.
+    worker = threading.Thread(target=main, args=(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz")],))
+    worker.start()
+    worker.join(60)
+    assert seen[-1] == (int_handler, previous)

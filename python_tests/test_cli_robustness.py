@@ -247,6 +247,7 @@ def start_child(tmp_path, phase, outer_iter):
     pytest.fail(f"the child did not reach the marker: {err[-2000:]}")
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("phase", ["fit", "write"])
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_is_one_line_and_leaves_nothing(tmp_path, X, phase, sig, code, word):
@@ -265,6 +266,7 @@ def test_signal_is_one_line_and_leaves_nothing(tmp_path, X, phase, sig, code, wo
     assert not temps(tmp_path)
 
 
+@pytest.mark.child_process
 def test_sigkill_while_writing_leaves_nothing_after_next_write(tmp_path, X):
     (tmp_path / "r.npz").write_bytes(b"old result")
     proc = start_child(tmp_path, "write", outer_iter=1)
@@ -276,3 +278,18 @@ def test_sigkill_while_writing_leaves_nothing_after_next_write(tmp_path, X):
     save_npz(tmp_path / "other.npz", a=np.zeros(2))
     assert not temps(tmp_path)
     assert (tmp_path / "r.npz").read_bytes() == b"old result"
+
+
+def test_pid_alive_asks_without_signalling(tmp_path):
+    from rda_ext.data.files import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _pid_alive(child.pid)
+        time.sleep(0.2)
+        assert child.poll() is None  # still running: signal 0 only asks
+    finally:
+        child.kill()
+        child.wait()
+    assert not _pid_alive(child.pid)
+    assert _pid_alive(2**70)  # an odd number: its file is kept

@@ -60,8 +60,8 @@ def test_finds_planted_outliers(seed, device):
 def test_contamination_flags_the_expected_fraction(seed):
     X, _ = planted(seed)
     est = RobustAutoencoder(contamination=0.1, random_state=seed, **SMALL).fit(X)
-    assert abs(est.labels_.mean() - 0.1) <= 2 / len(X)
-    assert est.history_[-1]["n_nonzero"] == est.labels_.sum()
+    assert est.labels_.sum() == round(0.1 * len(X))
+    assert est.history_[-1]["n_nonzero"] == (est.S_ != 0).any(axis=1).sum() == est.labels_.sum()
 
 
 def test_l21_rows_labels_are_the_nonzero_rows_of_S(seed):
@@ -328,6 +328,7 @@ def test_at_most_one_host_sync_per_outer_iteration(seed):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    # The input checks (finite, range), one per outer iteration, and the final scores.
-    assert len(syncs) <= SMALL["outer_iter"] + 4, [str(w.message) for w in syncs[:8]]
+    # One per outer iteration (its numbers read at once), the input checks (finite, range) and the
+    # final scores: the lower bound shows that the detector sees the syncs at all.
+    assert est.n_iter_ <= len(syncs) <= est.n_iter_ + 4, [str(w.message) for w in syncs[:8]]
 

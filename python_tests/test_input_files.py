@@ -209,6 +209,7 @@ MALFORMED = {
     "tabs": ("1\t2\n3\t4\n", "not a tab"),
     "one column of text": ("a\nb\nc\n", "line 2, column 1: 'b' is not a number"),
     "ragged": ("1,2,3\n4,5\n", "line 2 has 2 cells, line 1 has 3"),
+    "one cell short": ("1,2\n4\n", "line 2 has 1 cell, line 1 has 2"),
     "ragged after a header": ("x,y\n1,2\n3,4,5\n", "line 3 has 3 cells, the header (line 1) has 2"),
     "empty cell": ("1,2\n3,\n", "line 2, column 2: empty cell"),
     "empty cell in line 1": ("1,,3\n", "line 1, column 2: empty cell"),
@@ -285,6 +286,7 @@ def test_fit_on_a_bad_csv_is_one_line_exit_2_and_no_output(tmp_path, capsys, nam
     assert sorted(os.listdir(tmp_path)) == ["bad.csv"]
 
 
+@pytest.mark.child_process
 def test_fit_on_an_empty_csv_in_a_subprocess(tmp_path):
     """The real command, so that a warning printed by numpy (3 stderr lines) would show."""
     bad = write(tmp_path / "bad.csv", "")

@@ -637,3 +637,29 @@ def test_numpy_integer_seed_is_the_int_seed():
     a = RobustAutoencoder(**{**TINY, "random_state": np.uint8(7)}).fit(X)
     b = RobustAutoencoder(**{**TINY, "random_state": 7}).fit(X)
     assert_same_model(a, b)
+
+
+# -- the one-line reason of a torch.load failure ------------------------------------------------
+
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError("\x1b[31mInvalid magic number\x1b[0m; corrupt file? More advice."), "Invalid magic number; corrupt file?"),
+    (RuntimeError("Weights only load failed. This file can still be loaded, but with weights_only=False it runs "
+                  "code.\n WeightsUnpickler error: Unsupported global: GLOBAL numpy.core.multiarray._reconstruct "
+                  "was not an allowed global by default.\nPlease use safe_globals.\n\nCheck the documentation."),
+     "it holds a numpy.core.multiarray._reconstruct object, which a model file never does"),
+    (RuntimeError("Weights only load failed.\nWeightsUnpickler error: Unsupported operand 80\n\nRe-running with "
+                  "weights_only=False will work."), "Unsupported operand 80"),
+    (RuntimeError("WeightsUnpickler error: unsupported   global\n  GLOBAL x.y"), "unsupported global GLOBAL x.y"),
+    (RuntimeError("Use weights_only=False. Or add_safe_globals. The   archive\nis   broken. Second."),
+     "The archive is broken"),
+    (RuntimeError("first sentence! second"), "first sentence!"),
+    (RuntimeError("no key X. Another."), "no key X"),
+    (RuntimeError("only weights_only advice."), "RuntimeError"),
+    (EOFError(), "the file is empty or cut short"),
+    (EOFError("Ran out of input"), "Ran out of input"),
+    (ValueError(""), "ValueError"),
+])
+def test_reason_is_the_gist_of_the_load_error(error, reason):
+    from rda_ext.estimator.persistence import _reason
+
+    assert _reason(error) == reason

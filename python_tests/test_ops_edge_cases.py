@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE_DTYPES, DEVICES, TOL, assert_close, rand
+from conftest import DEVICE_DTYPES, DEVICES, LAYOUTS, TOL, assert_close, rand
 
 import rda_ext
 from rda_ext import reference
@@ -444,3 +444,16 @@ def test_convergence_with_one_chunk_far_below_the_others(device, gen):
     ref = reference.convergence(X, L, S, P)
     torch.testing.assert_close(rda_ext.convergence(X, L, S, P).cpu(), ref.cpu(), rtol=1e-13, atol=0)
     assert (ref > 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_norms_of_values_whose_squares_overflow_float32(gen, device, dim, layout):
+    """Squares are formed and summed in float64: float32 entries near 1e25 have squares beyond
+    float32's range (3.4e38), their group norms are finite."""
+    x = rand((37, 23), torch.float32, device, gen, layout, scale=1e25)
+    expected = reference.group_norms(x, dim)
+    assert torch.isfinite(expected).all()
+    assert_close(rda_ext.ops.group_norms(x, dim), expected, torch.float32)
+    assert_close(rda_ext.ops.group_shrink(x, 1e24, dim), reference.group_shrink(x, 1e24, dim), torch.float32)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from rda_ext import __version__, build_info
-from rda_ext.data.files import atomic_write, check_writable, read_matrix, save_npz
+from rda_ext.data.files import atomic_write, atomic_write_all, check_writable, npz_writer, read_matrix, save_npz
 from rda_ext.estimator import RobustAutoencoder
+from rda_ext.estimator.persistence import model_writer
 from rda_ext.solver import HISTORY_KEYS
 from rda_ext.validation import CHOICES, DTYPES
 
@@ -240,13 +241,14 @@ def _fit(args) -> int:
         warnings.showwarning = _warning_line
         est.fit(X)
     history = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_], dtype=np.float64)
-    save_npz(
-        args.out, L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_,
+    result = npz_writer(
+        L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_,
         lam=np.float64(est.lam_), threshold=np.float64(est.threshold_), history=history,
         history_columns=np.array(HISTORY_KEYS),
     )
-    if args.model:
-        est.save(args.model, data=False)
+    # The result and the model are written together, all or none.
+    outputs = [(args.out, result)] + ([(args.model, model_writer(est, data=False))] if args.model else [])
+    atomic_write_all(outputs)
     h = est.history_[-1]
     print(
         f"{len(X)} rows x {X.shape[1]} features {source}, {est.n_iter_} outer iterations, lam {est.lam_:.6g}: "

@@ -75,9 +75,10 @@ def denoising(result: dict) -> str:
 
 
 def convergence(result: dict) -> str:
-    """Per lam: how often the proximal step and the inner epochs lower the objective (the
+    """Per lam: how often the proximal step lowers lam ||S|| (both sides share the reconstruction
+    term measured before the step) and the inner epochs lower the objective (the
     staircase of the figure), its first and last value, the rows left in S, and c1, c2 at the end."""
-    out = ["| lam | proximal step lowers the objective | inner epochs lower it | objective at 1 -> last | "
+    out = ["| lam | proximal step lowers lam ‖S‖ | inner epochs lower the objective | objective at 1 -> last | "
            "rows in S at the end | c1, c2 at the end |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for lam, history in result["histories"].items():
         _, ys = staircase(history)

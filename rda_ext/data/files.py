@@ -295,28 +295,48 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     on any exception (including KeyboardInterrupt). A temporary file of a process that died (in
     the fallback while writing, or between the link and the rename) is removed by the next write
     to the same folder."""
-    path = os.fspath(path)
-    check_writable(path)
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(files) -> None:
+    """``atomic_write`` for several ``(path, write)`` pairs, all or none: every file is complete
+    under its temporary name before the first rename, so that a failed write (a full disk, an
+    error while serialising, an interrupt) leaves every path as it was."""
+    files = [(os.fspath(path), write) for path, write in files]
+    for path, _ in files:
+        check_writable(path)
+    staged: list[str] = []
+    try:
+        for path, write in files:
+            staged.append(_stage(path, write))
+        for tmp, (path, _) in zip(staged, files):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in staged:  # those already renamed are gone from their temporary names
+            _unlink(tmp)
+        raise
+
+
+def _stage(path: str, write) -> str:
+    """The data of ``write`` in a complete file beside ``path``; returns its temporary name."""
     directory = os.path.dirname(os.path.abspath(path))
     _remove_stale_temps(directory)
     fd = _open_unnamed(directory)
-    if fd is not None:
-        with os.fdopen(fd, "w+b") as f:
-            write(f)
-            f.flush()
-            tmp = _temp_name(directory)
-            try:
-                os.link(f"/proc/self/fd/{f.fileno()}", tmp)  # linkat(AT_SYMLINK_FOLLOW): a name
-            except OSError:  # refused after all: copy it to a named file
-                f.seek(0)
-                _write_named(directory, path, lambda g: shutil.copyfileobj(f, g))
-                return
-            _replace(tmp, path)
-        return
-    _write_named(directory, path, write)
+    if fd is None:
+        return _write_named(directory, write)
+    with os.fdopen(fd, "w+b") as f:
+        write(f)
+        f.flush()
+        tmp = _temp_name(directory)
+        try:
+            os.link(f"/proc/self/fd/{f.fileno()}", tmp)  # linkat(AT_SYMLINK_FOLLOW): a name
+        except OSError:  # refused after all: copy it to a named file
+            f.seek(0)
+            return _write_named(directory, lambda g: shutil.copyfileobj(f, g))
+        return tmp
 
 
-def _write_named(directory: str, path: str, write) -> None:
+def _write_named(directory: str, write) -> str:
     tmp = _temp_name(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
@@ -326,15 +346,7 @@ def _write_named(directory: str, path: str, write) -> None:
     except BaseException:
         _unlink(tmp)
         raise
-    _replace(tmp, path)
-
-
-def _replace(tmp: str, path: str) -> None:
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    return tmp
 
 
 def _unlink(path: str) -> None:
@@ -345,4 +357,9 @@ def _unlink(path: str) -> None:
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
     """``np.savez`` to exactly ``path`` (no suffix added), whole or not at all."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, npz_writer(**arrays))
+
+
+def npz_writer(**arrays):
+    """What writes ``arrays`` as an .npz file, for ``atomic_write_all``."""
+    return lambda f: np.savez(f, **arrays)

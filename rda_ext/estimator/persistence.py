@@ -38,6 +38,12 @@ class _Unusable(Exception):
 def save_model(est, path, *, data: bool = True) -> None:
     """Writes ``est``'s parameters, weights and fitted state to ``path``, whole or not at all;
     ``data=False`` leaves out L_ and S_. The estimator itself is not changed."""
+    atomic_write(path, model_writer(est, data=data))
+
+
+def model_writer(est, *, data: bool = True):
+    """What writes ``est``'s model file (see ``save_model``), for ``atomic_write_all``: the state is
+    gathered now, so that a fitted estimator that cannot be saved fails before anything is written."""
     est._check_fitted()
     params = est.get_params()
     params["dtype"] = None if est.dtype is None else str(resolve_dtype(est.dtype)).removeprefix("torch.")
@@ -52,7 +58,7 @@ def save_model(est, path, *, data: bool = True) -> None:
         "format": FORMAT, "params": plain(params), "sizes": plain(est.model_.sizes),
         "weights": {k: v.detach().cpu() for k, v in est.model_.state_dict().items()}, "fitted": fitted,
     }
-    atomic_write(path, lambda f: torch.save(state, f))
+    return lambda f: torch.save(state, f)
 
 
 def plain(value):
@@ -172,7 +178,9 @@ def _build(cls, state: dict, params: dict, device):
         except ValueError as e:
             raise _Unusable(f"the saved {e}; load(..., device=...) overrides it") from None
     est = cls(**params)
+    # In the saved dtype before the weights are copied in: a float32 network would round float64 weights.
     model = DeepAutoencoder(tuple(sizes), est.activation, est.output_activation, est.tied_weights)
+    model = model.to(dtype=resolve_dtype(est.dtype))
     model.load_state_dict(_checked_weights(state["weights"], model.state_dict()))
     est.model_ = model  # on the CPU until load_model moves it
 

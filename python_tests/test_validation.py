@@ -1,0 +1,199 @@
+"""The checks of the estimator's parameters and of user data (rda_ext.validation): each bound on
+both sides, and the exact message naming the argument."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rda_ext import RobustAutoencoder
+from rda_ext.validation import (
+    as_matrix,
+    check_params,
+    like_input,
+    resolve_device,
+    resolve_dtype,
+    to_cpu,
+    vector_like_input,
+    warn_if_outside_output_range,
+)
+
+CPU = torch.device("cpu")
+
+
+def params(**changes) -> dict:
+    return {**RobustAutoencoder().get_params(), **changes}
+
+
+GOOD = [
+    dict(hidden=[3]), dict(hidden=(1, np.int64(2))), dict(lam=0), dict(lam=0.0), dict(lam=np.float32(2.5)),
+    dict(contamination=1e-9), dict(contamination=0.4999), dict(outer_iter=1), dict(batch_size=1),
+    dict(inner_epochs=0), dict(lr=1e-12), dict(tol=0), dict(tol=float("inf")), dict(random_state=0),
+    dict(random_state=2**64 - 1), dict(random_state=np.uint64(7)), dict(random_state=np.random.RandomState(0)),
+    dict(random_state=np.random.default_rng(0)), dict(device="cpu"), dict(device="auto"), dict(dtype="float64"),
+    dict(dtype=torch.float64), dict(dtype="float32"), dict(penalty="l1"), dict(penalty="l21_cols"),
+    dict(optimizer="sgd"), dict(activation="relu"), dict(output_activation="linear"),
+]
+
+
+def _id(change: dict) -> str:
+    """A test id without memory addresses (a RandomState's repr has one), stable from run to run."""
+    ((name, value),) = change.items()
+    shown = type(value).__name__ if isinstance(value, (np.random.RandomState, np.random.Generator)) else repr(value)
+    return f"{name}={shown}"
+
+
+@pytest.mark.parametrize("change", GOOD, ids=_id)
+def test_good_parameters_pass(change):
+    check_params(params(**change))
+
+
+SIZES = "a non-empty sequence of positive layer sizes, e.g. (400, 200)"
+BAD = [
+    ("hidden", (), SIZES), ("hidden", (0,), SIZES), ("hidden", (3, -1), SIZES), ("hidden", (3.0,), SIZES),
+    ("hidden", (True,), SIZES), ("hidden", "12", SIZES), ("hidden", 12, SIZES),
+    ("penalty", "l2", "one of ('l1', 'l21_rows', 'l21_cols')"),
+    ("optimizer", "rmsprop", "one of ('adam', 'sgd')"),
+    ("lam", -1e-12, "None or a finite number >= 0"), ("lam", float("inf"), "None or a finite number >= 0"),
+    ("lam", float("nan"), "None or a finite number >= 0"), ("lam", True, "None or a finite number >= 0"),
+    ("lam", "1", "None or a finite number >= 0"),
+    ("contamination", 0, "a number in (0, 0.5)"), ("contamination", 0.5, "a number in (0, 0.5)"),
+    ("contamination", None, "a number in (0, 0.5)"),
+    ("outer_iter", 0, "a positive integer"), ("outer_iter", 2.0, "a positive integer"),
+    ("batch_size", 0, "a positive integer"), ("batch_size", True, "a positive integer"),
+    ("inner_epochs", -1, "an integer >= 0"), ("inner_epochs", 1.5, "an integer >= 0"),
+    ("lr", 0, "a finite number > 0"), ("lr", float("inf"), "a finite number > 0"), ("lr", -1, "a finite number > 0"),
+    ("tol", -1e-12, "a number >= 0"), ("tol", float("nan"), "a number >= 0"),
+    ("random_state", -1, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
+    ("random_state", 2**64, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
+    ("random_state", 1.0, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
+    ("random_state", True, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
+]
+
+
+@pytest.mark.parametrize("name, value, expected", BAD, ids=lambda v: repr(v))
+def test_bad_parameters_name_themselves(name, value, expected):
+    with pytest.raises(ValueError) as e:
+        check_params(params(**{name: value}))
+    assert str(e.value) == f"{name} must be {expected}, got {value!r}"
+
+
+def test_the_activations_are_checked_as_choices():
+    for name in ("activation", "output_activation"):
+        with pytest.raises(ValueError) as e:
+            check_params(params(**{name: "swish"}))
+        assert str(e.value).startswith(f"{name} must be one of (") and "'sigmoid'" in str(e.value)
+
+
+def test_devices():
+    assert resolve_device("cpu") == CPU and resolve_device(torch.device("cpu")) == CPU
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("tpu", "meta", 3.5, "cuda:x"):
+        with pytest.raises(ValueError) as e:
+            resolve_device(name)
+        assert str(e.value) == f'device must be "auto", "cpu", "cuda" or "cuda:N", got {name!r}'
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(ValueError) as e:
+                resolve_device(name)
+            assert str(e.value) == f'device is {name!r} but no CUDA device is visible (use "cpu" or "auto")'
+        with pytest.raises(ValueError, match="no CUDA device is visible"):
+            check_params(params(device="cuda"))
+
+
+def test_dtypes():
+    assert resolve_dtype(None) is torch.float32
+    assert resolve_dtype("float64") is torch.float64 and resolve_dtype(torch.float64) is torch.float64
+    assert resolve_dtype("torch.float32") is torch.float32
+    for name in ("float16", "double", torch.bfloat16):
+        with pytest.raises(ValueError) as e:
+            resolve_dtype(name)
+        assert str(e.value) == f'dtype must be None, "float32" or "float64", got {name!r}'
+    with pytest.raises(ValueError, match="dtype must be"):
+        check_params(params(dtype="float16"))
+
+
+def test_as_matrix_converts_and_never_writes_the_callers_data():
+    a = np.arange(6, dtype=">f8").reshape(2, 3)  # big-endian
+    t = as_matrix(a, "X", CPU, torch.float64)
+    assert t.dtype == torch.float64 and torch.equal(t, torch.arange(6.0, dtype=torch.float64).reshape(2, 3))
+    ro = np.ones((2, 2), np.float32)
+    ro.flags.writeable = False
+    t = as_matrix(ro, "X", CPU, torch.float32)
+    t += 1  # a copy: the read-only array is untouched
+    assert ro.sum() == 4
+    src = torch.ones(2, 2, requires_grad=True)
+    t = as_matrix(src, "X", CPU, torch.float32)
+    assert not t.requires_grad
+    assert as_matrix([[True, False]], "X", CPU, torch.float32).tolist() == [[1.0, 0.0]]
+    assert as_matrix(np.array([[1, 2.5]], dtype=object), "X", CPU, torch.float64).tolist() == [[1.0, 2.5]]
+    assert as_matrix(np.arange(12).reshape(3, 4)[:, ::2], "X", CPU, torch.float32).tolist() == [[0, 2], [4, 6], [8, 10]]
+
+
+@pytest.mark.parametrize("X, error, message", [
+    (np.zeros(3), ValueError, "X must be a 2-D matrix (rows = instances, columns = features), got shape (3,). Reshape "
+     "your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."),
+    (np.zeros((2, 2, 2)), ValueError, "X must be a 2-D matrix (rows = instances, columns = features), got shape (2, 2, 2)."),
+    (torch.zeros(3), ValueError, "X must be a 2-D matrix (rows = instances, columns = features), got shape (3,). Reshape "
+     "your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."),
+    (np.zeros((0, 3)), ValueError, "X has 0 sample(s) (shape=(0, 3)) while a minimum of 1 is required."),
+    (np.zeros((3, 0)), ValueError, "X has 0 feature(s) (shape=(3, 0)) while a minimum of 1 is required."),
+    (np.array([[1.0, np.nan]]), ValueError, "X contains NaN or infinite values"),
+    (torch.tensor([[1.0, float("-inf")]]), ValueError, "X contains NaN or infinite values"),
+    (np.ones((2, 2), np.complex64), ValueError, "Complex data not supported: X has dtype complex64"),
+    (torch.ones(2, 2, dtype=torch.complex64), ValueError, "Complex data not supported: X has dtype torch.complex64"),
+    (np.array([["a", "b"]]), ValueError, "X must be numeric, got dtype <U1"),
+    (np.ones((2, 2), np.longdouble), ValueError,
+     "X has dtype float128, which torch cannot hold: convert it, e.g. X.astype(np.float64)"),
+])
+def test_bad_data_is_named(X, error, message):
+    with pytest.raises(error) as e:
+        as_matrix(X, "X", CPU, torch.float32)
+    assert str(e.value) == message
+
+
+def test_sparse_input_is_refused_by_name():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError) as e:
+        as_matrix(sparse.csr_matrix(np.eye(3)), "X", CPU, torch.float32)
+    assert str(e.value) == "X is a sparse matrix, which is not supported: pass a dense array (X.toarray())"
+
+
+def test_values_beyond_float32_are_not_finite_there():
+    with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+        as_matrix(np.array([[1e300]]), "X", CPU, torch.float32)
+    assert as_matrix(np.array([[1e300]]), "X", CPU, torch.float64).item() == 1e300
+
+
+def test_the_sigmoid_range_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_outside_output_range(torch.tensor([[0.0, 1.0]]), "sigmoid")  # the ends are inside
+        warn_if_outside_output_range(torch.tensor([[-5.0, 9.0]]), "linear")
+    for X, shown in (([[-1e-3, 0.5]], "[-0.001, 0.5]"), ([[0.0, 1.5]], "[0, 1.5]")):
+        with pytest.warns(UserWarning) as record:
+            warn_if_outside_output_range(torch.tensor(X), "sigmoid")
+        assert str(record[0].message) == (f"X has values in {shown} but the output activation is sigmoid, which "
+                                          "reconstructs only [0, 1]: scale X or use output_activation='linear'")
+
+
+def test_results_take_the_callers_form():
+    t = torch.tensor([[1.5, 2.0]], dtype=torch.float64)
+    out = like_input(t, np.zeros((1, 2), np.float32))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert like_input(t, np.zeros((1, 2), np.int64)).dtype == np.float32
+    assert like_input(t, np.zeros((1, 2), np.float64)).dtype == np.float64
+    assert like_input(t, torch.zeros(1, 2, dtype=torch.float16)).dtype == torch.float16
+    assert like_input(t, torch.zeros(1, 2, dtype=torch.int32)).dtype == torch.float64
+    scores = torch.tensor([1.25, 2.5], dtype=torch.float32)
+    v = vector_like_input(scores, np.zeros((2, 2)))
+    assert isinstance(v, np.ndarray) and v.dtype == np.float64 and v.tolist() == [1.25, 2.5]
+    v = vector_like_input(scores, torch.zeros(2, 2))
+    assert isinstance(v, torch.Tensor) and v.dtype == torch.float32
+    c = to_cpu(np.arange(6.0).reshape(2, 3)[:, ::2])
+    assert isinstance(c, torch.Tensor) and c.is_contiguous() and c.tolist() == [[0.0, 2.0], [3.0, 5.0]]
+    g = torch.ones(2, requires_grad=True)
+    assert not to_cpu(g * 2).requires_grad
