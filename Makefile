@@ -41,8 +41,8 @@ bench: install
 gpu-check:
 	PYTHON="$(PYTHON)" bash benchmarks/gpu_check.sh "$(OUT)"
 
-# Mutation testing (benchmarks/mutation; not in CI: about an hour on 2 cores). `mutation` runs mutmut
-# over the Python core and prints the per-module summary; `kernel-bugs` tries the hand-made C++ bugs.
+# Mutation testing (benchmarks/mutation; too long for CI, see README). `mutation` runs mutmut over the
+# Python core and prints the per-module summary; `kernel-bugs` tries the hand-made C++ bugs.
 MUTMUT ?= mutmut==3.8.1
 
 mutation: install

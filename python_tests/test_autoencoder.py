@@ -95,7 +95,6 @@ def test_training_with_a_target_or_a_loss_and_the_returned_loss(gen):
     optim, twin_optim = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
     order, twin_order = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     loss = train_epochs(model, optim, data, 2, 4, order, target=target)
-    losses = []
     for _ in range(2):
         perm = torch.randperm(10, generator=twin_order)
         losses = []

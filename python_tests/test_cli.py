@@ -340,7 +340,7 @@ def test_score_with_a_device_and_a_threshold_at_a_score(tmp_path, capsys, data):
                             activation="elu", random_state=3, device="cpu").fit(data)
     scores = est.decision_function(data)
     est.threshold_ = float(np.sort(scores)[len(scores) // 2])  # a row scoring exactly the threshold is not above it
-    est.set_params(device="cuda:7").save(tmp_path / "m.pt")  # a device this machine lacks
+    est.set_params(device="cuda:7").save(tmp_path / "m.pt")  # which --device cpu overrides
     code, _, err = run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "X.npy", "--out", tmp_path / "s.npz",
                             "--device", "cpu")
     assert code == 0, err
@@ -398,6 +398,9 @@ options:
 def test_help_texts(capsys, monkeypatch, command):
     """The command line's own words (fit's come from the estimator and have their own test)."""
     monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("NO_COLOR", "1")  # Python 3.14's argparse colours otherwise
+    monkeypatch.setenv("PYTHON_COLORS", "0")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
     assert e.value.code == 0
@@ -413,8 +416,23 @@ def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
                  "  input                 data matrix: .npy, .npz (see --key) or .csv; rows = instances",
                  "  --key KEY             the array to use in an .npz holding several",
                  "  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history",
-                 "  --model MODEL         also save the fitted model here (for rda-ext score)"):
+                 "  --model MODEL         also save the fitted model here (for rda-ext score)",
+                 "  --hidden N,N,...      encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. "
+                 "(default: (400, 200))",
+                 "  -v, --verbose, --no-verbose\n                        show a progress bar over the outer iterations. "
+                 "(default: False)\n"):
         assert line in out, line
+
+
+def test_a_percent_sign_in_a_parameters_help_is_shown_as_is(capsys, monkeypatch):
+    from rda_ext import cli
+
+    helps = cli._parameter_help()
+    monkeypatch.setattr(cli, "_parameter_help", lambda: {**helps, "lr": "learning rate, e.g. 1e-3 (100% of the step)."})
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "  --lr LR               learning rate, e.g. 1e-3 (100% of the step). (default: 0.001)\n" in capsys.readouterr().out
 
 
 def test_version_and_usage_errors(capsys):
@@ -502,4 +520,5 @@ def test_an_ignored_signal_stays_ignored_and_threads_leave_handlers_alone(tmp_pa
     worker = threading.Thread(target=main, args=(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz")],))
     worker.start()
     worker.join(60)
+    assert not worker.is_alive()
     assert seen[-1] == (int_handler, previous)

@@ -293,3 +293,126 @@ def test_pid_alive_asks_without_signalling(tmp_path):
         child.wait()
     assert not _pid_alive(child.pid)
     assert _pid_alive(2**70)  # an odd number: its file is kept
+
+
+def test_signals_wait_until_the_renames_are_done():
+    from rda_ext.data.files import _signals_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            assert got == []
+        time.sleep(0.1)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_unnamed_file_probe(tmp_path, monkeypatch):
+    """_open_unnamed tries once per file system whether an O_TMPFILE file can be given a name, and
+    remembers it; where it can, it returns such a file (closed on exec), else None."""
+    from rda_ext.data import files
+
+    monkeypatch.setattr(files, "_links_unnamed", {})
+    probe = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR, 0o666)
+    try:
+        os.link(f"/proc/self/fd/{probe}", tmp_path / "probe")
+        linkable = True
+    except OSError:
+        linkable = False
+    finally:
+        os.close(probe)
+    fd = files._open_unnamed(str(tmp_path))
+    assert files._links_unnamed == {os.stat(tmp_path).st_dev: linkable}
+    assert (fd is not None) == linkable
+    if fd is not None:
+        assert not os.get_inheritable(fd)
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == (["probe"] if linkable else [])
+
+
+def test_a_temporary_file_is_named_beside_its_target(tmp_path, monkeypatch):
+    from rda_ext.data import files
+
+    monkeypatch.setattr(files, "_open_unnamed", lambda directory: None)  # the named way
+    seen = []
+
+    def write(f):
+        seen.extend(os.listdir(tmp_path))
+        f.write(b"data")
+
+    atomic_write(tmp_path / "r.bin", write)
+    (name,) = seen
+    prefix = f".rda-ext-tmp-{os.getpid()}-"
+    assert name.startswith(prefix) and len(name) == len(prefix) + 12 and int(name[len(prefix):], 16) >= 0
+    assert os.listdir(tmp_path) == ["r.bin"] and (tmp_path / "r.bin").read_bytes() == b"data"
+
+
+def test_an_unnamed_file_that_cannot_be_linked_is_copied(tmp_path, monkeypatch):
+    """Where linking the unnamed file is refused after all, its data go to a named file."""
+    from rda_ext.data import files
+
+    fake = tmp_path / "unnamed"
+    monkeypatch.setattr(files, "_open_unnamed", lambda directory: os.open(fake, os.O_RDWR | os.O_CREAT, 0o600))
+    real_link = os.link
+
+    def refuse(src, dst, *args, **kwargs):
+        if str(src).startswith("/proc/self/fd/"):
+            raise OSError(18, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", refuse)
+    payload = os.urandom(100_000)
+    atomic_write(tmp_path / "r.bin", lambda f: f.write(payload))
+    assert (tmp_path / "r.bin").read_bytes() == payload
+    assert sorted(os.listdir(tmp_path)) == ["r.bin", "unnamed"]
+
+
+def test_umask_without_proc(monkeypatch):
+    from rda_ext.data import files
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc")
+
+    mask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(files, "open", no_proc, raising=False)
+        monkeypatch.setattr(files, "_umask_cache", [])
+        assert files._umask() == 0o027 and files._umask_cache == [0o027]
+        assert os.umask(0o027) == 0o027  # set back as it was
+        assert files._umask() == 0o027  # from the cache
+    finally:
+        os.umask(mask)
+
+
+def test_a_symlink_named_like_a_stale_temporary_is_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    link = tmp_path / f".rda-ext-tmp-{dead.pid}-abcdef"
+    link.symlink_to(target)
+    atomic_write(tmp_path / "r.bin", lambda f: f.write(b"x"))
+    assert link.is_symlink() and target.read_bytes() == b"keep"
+
+
+def test_where_an_output_cannot_go(tmp_path, monkeypatch):
+    from rda_ext.data import files
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        files.check_writable(tmp_path / "sub")
+    assert str(e.value) == f"{tmp_path / 'sub'} is a folder"
+    rx = tmp_path / "rx.npz"
+    rx.write_bytes(b"")
+    rx.chmod(0o555)  # no write bit (execute bits do not make it writable)
+    with pytest.raises(PermissionError) as e:
+        files.check_writable(rx)
+    assert str(e.value) == f"{rx}: the file exists and is read-only (mode -r-xr-xr-x); make it writable or remove it to replace it"
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)  # as a user without write access
+    with pytest.raises(PermissionError) as e:
+        files.check_writable(tmp_path / "new.npz")
+    assert str(e.value) == f"{tmp_path / 'new.npz'}: the folder {tmp_path} is not writable"

@@ -254,3 +254,15 @@ def test_load_with_a_device_overrides_the_saved_one(tmp_path, seed):
     np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
     with pytest.raises(ValueError, match="device"):
         RobustAutoencoder.load(tmp_path / "m.pt", device="tpu")
+
+
+def test_predict_flags_scores_strictly_above_the_threshold(seed):
+    X = data(seed, n=60)
+    est = RobustAutoencoder(lam=LAM["l21_rows"], random_state=seed, **EXACT).fit(X)
+    scores = est.decision_function(X)
+    est.threshold_ = float(np.median(scores))  # some rows score exactly the threshold: not above it
+    expected = (scores > est.threshold_).astype(np.int64)
+    labels = est.predict(X)
+    assert labels.dtype == np.int64 and np.array_equal(labels, expected) and 0 < labels.sum() < len(X) - 1
+    t = est.predict(torch.from_numpy(X))
+    assert t.dtype == torch.int64 and np.array_equal(t.numpy(), expected)

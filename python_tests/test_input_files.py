@@ -210,6 +210,8 @@ MALFORMED = {
     "one column of text": ("a\nb\nc\n", "line 2, column 1: 'b' is not a number"),
     "ragged": ("1,2,3\n4,5\n", "line 2 has 2 cells, line 1 has 3"),
     "one cell short": ("1,2\n4\n", "line 2 has 1 cell, line 1 has 2"),
+    "a long text cell": ("1,2\n3," + "x" * 41 + "\n", "'" + "x" * 37 + "...'"),
+    "a text cell of 40": ("1,2\n3," + "y" * 40 + "\n", "'" + "y" * 40 + "'"),
     "ragged after a header": ("x,y\n1,2\n3,4,5\n", "line 3 has 3 cells, the header (line 1) has 2"),
     "empty cell": ("1,2\n3,\n", "line 2, column 2: empty cell"),
     "empty cell in line 1": ("1,,3\n", "line 1, column 2: empty cell"),
@@ -325,3 +327,21 @@ def test_fit_and_score_report_the_rows_read(tmp_path, capsys, matrix):
     assert code == 0 and out.startswith(f"20 rows x 3 features read from {tmp_path / 'x.npy'}, 1 outer"), err
     code, _, err = run_main(capsys, "fit", tmp_path / "x.npy", "--header", "--out", tmp_path / "q.npz", *TINY)
     assert_user_error(code, err, "applies to .csv files only")
+
+
+
+@pytest.mark.parametrize("text, header, message", [
+    ("a,b\n", None, "no data rows, only a header line 1, taken as a header because none of its cells is a number"),
+    ("a,b\n", True, "no data rows, only a header line 1"),
+    ("a;b\n", None, "no data rows, only a header line 1, taken as a header because none of its cells is a number; "
+     "cells must be separated by commas, not ';'"),
+    ("1,2\n3|4\n", None, "line 2 has 1 cell, line 1 has 2; cells must be separated by commas, not '|'"),
+    ("1,2\n3\t4\n", None, "line 2 has 1 cell, line 1 has 2; cells must be separated by commas, not a tab"),
+    ("1,2\n3\n", None, "line 2 has 1 cell, line 1 has 2"),
+    ("1," + "2" * 200_000 + "\n", None, "line 1: not CSV text (field larger than field limit (131072))"),
+])
+def test_csv_messages_in_full(tmp_path, text, header, message):
+    path = write(tmp_path / "x.csv", text)
+    with pytest.raises(ValueError) as e:
+        read_quietly(path, header=header)
+    assert str(e.value) == f"{path}: {message}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import copy
 import os
 import pickle
 import tempfile
@@ -663,3 +664,119 @@ def test_reason_is_the_gist_of_the_load_error(error, reason):
     from rda_ext.estimator.persistence import _reason
 
     assert _reason(error) == reason
+
+
+@pytest.mark.parametrize("dtype", ["float64", torch.float64])
+def test_a_float64_model_keeps_its_weights_exactly(tmp_path, gen, dtype):
+    """The network is built in the saved dtype before the weights are copied in (a float32 network
+    would round float64 weights to float32). The dtype is saved by its name."""
+    X = np.random.default_rng(int(gen.initial_seed())).random((40, 6))
+    est = RobustAutoencoder(hidden=(4, 2), outer_iter=1, inner_epochs=1, dtype=dtype, random_state=0).fit(X)
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.dtype == "float64"
+    for a, b in zip(est.model_.parameters(), back.model_.parameters()):
+        assert b.dtype == torch.float64 and torch.equal(a, b)
+    np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
+
+
+def test_a_torch_device_parameter_and_tensor_data_round_trip(tmp_path):
+    est = RobustAutoencoder(**{**TINY, "device": torch.device("cpu")}).fit(torch.from_numpy(X))
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.device == "cpu"  # saved by its name
+    assert isinstance(back.L_, torch.Tensor) and isinstance(back.S_, torch.Tensor)  # the input's kind
+    assert torch.equal(back.L_, est.L_) and torch.equal(back.S_, est.S_)
+    est.fit(X).save(tmp_path / "n.pt")
+    assert isinstance(RobustAutoencoder.load(tmp_path / "n.pt").L_, np.ndarray)
+
+
+@pytest.mark.parametrize("sizes", [[6, 4.0, 3], [0, 4, 3], [6, 4, 0], [6], [6, True, 3], "6,4,3"])
+def test_sizes_must_be_positive_integers_matching_hidden(tmp_path, model_file, sizes):
+    state = load_state(model_file[0])
+    state["sizes"] = sizes
+    write_state(tmp_path / "m.pt", state)
+    message = assert_clear_error(tmp_path / "m.pt")
+    assert message == (f"{str(tmp_path / 'm.pt')!r} is not a valid rda_ext model file: sizes {sizes!r} do not match "
+                       "hidden (4, 3)")
+
+
+def test_a_layer_of_one_unit_loads(tmp_path):
+    est = RobustAutoencoder(**{**TINY, "hidden": (1,)}).fit(X)
+    est.save(tmp_path / "m.pt")
+    assert RobustAutoencoder.load(tmp_path / "m.pt").model_.sizes == (6, 1)
+
+
+def _edit(state, where, value):
+    *path, last = where
+    target = state
+    for key in path:
+        target = target[key]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+
+
+_DELETE = object()
+BROKEN = [
+    ([("fitted",)], [[1]], "'fitted' is a list, not a dict"),
+    ([("weights",)], [[1]], "'weights' is a list, not a dict"),
+    ([("fitted", "n_iter_"), ("fitted", "lam_")], [_DELETE, _DELETE], "missing key 'fitted.n_iter_', 'fitted.lam_'"),
+    ([("weights", "enc_weight.0"), ("weights", "enc_bias.0")], [_DELETE, _DELETE],
+     "missing weight 'enc_weight.0', 'enc_bias.0'"),
+    ([("weights", "x"), ("weights", "y")], [torch.zeros(1), torch.zeros(1)], "unexpected weight 'x', 'y' for this network"),
+    ([("fitted", "history_")], [[1]], "history_ is not a list of dicts"),
+    ([("fitted", "history_")], [{"a": 1}], "history_ is not a list of dicts"),
+    ([("fitted", "input")], ["pandas"], "input is 'pandas', not 'numpy' or 'tensor'"),
+    ([("fitted", "n_features_in_")], [7], "n_features_in_ is 7 but the network takes 6 features"),
+    ([("fitted", "n_iter_")], [-1], "n_iter_ is -1, not an integer >= 0"),
+    ([("fitted", "batch_seed")], [1.5], "batch_seed is 1.5, not an integer >= 0"),
+    ([("params",)], [[1]], "'params' is a list, not a dict"),
+    ([("sizes",), ("weights",)], [_DELETE, _DELETE], "missing key 'sizes', 'weights'"),
+    ([("params", "lam"), ("params", "tol")], [_DELETE, _DELETE], "parameters invalid: missing 'lam', 'tol'"),
+    ([("params", "lam"), ("params", "x")], [_DELETE, 1], "parameters invalid: missing 'lam'; unknown 'x'"),
+    ([("params", "random_state")], [{"numpy_random": "Generator", "state": {"bit_generator": "RandomState"}}],
+     "parameters invalid: random_state is not a readable numpy random state ('RandomState' is not a numpy bit "
+     "generator)"),
+    ([("params", "random_state")], [{"numpy_random": "Generator", "state": {"bit_generator": "random"}}],
+     "parameters invalid: random_state is not a readable numpy random state ('random' is not a numpy bit "
+     "generator)"),
+    ([("params", "random_state")], [{"numpy_random": "Philox", "state": {}}],
+     "parameters invalid: random_state is not a readable numpy random state (unknown kind 'Philox')"),
+]
+
+
+@pytest.mark.parametrize("where, values, detail", BROKEN, ids=lambda v: str(v)[:40])
+def test_what_is_wrong_with_a_model_file_is_said_exactly(tmp_path, model_file, where, values, detail):
+    state = load_state(model_file[0])
+    for w, v in zip(where, values):
+        _edit(state, w, v)
+    write_state(tmp_path / "m.pt", state)
+    message = assert_clear_error(tmp_path / "m.pt")
+    assert message == f"{str(tmp_path / 'm.pt')!r} is not a valid rda_ext model file: {detail}"
+
+
+def test_zero_counts_load_and_a_loaded_model_warm_starts_as_the_original(tmp_path, model_file):
+    state = load_state(model_file[0])
+    state["fitted"]["n_iter_"] = 0
+    state["fitted"]["batch_seed"] = 0
+    write_state(tmp_path / "zero.pt", state)
+    zero = RobustAutoencoder.load(tmp_path / "zero.pt")
+    assert zero.n_iter_ == 0 and zero._batch_seed == 0
+    path, est = model_file
+    back = RobustAutoencoder.load(path)
+    assert back._batch_seed == est._batch_seed
+    a = copy.deepcopy(est)
+    a._optim = None  # a model file holds no optimizer state: both go on with a fresh one
+    a.set_params(warm_start=True, outer_iter=1).fit(X)
+    b = back.set_params(warm_start=True, outer_iter=1).fit(X)
+    np.testing.assert_allclose(b.L_, a.L_, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("raw", [b"\x80\x07" + b"x" * 40, b"\x80\x05K\x01."])
+def test_a_file_of_an_odd_pickle_protocol_is_an_error_without_a_warning(tmp_path, raw):
+    (tmp_path / "odd.pt").write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's note on the protocol would be an error here
+        assert_clear_error(tmp_path / "odd.pt", "not a readable rda_ext model")

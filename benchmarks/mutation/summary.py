@@ -17,27 +17,17 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-# mutmut's exit-code convention (mutmut/stats.py): 1 and 3 killed, 0 survived, 33 and 5 no test
-# reached the mutant, 36 and the SIGXCPU codes a timeout (counted as killed: the mutant hung the
-# tests), None not checked yet.
-KILLED = {1, 3}
-SURVIVED = {0}
-NO_TESTS = {5, 33}
-TIMEOUT = {36, 24, -24, 152, 255}
+from mutmut.stats import status_by_exit_code
+
+# mutmut's own reading of a mutant's exit code; a timeout, a crash (segfault) or a catch by the
+# type checker counts as killed, a mutant no test reaches as surviving, one not run (an
+# interrupted run, skipped) as neither.
+KILLED = ("killed", "timeout", "segfault", "caught by type check")
+SURVIVING = ("survived", "no tests", "suspicious")
 
 
 def verdict(code) -> str:
-    if code is None:
-        return "not checked"
-    if code in KILLED:
-        return "killed"
-    if code in SURVIVED:
-        return "survived"
-    if code in NO_TESTS:
-        return "no tests"
-    if code in TIMEOUT:
-        return "timeout"
-    return "other"
+    return status_by_exit_code[code]
 
 
 def equivalent_names(path: Path) -> dict[str, str]:
@@ -52,6 +42,7 @@ def equivalent_names(path: Path) -> dict[str, str]:
 
 def summarise(work: Path, equivalent: dict[str, str]) -> dict:
     modules = {}
+    seen = {}  # mutant name -> verdict, over all modules
     for meta in sorted((work / "mutants").rglob("*.py.meta")):
         module = str(meta.relative_to(work / "mutants")).removesuffix(".meta")
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -60,24 +51,24 @@ def summarise(work: Path, equivalent: dict[str, str]) -> dict:
         counts = Counter()
         survivors = []
         for name, code in sorted(codes.items()):
-            v = verdict(code)
-            if v in ("survived", "no tests") and name in equivalent:
+            v = seen[name] = verdict(code)
+            if v in SURVIVING and name in equivalent:
                 v = "equivalent"
-            elif v in ("survived", "no tests", "other"):
+            elif v in SURVIVING:
                 survivors.append(name)
             counts[v] += 1
-        relevant = sum(counts.values()) - counts["equivalent"] - counts["not checked"]
-        caught = counts["killed"] + counts["timeout"]
+        caught = sum(counts[k] for k in KILLED)
+        relevant = caught + sum(counts[k] for k in SURVIVING)
         modules[module] = dict(
-            mutants=sum(counts.values()), **{k.replace(" ", "_"): counts[k] for k in
-                                              ("killed", "timeout", "survived", "no tests", "equivalent", "other", "not checked")},
+            mutants=sum(counts.values()), killed=counts["killed"], timeout=counts["timeout"],
+            crashed=counts["segfault"], survived=counts["survived"] + counts["suspicious"],
+            no_tests=counts["no tests"], equivalent=counts["equivalent"],
+            not_run=sum(counts.values()) - relevant - counts["equivalent"],
             killed_share=caught / relevant if relevant else None, survivors=survivors,
         )
-    stale = sorted(set(equivalent) - {n for m in modules.values() for n in m["survivors"]} -
-                   {n for meta in (work / "mutants").rglob("*.py.meta")
-                    for n, c in json.loads(meta.read_text())["exit_code_by_key"].items() if verdict(c) in ("survived", "no tests")})
-    return dict(date=str(date.today()), machine=_machine(),
-                modules=modules, equivalent_but_not_surviving=stale)
+    # Listed as equivalent but killed by a test since, or gone: the list must say so.
+    stale = sorted(name for name in equivalent if name not in seen or seen[name] in KILLED)
+    return dict(date=str(date.today()), machine=_machine(), modules=modules, equivalent_but_not_surviving=stale)
 
 
 def _machine() -> str:
@@ -90,19 +81,23 @@ def _machine() -> str:
 
 
 def table(summary: dict) -> str:
-    rows = ["| module | mutants | killed | timeout | survived | no test | equivalent | killed of non-equivalent |",
+    rows = ["| module | mutants | killed | timeout or crash | survived | no test | equivalent | killed of non-equivalent |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = ("mutants", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "not_run")
     total = Counter()
     for module, m in summary["modules"].items():
-        share = "-" if m["killed_share"] is None else f"{100 * m['killed_share']:.1f}%"
-        rows.append(f"| `{module}` | {m['mutants']} | {m['killed']} | {m['timeout']} | {m['survived']} | "
-                    f"{m['no_tests']} | {m['equivalent']} | {share} |")
-        total.update({k: m[k] for k in ("mutants", "killed", "timeout", "survived", "no_tests", "equivalent", "not_checked")})
-    relevant = total["mutants"] - total["equivalent"] - total["not_checked"]
-    share = (total["killed"] + total["timeout"]) / relevant if relevant else 0
-    rows.append(f"| all | {total['mutants']} | {total['killed']} | {total['timeout']} | {total['survived']} | "
-                f"{total['no_tests']} | {total['equivalent']} | {100 * share:.1f}% |")
+        rows.append(_row(f"`{module}`", m))
+        total.update({k: m[k] for k in keys})
+    relevant = total["mutants"] - total["equivalent"] - total["not_run"]
+    caught = total["killed"] + total["timeout"] + total["crashed"]
+    rows.append(_row("all", dict(total, killed_share=caught / relevant if relevant else None)))
     return "\n".join(rows)
+
+
+def _row(name: str, m: dict) -> str:
+    share = "-" if m["killed_share"] is None else f"{100 * m['killed_share']:.1f}%"
+    return (f"| {name} | {m['mutants']} | {m['killed']} | {m['timeout'] + m['crashed']} | {m['survived']} | "
+            f"{m['no_tests']} | {m['equivalent']} | {share} |")
 
 
 def main() -> int:
@@ -114,8 +109,8 @@ def main() -> int:
     summary = summarise(args.work, equivalent_names(args.equivalent))
     print(table(summary))
     for module, m in summary["modules"].items():
-        if m["not_checked"]:
-            print(f"{module}: {m['not_checked']} mutants not checked (the run was interrupted)")
+        if m["not_run"]:
+            print(f"{module}: {m['not_run']} mutants not run (an interrupted run, or skipped)")
         for name in m["survivors"]:
             print(f"survivor: {name}")
     for name in summary["equivalent_but_not_surviving"]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import csv
 import os
 import shutil
+import signal
 import stat
 import threading
 import zipfile
@@ -301,7 +303,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 def atomic_write_all(files) -> None:
     """``atomic_write`` for several ``(path, write)`` pairs, all or none: every file is complete
     under its temporary name before the first rename, so that a failed write (a full disk, an
-    error while serialising, an interrupt) leaves every path as it was."""
+    error while serialising, an interrupt) leaves every path as it was. SIGINT and SIGTERM wait
+    until the renames are done, so that an interrupt cannot fall between two of them; a rename
+    that the system refuses (which a writable folder makes all but impossible) is not undone."""
     files = [(os.fspath(path), write) for path, write in files]
     for path, _ in files:
         check_writable(path)
@@ -309,12 +313,36 @@ def atomic_write_all(files) -> None:
     try:
         for path, write in files:
             staged.append(_stage(path, write))
-        for tmp, (path, _) in zip(staged, files):
-            os.replace(tmp, path)
+        with _signals_held():
+            for tmp, (path, _) in zip(staged, files):
+                os.replace(tmp, path)
     except BaseException:
         for tmp in staged:  # those already renamed are gone from their temporary names
             _unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM that arrive in the block are delivered after it. (A signal mask would
+    not do: the kernel hands a process's signal to any thread that does not block it, such as
+    torch's workers, and Python runs its handler in the main thread at once.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can be set only from the main thread, where signals are handled anyway
+        return
+    pending: list[int] = []
+    replaced = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler not in (signal.SIG_IGN, None):
+            replaced[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            signal.raise_signal(sig)
 
 
 def _stage(path: str, write) -> str:

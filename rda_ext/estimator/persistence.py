@@ -35,13 +35,13 @@ class _Unusable(Exception):
     """A valid file that cannot be used here (its device); load_model adds the file's name."""
 
 
-def save_model(est, path, *, data: bool = True) -> None:
+def save_model(est, path, *, data: bool) -> None:
     """Writes ``est``'s parameters, weights and fitted state to ``path``, whole or not at all;
     ``data=False`` leaves out L_ and S_. The estimator itself is not changed."""
     atomic_write(path, model_writer(est, data=data))
 
 
-def model_writer(est, *, data: bool = True):
+def model_writer(est, *, data: bool):
     """What writes ``est``'s model file (see ``save_model``), for ``atomic_write_all``: the state is
     gathered now, so that a fitted estimator that cannot be saved fails before anything is written."""
     est._check_fitted()
@@ -64,7 +64,7 @@ def model_writer(est, *, data: bool = True):
 def plain(value):
     """``value`` with what ``torch.load(weights_only=True)`` refuses or may not keep replaced by plain
     Python values: numpy scalars by Python numbers, numpy arrays and tuples by lists, a torch
-    device or dtype by its name (recursively through lists and dicts)."""
+    device by its name (recursively through lists and dicts)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -75,8 +75,6 @@ def plain(value):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, torch.device):
         return str(value)
-    if isinstance(value, torch.dtype):
-        return str(value).removeprefix("torch.")
     return value
 
 
