@@ -266,3 +266,11 @@ def test_predict_flags_scores_strictly_above_the_threshold(seed):
     assert labels.dtype == np.int64 and np.array_equal(labels, expected) and 0 < labels.sum() < len(X) - 1
     t = est.predict(torch.from_numpy(X))
     assert t.dtype == torch.int64 and np.array_equal(t.numpy(), expected)
+
+
+def test_new_data_errors_name_X(seed):
+    est = RobustAutoencoder(lam=LAM["l21_rows"], random_state=seed, **EXACT).fit(data(seed, n=40))
+    for method in (est.decision_function, est.predict, est.transform, est.reconstruct):
+        with pytest.raises(ValueError) as e:
+            method(np.zeros(24))
+        assert str(e.value).startswith("X must be a 2-D matrix (rows = instances, columns = features), got shape (24,).")

@@ -339,9 +339,36 @@ def test_fit_and_score_report_the_rows_read(tmp_path, capsys, matrix):
     ("1,2\n3\t4\n", None, "line 2 has 1 cell, line 1 has 2; cells must be separated by commas, not a tab"),
     ("1,2\n3\n", None, "line 2 has 1 cell, line 1 has 2"),
     ("1," + "2" * 200_000 + "\n", None, "line 1: not CSV text (field larger than field limit (131072))"),
-])
+], ids=[f"csv{i}" for i in range(7)])
 def test_csv_messages_in_full(tmp_path, text, header, message):
     path = write(tmp_path / "x.csv", text)
     with pytest.raises(ValueError) as e:
         read_quietly(path, header=header)
     assert str(e.value) == f"{path}: {message}"
+
+
+def test_npy_and_npz_messages_in_full(tmp_path):
+    a = np.arange(6.0).reshape(2, 3)
+    np.savez(tmp_path / "two.npz", a=a, b=a)
+    np.savez(tmp_path / "none.npz")
+    np.save(tmp_path / "obj.npy", np.array([[1, "x"]], dtype=object), allow_pickle=True)
+    (tmp_path / "x.txt").write_text("1\n")
+    (tmp_path / "noext").write_text("1\n")
+    cases = [
+        (tmp_path / "x.txt", None, "unsupported file type '.txt'; use one of .npy, .npz, .csv"),
+        (tmp_path / "noext", None, "unsupported file type '(none)'; use one of .npy, .npz, .csv"),
+        (tmp_path / "two.npz", None, "cannot read: it holds the arrays a, b: choose one with --key"),
+        (tmp_path / "none.npz", None, "cannot read: it holds the arrays (none): choose one with --key"),
+        (tmp_path / "two.npz", "c", "cannot read: it has no array 'c' (it holds a, b)"),
+        (tmp_path / "obj.npy", None, "cannot read: Object arrays cannot be loaded when allow_pickle=False"),
+    ]
+    for path, key, message in cases:
+        with pytest.raises(ValueError) as e:
+            read_matrix(path, key)
+        assert str(e.value) == f"{path}: {message}"
+
+
+def test_big_endian_integers_keep_their_type(tmp_path):
+    np.save(tmp_path / "be.npy", np.arange(6, dtype=">i4").reshape(2, 3))
+    a = read_matrix(tmp_path / "be.npy")
+    assert a.dtype == np.dtype("=i4") and a.tolist() == [[0, 1, 2], [3, 4, 5]]

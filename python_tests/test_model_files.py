@@ -747,7 +747,7 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("where, values, detail", BROKEN, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("where, values, detail", BROKEN, ids=[f"fault{i}" for i in range(len(BROKEN))])
 def test_what_is_wrong_with_a_model_file_is_said_exactly(tmp_path, model_file, where, values, detail):
     state = load_state(model_file[0])
     for w, v in zip(where, values):
@@ -774,7 +774,7 @@ def test_zero_counts_load_and_a_loaded_model_warm_starts_as_the_original(tmp_pat
     np.testing.assert_allclose(b.L_, a.L_, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("raw", [b"\x80\x07" + b"x" * 40, b"\x80\x05K\x01."])
+@pytest.mark.parametrize("raw", [b"\x80\x07" + b"x" * 40, b"\x80\x05K\x01."], ids=["protocol7", "protocol5"])
 def test_a_file_of_an_odd_pickle_protocol_is_an_error_without_a_warning(tmp_path, raw):
     (tmp_path / "odd.pt").write_bytes(raw)
     with warnings.catch_warnings():
