@@ -80,6 +80,7 @@ def test_optimizers():
     sgd = make_optimizer(model, "sgd", 0.5, weight_decay=0.1)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["fused"]
     assert sgd.defaults["lr"] == 0.5 and sgd.defaults["weight_decay"] == 0.1 and adam.defaults["weight_decay"] == 0
+    assert make_optimizer(model, "adam", 0.01, weight_decay=0.2).defaults["weight_decay"] == 0.2
     assert [p for g in sgd.param_groups for p in g["params"]] == list(model.parameters())
     with pytest.raises(ValueError) as e:
         make_optimizer(model, "rmsprop", 0.1)
@@ -132,3 +133,8 @@ def test_the_chunked_passes_equal_one_pass(gen, monkeypatch):
     assert torch.equal(copy, out)
     torch.testing.assert_close(map_chunks(model.encode, data), model.encode(data).detach(), rtol=1e-12, atol=1e-14)
     assert map_chunks(model.encode, data[:0]).shape == (0, 2)
+
+
+def test_the_decoder_is_tied_by_default():
+    model = DeepAutoencoder((6, 4, 2))
+    assert model.tied and len(model.dec_weight) == 0 and model.architecture[-1] is True

@@ -6,6 +6,7 @@ float64, so that "to rounding" means 1e-12."""
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -200,6 +201,18 @@ def test_tol_stops_at_the_first_iteration_with_c1_and_c2_below_it(seed):
         assert est.n_iter_ == expected
         assert [h["c1"] for h in est.history_] == [h["c1"] for h in full.history_[:expected]]
 
+    def stop(tol, c1_at_tol_stops=False, c2_at_tol_stops=False):
+        below1 = c[:, 0] <= tol if c1_at_tol_stops else c[:, 0] < tol
+        below2 = c[:, 1] <= tol if c2_at_tol_stops else c[:, 1] < tol
+        return int(np.argmax(below1 & below2)) + 1 if (below1 & below2).any() else len(c)
+
+    # A number exactly at tol is not below it: tol = the first c2 (above its c1), and tol = the first
+    # c1 above its c2 that every earlier iteration's numbers exceed.
+    j = next(i for i in range(1, len(c)) if c[i, 0] > c[i, 1] and (both[:i] > c[i, 0]).all())
+    for tol, at_tol_stops in ((c[0, 1], "c2_at_tol_stops"), (c[j, 0], "c1_at_tol_stops")):
+        assert stop(tol, **{at_tol_stops: True}) != stop(tol)  # a case where the two comparisons differ
+        assert RobustAutoencoder(tol=float(tol), **params).fit(X).n_iter_ == stop(tol)
+
 
 def test_new_data_goes_through_the_trained_network(seed):
     X = data(seed)
@@ -260,7 +273,7 @@ def test_predict_flags_scores_strictly_above_the_threshold(seed):
     X = data(seed, n=60)
     est = RobustAutoencoder(lam=LAM["l21_rows"], random_state=seed, **EXACT).fit(X)
     scores = est.decision_function(X)
-    est.threshold_ = float(np.median(scores))  # some rows score exactly the threshold: not above it
+    est.threshold_ = float(np.sort(scores)[30])  # a row scores exactly the threshold: not above it
     expected = (scores > est.threshold_).astype(np.int64)
     labels = est.predict(X)
     assert labels.dtype == np.int64 and np.array_equal(labels, expected) and 0 < labels.sum() < len(X) - 1
@@ -274,3 +287,122 @@ def test_new_data_errors_name_X(seed):
         with pytest.raises(ValueError) as e:
             method(np.zeros(24))
         assert str(e.value).startswith("X must be a 2-D matrix (rows = instances, columns = features), got shape (24,).")
+    bad = data(seed, n=40)
+    bad[7, 5] = np.nan
+    with pytest.raises(ValueError, match=r"^X contains NaN or infinite values$"):
+        RobustAutoencoder(**EXACT).fit(bad)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l21_cols"])
+def test_the_quantile_threshold_flags_scores_strictly_above_it(seed, penalty):
+    """9 rows, contamination 0.25: the 0.75 quantile of the scores is the 7th smallest score itself,
+    which is not above the threshold: 2 rows flagged."""
+    est = RobustAutoencoder(penalty=penalty, contamination=0.25, random_state=seed, **EXACT).fit(data(seed, n=9))
+    assert est.threshold_ == np.sort(est.decision_scores_)[6]
+    assert est.labels_.dtype == np.int64
+    np.testing.assert_array_equal(est.labels_, est.decision_scores_ > est.threshold_)
+    assert est.labels_.sum() == 2
+
+
+def test_random_state_seeds_the_weights_then_the_batch_orders(seed):
+    """The fit replayed with RDASolver: the initial weights drawn from random_state, then the batch
+    order's seed from the same generator; a warm start draws the orders from the next seed."""
+    X = data(seed, n=60)
+    params = dict(EXACT, outer_iter=1)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, tol=0, **params).fit(X)
+    init = torch.Generator().manual_seed(seed)
+    model = DeepAutoencoder((24, 8, 3), "elu", "sigmoid", True, init).double()
+    batch_seed = int(torch.randint(2**62, (), generator=init))
+    Xt = torch.from_numpy(X)
+    solver = RDASolver(
+        model, make_optimizer(model, "adam", 1e-2), Xt, torch.zeros_like(Xt), torch.zeros_like(Xt),
+        penalty="l21_rows", lam=0.9, contamination=0.1, inner_epochs=3, batch_size=32,
+        generator=torch.Generator().manual_seed(batch_seed),
+    )
+    solver.run(1, 0.0)
+    np.testing.assert_allclose(est.L_, solver.L.numpy(), rtol=0, atol=1e-12)
+    est.set_params(warm_start=True).fit(X)
+    solver.generator = torch.Generator().manual_seed(batch_seed + 1)
+    solver.run(1, 0.0)
+    np.testing.assert_allclose(est.L_, solver.L.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(est.S_, solver.S.numpy(), rtol=0, atol=1e-12)
+
+
+def test_a_fit_without_warm_start_forgets_the_previous_one(seed):
+    X = data(seed, n=60)
+    params = dict(lam=0.9, random_state=seed, tol=0, **EXACT)
+    est = RobustAutoencoder(**params).fit(X).fit(X)
+    fresh = RobustAutoencoder(**params).fit(X)
+    drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert drop(est.history_) == drop(fresh.history_)
+    np.testing.assert_array_equal(est.L_, fresh.L_)
+
+
+def test_a_warm_start_on_other_rows_starts_S_and_the_previous_L_plus_S_from_zero(seed):
+    X = data(seed)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, tol=0, **EXACT).fit(X[:100])
+    new = X[100:]
+    est.set_params(warm_start=True, outer_iter=1).fit(new)
+    h = est.history_[-1]
+    assert h["iteration"] == EXACT["outer_iter"] + 1 and est.S_.shape == new.shape
+    # c2 measures the step from the previous L + S, which for new rows is zero.
+    assert h["c2"] == pytest.approx(np.linalg.norm(est.L_ + est.S_) / np.linalg.norm(new), rel=1e-9)
+    # L_in = X - S with S = 0: the recon_error is that of the new rows themselves.
+    assert h["recon_error"] == pytest.approx(np.linalg.norm(new - est.L_), rel=1e-9)
+
+
+def test_a_warm_start_from_a_model_saved_without_data(tmp_path, seed):
+    """No L_ and S_ in the file, and no optimizer state: the warm start trains the loaded network with
+    a fresh optimizer, from S = 0."""
+    X = data(seed, n=60)
+    RobustAutoencoder(lam=0.9, random_state=seed, tol=0, **EXACT).fit(X).save(tmp_path / "m.pt", data=False)
+    est = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert not hasattr(est, "S_") and not hasattr(est, "L_")
+    est.set_params(warm_start=True, outer_iter=1).fit(X)
+    h = est.history_[-1]
+    assert h["iteration"] == EXACT["outer_iter"] + 1
+    assert h["c2"] == pytest.approx(np.linalg.norm(est.L_ + est.S_) / np.linalg.norm(X), rel=1e-9)
+
+
+def test_a_warm_start_trains_with_the_new_lr(seed):
+    X = data(seed, n=60)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, **EXACT).fit(X)
+    est.set_params(warm_start=True, lr=0.05, outer_iter=1).fit(X)
+    assert [g["lr"] for g in est._optim.param_groups] == [0.05]
+
+
+@pytest.mark.parametrize("name", ["S_", "L_"])
+def test_a_warm_start_from_an_edited_fitted_matrix_names_it(seed, name):
+    X = data(seed, n=60)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, **EXACT).fit(X)
+    bad = getattr(est, name).copy()
+    bad[4, 4] = np.inf
+    setattr(est, name, bad)
+    with pytest.raises(ValueError, match=rf"^{name} contains NaN or infinite values$"):
+        est.set_params(warm_start=True).fit(X)
+
+
+def test_a_warm_start_of_a_float32_model_on_float64_data(seed):
+    """L_ and S_ keep X's dtype (float64) while the network computes in float32: the warm start
+    casts them back, and c2 still measures the step from the previous L + S."""
+    X = data(seed, n=60)
+    params = {**EXACT, "dtype": None}
+    est = RobustAutoencoder(lam=0.9, random_state=seed, tol=0, **params).fit(X)
+    assert est.L_.dtype == np.float64 and next(est.model_.parameters()).dtype == torch.float32
+    L_prev, S_prev = est.L_.copy(), est.S_.copy()
+    est.set_params(warm_start=True, outer_iter=1).fit(X)
+    c2 = np.linalg.norm(L_prev + S_prev - est.L_ - est.S_) / np.linalg.norm(X)
+    assert est.history_[-1]["c2"] == pytest.approx(c2, rel=1e-4)
+
+
+def test_verbose_shows_each_outer_iteration_and_its_numbers(seed, capsys):
+    X = data(seed, n=60)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, tol=0, verbose=True, **EXACT).fit(X)
+    last = capsys.readouterr().err.split("\r")[-1]
+    h = est.history_[-1]
+    assert re.fullmatch(
+        rf"RDA outer iterations: 100%\|\S+\| 3/3 \[[^,]+, +[0-9.]+(it/s|s/it), c1={h['c1']:.2e}, c2={h['c2']:.2e}, "
+        rf"lam={h['lam']:.4g}, nonzero={h['n_nonzero']}\]\s*", last), last
+    capsys.readouterr()
+    RobustAutoencoder(lam=0.9, random_state=seed, **EXACT).fit(X)
+    assert capsys.readouterr().err == ""

@@ -1,7 +1,9 @@
 """The RDA iteration over tensors (rda_ext.solver): every number it reports after a proximal step
 is checked against the reference computed from scratch on the same L."""
 
+import math
 import re
+import time
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from conftest import DEVICES
 
 from rda_ext import ops, reference
 from rda_ext.solver import RDASolver, TrainingDiverged, survival_threshold
+from rda_ext.solver import loop
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.training import make_optimizer
 
@@ -120,3 +123,106 @@ def test_nonzero_groups_counted_as_the_kernel_decides_for_a_lam_float32_rounds(g
     s_groups = groups_of(solver.S, penalty)
     assert s_groups[k] > 0
     assert int(nnz) == int((s_groups > 0).sum())
+
+
+def scripted(monkeypatch, solver, loss=0.5, L=None, recon_sq=1.0):
+    """The solver with its training and reconstruction replaced by given numbers: train_epochs
+    returns ``loss``, reconstruct_into writes ``L`` (default 0.9 X) and returns ``recon_sq``."""
+    monkeypatch.setattr(loop, "train_epochs", lambda *a, **k: torch.tensor(loss, dtype=torch.float64))
+
+    def reconstruct_into(model, data, out, **_):
+        out.copy_(0.9 * solver.X if L is None else L)
+        return torch.tensor(recon_sq, dtype=torch.float64)
+
+    monkeypatch.setattr(loop, "reconstruct_into", reconstruct_into)
+    return solver
+
+
+def _with_inf(T):
+    T = T.clone()
+    T[3, 2] = math.inf
+    return T
+
+
+# What each case makes non-finite, and the name the error gives it (the first non-finite number
+# in the order loss, reconstruction, c1, c2, penalty).
+DIVERGED = {
+    "loss": (dict(loss=math.nan), "the training loss"),
+    "recon": (dict(recon_sq=math.nan), "the reconstruction AE(X - S)"),
+    "c1": (dict(L=lambda X: _with_inf(0.9 * X)), "L + S"),
+}
+
+
+@pytest.mark.parametrize("case", list(DIVERGED))
+def test_the_error_names_the_number_that_is_not_finite(gen, monkeypatch, case):
+    solver = make_solver(gen, "cpu", "l21_rows", 0.3)
+    kwargs, what = DIVERGED[case]
+    kwargs = {k: v(solver.X) if callable(v) else v for k, v in kwargs.items()}
+    with pytest.raises(TrainingDiverged) as e:
+        scripted(monkeypatch, solver, **kwargs).iterate()
+    assert str(e.value).startswith(f"training diverged at outer iteration 1: {what} is not finite (last training loss ")
+
+
+def test_the_error_names_L_plus_S_for_a_non_finite_c2(gen, monkeypatch):
+    """Only LS_prev (the previous L + S) is infinite: c1 and the penalty are finite, c2 is not."""
+    solver = make_solver(gen, "cpu", "l21_rows", 0.3)
+    solver.LS_prev = _with_inf(solver.LS_prev)
+    with pytest.raises(TrainingDiverged) as e:
+        scripted(monkeypatch, solver).iterate()
+    assert str(e.value).startswith("training diverged at outer iteration 1: L + S is not finite (last training loss 0.5, ")
+
+
+def test_the_error_names_S_for_a_penalty_that_overflows(gen, monkeypatch):
+    """float32 entries near the largest float32: each row's l1 norm overflows, while c1 (0) and
+    c2 (1) are computed overflow-safe and stay finite."""
+    solver = make_solver(gen, "cpu", "l1", 0.0, n=4, d=3)
+    solver.X = torch.full((4, 3), 3e38)
+    solver.S, solver.LS_prev, solver.L = (torch.zeros_like(solver.X) for _ in range(3))
+    with pytest.raises(TrainingDiverged) as e:
+        scripted(monkeypatch, solver, L=torch.zeros(4, 3)).iterate()
+    assert str(e.value).startswith("training diverged at outer iteration 1: S is not finite (last training loss 0.5, ")
+
+
+@pytest.mark.parametrize("penalty", ops.PENALTIES)
+def test_the_error_names_the_residual_when_it_gives_lam(gen, monkeypatch, penalty):
+    solver = make_solver(gen, "cpu", penalty, None)
+    with pytest.raises(TrainingDiverged) as e:
+        scripted(monkeypatch, solver, L=torch.full_like(solver.X, math.nan)).iterate()
+    assert str(e.value).startswith(
+        "training diverged at outer iteration 1: the residual X - AE(X - S), whose quantile gives lam, is not finite "
+        "(last training loss nan, reconstruction error nan)"
+    )
+
+
+def test_the_l1_penalty_is_summed_in_float64(gen, monkeypatch):
+    """float32 S whose entries a float32 sum would round away (1 beside 1e8): the penalty of S, hence
+    the objective, is the exact sum."""
+    solver = make_solver(gen, "cpu", "l1", 0.0, n=4, d=3)
+    solver.X = torch.tensor([[1e8], [1.0]] * 500)
+    solver.S, solver.LS_prev, solver.L = (torch.zeros_like(solver.X) for _ in range(3))
+    row = scripted(monkeypatch, solver, L=torch.zeros_like(solver.X), recon_sq=0.0).iterate()
+    assert row["objective"] == 0.0  # lam = 0
+    pen, nnz = solver.penalty_stats(1.0)
+    assert float(pen) == 500 * 1e8 + 500 and int(nnz) == 1000
+    assert solver.nonzero_groups(0.0) is None  # every entry is a group: no per-group norms kept
+
+
+@pytest.mark.parametrize("penalty", ["l21_rows", "l21_cols"])
+def test_a_group_whose_norm_equals_lam_is_shrunk_to_zero_and_not_counted(gen, penalty):
+    solver = make_solver(gen, "cpu", penalty, None)
+    solver.L = solver.X + 0.1 * torch.randn(solver.X.shape, generator=gen, dtype=torch.float64)
+    norms = ops.group_norms(solver.X, ops.GROUP_DIM[penalty], minus=solver.L)
+    k = int(norms.argsort()[norms.numel() // 2])
+    solver.lam = float(norms[k])
+    _, (pen, nnz, _, _) = solver.proximal_step()
+    s_groups = groups_of(solver.S, penalty)
+    assert s_groups[k] == 0
+    assert int(nnz) == int((s_groups > 0).sum()) == norms.numel() // 2
+    assert torch.equal(solver.nonzero_groups(solver.lam), s_groups > 0)
+
+
+def test_seconds_are_the_time_the_iteration_took(gen):
+    solver = make_solver(gen, "cpu", "l21_rows", 0.3)
+    t0 = time.perf_counter()
+    row = solver.iterate()
+    assert 0 < row["seconds"] <= time.perf_counter() - t0

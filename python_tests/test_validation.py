@@ -3,6 +3,7 @@ both sides, and the exact message naming the argument."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -168,6 +169,14 @@ def test_sparse_input_is_refused_by_name():
     assert str(e.value) == "X is a sparse matrix, which is not supported: pass a dense array (X.toarray())"
 
 
+@pytest.mark.parametrize("method", ["toarray", "tocsr"])
+def test_anything_with_a_sparse_matrix_method_is_refused(method):
+    """Sparse containers of other libraries have one or the other (pydata/sparse: tocsr, no toarray)."""
+    sparse_like = type("SparseLike", (), {method: lambda self: np.eye(2), "__array__": lambda self, *a, **k: np.eye(2)})
+    with pytest.raises(TypeError, match=r"^M is a sparse matrix, which is not supported"):
+        as_matrix(sparse_like(), "M", CPU, torch.float32)
+
+
 def test_values_beyond_float32_are_not_finite_there():
     with pytest.raises(ValueError, match="X contains NaN or infinite values"):
         as_matrix(np.array([[1e300]]), "X", CPU, torch.float32)
@@ -186,12 +195,21 @@ def test_the_sigmoid_range_warning():
                                           "reconstructs only [0, 1]: scale X or use output_activation='linear'")
 
 
+# mutmut calls every function through a trampoline, a frame more than the warning's stacklevel counts.
+@pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampoline adds stack frames")
+def test_the_sigmoid_range_warning_points_at_the_callers_fit():
+    with pytest.warns(UserWarning, match="output activation is sigmoid") as record:
+        RobustAutoencoder(hidden=(2,), outer_iter=1, inner_epochs=1, lam=1.0, device="cpu").fit(np.full((4, 3), 2.0))
+    assert record[0].filename == __file__
+
+
 def test_results_take_the_callers_form():
     t = torch.tensor([[1.5, 2.0]], dtype=torch.float64)
     out = like_input(t, np.zeros((1, 2), np.float32))
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
     assert like_input(t, np.zeros((1, 2), np.int64)).dtype == np.float32
     assert like_input(t, np.zeros((1, 2), np.float64)).dtype == np.float64
+    assert like_input(t, np.zeros((1, 2), np.float16)).dtype == np.float16
     assert like_input(t, torch.zeros(1, 2, dtype=torch.float16)).dtype == torch.float16
     assert like_input(t, torch.zeros(1, 2, dtype=torch.int32)).dtype == torch.float64
     scores = torch.tensor([1.25, 2.5], dtype=torch.float32)
