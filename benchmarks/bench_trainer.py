@@ -4,6 +4,11 @@ DataLoader (how the paper's PyTorch ports train): same architecture (untied nn.L
 sigmoid), same optimizer, batch size, lam and epochs, in one run on one machine.
 
     python benchmarks/bench_trainer.py [--outer-iter 2] [--inner-epochs 5] [--device cpu|cuda]
+                                       [--precisions float32,bfloat16]
+
+Each precision of the estimator is timed, and the matrix-product FLOPs of an outer iteration are
+counted (``flops_per_outer``) to give GFLOP/s, also as a fraction of what a large square GEMM of
+the same dtype reaches on the device in the same run.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
 from rda_ext.experiments.metrics import roc_auc
+from rda_ext.validation import resolve_device, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HIDDEN = (400, 200)
@@ -72,6 +78,34 @@ def dataloader_rda(X: np.ndarray, lam: float, outer_iter: int, inner_epochs: int
     return seconds, np.linalg.norm(X - L, axis=1)
 
 
+def flops_per_outer(n: int, sizes: tuple[int, ...], epochs: int) -> dict:
+    """Matrix-product FLOPs of one outer iteration (elementwise work left out): per training row
+    and epoch, 2 per multiply-add forward, 2 for the weight gradients and 2 for the input
+    gradients, except the first layer's (its input needs none); then one forward pass over X."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    layers += [(o, i) for i, o in reversed(layers)]
+    macs = sum(i * o for i, o in layers)
+    train = n * epochs * (6 * macs - 2 * sizes[0] * sizes[1])
+    return dict(train=train, reconstruct=2 * n * macs, total=train + 2 * n * macs)
+
+
+def gemm_rate(dtype: torch.dtype, device: str, size: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of a large square matrix product in ``dtype``: the reference "peak" of the fractions
+    below (what the device's GEMM reaches, measured in the same run, rather than a datasheet)."""
+    a, b = (torch.rand(size, size, device=device).to(dtype) for _ in range(2))
+    rates = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first is a warm-up
+            rates.append(2 * size**3 / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outer-iter", type=int, default=2)
@@ -79,38 +113,53 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rows", type=int, default=60000, help="first rows of the train split")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="comma-separated precisions of RobustAutoencoder to time (default float32,bfloat16)")
     parser.add_argument("--data-root", default=FASHION_MNIST_ROOT, help="folder of the Fashion-MNIST IDX files")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    precisions = args.precisions.split(",")
 
     X_all, y_all = load_fashion_mnist(args.data_root, split="train")
     X, y = X_all[: args.rows], y_all[: args.rows]
-    # Class 0 (T-shirt/top) stands in as the "outliers" only to check that both loops learn the
+    # Class 0 (T-shirt/top) stands in as the "outliers" only to check that the loops learn the
     # same thing; lam lets about 10% of the rows survive in the first iteration.
     is_out = (y == 0).astype(int)
     lam, lr, seed = 4.0, 1e-3, 0
     common = dict(outer_iter=args.outer_iter, inner_epochs=args.inner_epochs, batch_size=args.batch_size)
+    flops = flops_per_outer(X.shape[0], (X.shape[1], *HIDDEN), args.inner_epochs)
+    peaks = {name: gemm_rate(dtype, args.device) for name, dtype in (("float32", torch.float32),
+                                                                     ("bfloat16", torch.bfloat16))}
     print(f"Fashion-MNIST {X.shape[0]} x {X.shape[1]}, layers 784-400-200, {args.inner_epochs} inner epochs "
-          f"per outer iteration, batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads")
+          f"per outer iteration, batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads; "
+          f"{flops['total'] / 1e12:.3f} TFLOP per outer iteration; 2048^3 GEMM: "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
-    est = RobustAutoencoder(hidden=HIDDEN, penalty="l21_rows", lam=lam, lr=lr, tied_weights=False,
-                            tol=1e-7, device=args.device, random_state=seed, **common).fit(X)
-    ours = [h["seconds"] for h in est.history_]
-    ours_auc = roc_auc(is_out, est.decision_scores_)
-    print(f"rda_ext trainer : {statistics.median(ours):7.2f} s per outer iteration  {np.round(ours, 2)}")
+    def report(seconds: list[float], dtype: str, scores: np.ndarray) -> dict:
+        median = statistics.median(seconds)
+        rate = flops["total"] / median / 1e9
+        return dict(seconds_per_outer=seconds, median=median, gflops=rate, fraction_of_gemm=rate / peaks[dtype],
+                    auroc_class0=roc_auc(is_out, scores))
 
+    runs = {}
+    for precision in precisions:
+        est = RobustAutoencoder(hidden=HIDDEN, penalty="l21_rows", lam=lam, lr=lr, tied_weights=False, tol=1e-7,
+                                device=args.device, random_state=seed, precision=precision, **common).fit(X)
+        amp = resolve_precision(precision, resolve_device(args.device), torch.float32)
+        runs[f"rda_ext {precision}"] = report([h["seconds"] for h in est.history_],
+                                              "bfloat16" if amp is not None else "float32", est.decision_scores_)
     base, base_scores = dataloader_rda(X, lam, lr=lr, device=args.device, seed=seed, **common)
-    base_auc = roc_auc(is_out, base_scores)
-    print(f"DataLoader loop : {statistics.median(base):7.2f} s per outer iteration  {np.round(base, 2)}")
-    speedup = statistics.median(base) / statistics.median(ours)
-    print(f"speed-up {speedup:.2f}x (score AUROC of the class-0 rows: ours {ours_auc:.3f}, loop {base_auc:.3f})")
+    runs["DataLoader loop"] = report(base, "float32", base_scores)
+    for name, r in runs.items():
+        r["speedup_vs_dataloader"] = runs["DataLoader loop"]["median"] / r["median"]
+        print(f"{name:20s}: {r['median']:7.2f} s per outer iteration {np.round(r['seconds_per_outer'], 2)}, "
+              f"{r['gflops']:5.0f} GFLOP/s ({100 * r['fraction_of_gemm']:.0f}% of the GEMM rate), "
+              f"{r['speedup_vs_dataloader']:.2f}x the DataLoader loop, AUROC of class 0 {r['auroc_class0']:.3f}")
 
     result = {
         "machine": machine(args.device), "device": args.device, "rows": int(X.shape[0]), "cols": int(X.shape[1]),
-        "hidden": HIDDEN, "lam": lam, "lr": lr, **common,
-        "ours_seconds_per_outer": ours, "dataloader_seconds_per_outer": base,
-        "median_ours": statistics.median(ours), "median_dataloader": statistics.median(base),
-        "speedup": speedup, "auroc_class0_ours": ours_auc, "auroc_class0_dataloader": base_auc,
+        "hidden": HIDDEN, "lam": lam, "lr": lr, **common, "flop_per_outer": flops,
+        "gemm_gflops_2048": peaks, "runs": runs,
     }
     out = args.out or RESULTS / f"trainer-{machine_slug(args.device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

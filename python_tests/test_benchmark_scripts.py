@@ -1,6 +1,7 @@
-"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step benchmark on a
-small matrix, and the GPU check's refusal to start without a GPU."""
+"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step and trainer
+benchmarks on small matrices, and the GPU check's refusal to start without a GPU."""
 
+import gzip
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +28,36 @@ def test_prox_step_benchmark_runs_and_records_both_sequences(tmp_path):
     for r in result["results"]:
         assert r["before_ms"] > 0 and r["after_ms"] > 0
         assert r["speedup"] == pytest.approx(r["before_ms"] / r["after_ms"])
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    head = bytes([0, 0, 0x08, arr.ndim]) + np.array(arr.shape, ">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.astype(np.uint8).tobytes())
+
+
+def test_trainer_benchmark_times_each_precision_and_counts_the_flops(tmp_path):
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (300, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(300) % 10)
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_trainer.py"), "--rows", "300", "--outer-iter", "1",
+                          "--inner-epochs", "2", "--data-root", str(tmp_path), "--out", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["machine"]["cpu"] and result["rows"] == 300
+    assert set(result["runs"]) == {"rda_ext float32", "rda_ext bfloat16", "DataLoader loop"}
+    # 784-400-200-400-784: 787,200 multiply-adds per row; 6 FLOPs each per training row and epoch
+    # but the first layer's input gradient (2 x 784 x 400), then 2 each for the reconstruction.
+    macs = 2 * (784 * 400 + 400 * 200)
+    assert result["flop_per_outer"] == dict(train=300 * 2 * (6 * macs - 2 * 784 * 400), reconstruct=300 * 2 * macs,
+                                            total=300 * 2 * (6 * macs - 2 * 784 * 400) + 300 * 2 * macs)
+    base = result["runs"]["DataLoader loop"]["median"]
+    for r in result["runs"].values():
+        assert r["median"] > 0 and r["speedup_vs_dataloader"] == pytest.approx(base / r["median"])
+        assert r["gflops"] == pytest.approx(result["flop_per_outer"]["total"] / r["median"] / 1e9)
+    assert result["runs"]["rda_ext bfloat16"]["fraction_of_gemm"] == pytest.approx(
+        result["runs"]["rda_ext bfloat16"]["gflops"] / result["gemm_gflops_2048"]["bfloat16"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or shutil.which("nvidia-smi"), reason="a GPU machine runs it for real")

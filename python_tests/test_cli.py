@@ -180,13 +180,13 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
     args = ["--hidden", "7,3", "--penalty", "l1", "--lam", "0.25", "--outer-iter", "4", "--inner-epochs", "0",
             "--batch-size", "9", "--lr", "0.5", "--optimizer", "sgd", "--activation", "relu",
             "--output-activation", "linear", "--no-tied-weights", "--tol", "0.125", "--device", "cpu",
-            "--dtype", "float64", "--seed", "11", "-v"]
+            "--dtype", "float64", "--precision", "auto", "--seed", "11", "-v"]
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
     assert seen == dict(
         hidden=(7, 3), penalty="l1", lam=0.25, contamination=0.1, outer_iter=4, inner_epochs=0, batch_size=9,
         lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False, tol=0.125,
-        warm_start=False, device="cpu", dtype="float64", random_state=11, verbose=True,
+        warm_start=False, device="cpu", dtype="float64", precision="auto", random_state=11, verbose=True,
     )
 
 
@@ -196,6 +196,7 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--inner-epochs INNER_EPOCHS epochs of autoencoder training per outer iteration. (default: 5)" in out
     assert "--penalty {l1,l21_rows,l21_cols}" in out
+    assert "--precision {float32,bfloat16,auto}" in out
     assert "--lam LAM | --contamination CONTAMINATION" in out
 
 

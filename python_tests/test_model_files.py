@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import rda_ext.solver.loop
 from rda_ext import RobustAutoencoder
 from rda_ext.estimator import persistence
+from rda_ext.estimator.persistence import _ADDED_PARAMS as ADDED_PARAMS
 from rda_ext.solver.autoencoder import ACTIVATIONS
 from rda_ext.validation import check_params
 
@@ -415,12 +416,24 @@ def test_model_saved_without_data_loads(tmp_path, model_file):
     assert_same_model(back, model_file[1])
 
 
-@pytest.mark.parametrize("name", sorted(RobustAutoencoder()._param_names()))
+@pytest.mark.parametrize("name", sorted(set(RobustAutoencoder()._param_names()) - set(ADDED_PARAMS)))
 def test_each_parameter_missing(tmp_path, model_file, name):
     state = load_state(model_file[0])
     del state["params"][name]
     write_state(tmp_path / "m.pt", state)
     assert_clear_error(tmp_path / "m.pt", "parameters invalid", "missing", repr(name))
+
+
+@pytest.mark.parametrize("name", sorted(ADDED_PARAMS))
+def test_a_file_from_before_a_parameter_existed_loads_with_the_value_then_in_effect(tmp_path, name):
+    est = RobustAutoencoder(**{**TINY, "hidden": (4, 3), name: ADDED_PARAMS[name]}).fit(X)
+    est.save(tmp_path / "m.pt")
+    state = load_state(tmp_path / "m.pt")
+    del state["params"][name]
+    write_state(tmp_path / "m.pt", state)
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.get_params()[name] == ADDED_PARAMS[name]
+    assert_same_model(back, est)
 
 
 def weight_names(model_file) -> list[str]:

@@ -16,12 +16,17 @@ from rda_ext.solver.autoencoder import ACTIVATIONS
 from rda_ext.solver.training import OPTIMIZERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# How the autoencoder computes: "bfloat16" runs its forward and backward under autocast (the weights,
+# the optimizer state, X, L, S and the proximal step stay in dtype); "auto" is bfloat16 where the
+# device has fast bfloat16 matrix products, else float32.
+PRECISIONS = ("float32", "bfloat16", "auto")
 # The estimator's parameters that take one of a few names.
 CHOICES = {
     "penalty": ops.PENALTIES,
     "optimizer": OPTIMIZERS,
     "activation": tuple(ACTIVATIONS),
     "output_activation": tuple(ACTIVATIONS),
+    "precision": PRECISIONS,
 }
 
 
@@ -47,6 +52,22 @@ def resolve_dtype(name) -> torch.dtype:
     if key not in DTYPES:
         raise ValueError(f'dtype must be None, "float32" or "float64", got {name!r}')
     return DTYPES[key]
+
+
+def resolve_precision(name: str, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of the autoencoder's autocast for ``precision`` (checked by check_params) on this
+    device, or None for no autocast (full precision)."""
+    if name == "float32" or dtype == torch.float64 or (name == "auto" and not fast_bfloat16(device)):
+        return None
+    return torch.bfloat16
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether the device multiplies bfloat16 matrices in hardware: AVX-512 BF16 or AMX on a CPU,
+    tensor cores (compute capability 8.0 and later) on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def check_params(p: dict) -> None:
@@ -77,7 +98,8 @@ def check_params(p: dict) -> None:
     if not is_random_state(p["random_state"]):
         fail("random_state", "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator")
     resolve_device(p["device"])
-    resolve_dtype(p["dtype"])
+    if resolve_dtype(p["dtype"]) == torch.float64 and p["precision"] == "bfloat16":
+        fail("precision", '"float32" or "auto" with dtype "float64" (a float64 fit computes in float64)')
 
 
 def is_random_state(v) -> bool:

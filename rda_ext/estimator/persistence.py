@@ -24,6 +24,8 @@ _KEYS = ("format", "params", "sizes", "weights", "fitted")
 _FITTED_SCALARS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_")
 _FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
 _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
+# Parameters added since the format was fixed, with the value in effect in files written before them.
+_ADDED_PARAMS = {"precision": "float32"}
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 
@@ -145,6 +147,7 @@ def _checked_params(cls, state: dict) -> dict:
     params = state["params"]
     if not isinstance(params, dict):
         raise _Invalid(f"'params' is a {type(params).__name__}, not a dict")
+    params = {**_ADDED_PARAMS, **params}  # a copy, which the conversions below may change
     names = cls._param_names()
     missing = [p for p in names if p not in params]
     unknown = [p for p in params if p not in names]
@@ -152,7 +155,6 @@ def _checked_params(cls, state: dict) -> dict:
         raise _Invalid("parameters invalid: " + "; ".join(
             filter(None, (missing and f"missing {', '.join(map(repr, missing))}",
                           unknown and f"unknown {', '.join(map(repr, unknown))}"))))
-    params = dict(params)
     if isinstance(params["hidden"], list):
         params["hidden"] = tuple(params["hidden"])
     params["random_state"] = _random_state_from_file(params["random_state"])

@@ -16,13 +16,14 @@ from rda_ext.estimator.persistence import load_model, save_model
 from rda_ext.estimator.sklearn_protocol import SklearnProtocol
 from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.solver.training import make_optimizer, map_chunks
+from rda_ext.solver.training import autocast, make_optimizer, map_chunks
 from rda_ext.validation import (
     as_matrix,
     check_params,
     like_input,
     resolve_device,
     resolve_dtype,
+    resolve_precision,
     vector_like_input,
     warn_if_outside_output_range,
 )
@@ -61,6 +62,12 @@ class RobustAutoencoder(SklearnProtocol):
     warm_start : a new ``fit`` continues from the fitted autoencoder (and S, for the same X).
     device : "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
     dtype : "float32" (default, whatever the input dtype) or "float64".
+    precision : how the autoencoder computes in a float32 fit: "float32", "bfloat16" (its forward
+        and backward under bfloat16 autocast; the weights, the optimizer state, X, L, S, the
+        proximal step and the convergence numbers stay float32) or "auto" (bfloat16 where the
+        device multiplies bfloat16 in hardware: AVX-512 BF16 or AMX, a GPU's tensor cores; else
+        float32). New data goes through the network in the same precision. A float64 fit computes
+        in float64 ("auto" included; "bfloat16" is refused there).
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations.
@@ -97,6 +104,7 @@ class RobustAutoencoder(SklearnProtocol):
         warm_start=False,
         device="auto",
         dtype=None,
+        precision="auto",
         random_state=None,
         verbose=False,
     ):
@@ -116,6 +124,7 @@ class RobustAutoencoder(SklearnProtocol):
         self.warm_start = warm_start
         self.device = device
         self.dtype = dtype
+        self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
 
@@ -162,6 +171,7 @@ class RobustAutoencoder(SklearnProtocol):
             model, optim, Xt, S, LS_prev, penalty=self.penalty,
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
             inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
+            amp=resolve_precision(self.precision, device, dtype),
         )
         history = list(self.history_) if warm else []
         progress = tqdm(total=self.outer_iter, disable=not self.verbose, desc="RDA outer iterations", unit="it")
@@ -203,7 +213,8 @@ class RobustAutoencoder(SklearnProtocol):
         """Outlier score of each row of X (data never seen in fit works): the norm of its row of
         X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
         Xt = self._check_new(X)
-        scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=self.model_(x)), Xt)
+        network = self._network(self.model_)
+        scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
         return vector_like_input(scores, X)
 
     def predict(self, X):
@@ -216,12 +227,12 @@ class RobustAutoencoder(SklearnProtocol):
     def transform(self, X):
         """The hidden code (the innermost layer) of each row of X."""
         Xt = self._check_new(X)
-        return like_input(map_chunks(self.model_.encode, Xt), X)
+        return like_input(map_chunks(self._network(self.model_.encode), Xt), X)
 
     def reconstruct(self, X):
         """AE(X): the low-dimensional part L the trained autoencoder gives for new rows."""
         Xt = self._check_new(X)
-        return like_input(map_chunks(self.model_, Xt), X)
+        return like_input(map_chunks(self._network(self.model_), Xt), X)
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
@@ -240,6 +251,17 @@ class RobustAutoencoder(SklearnProtocol):
                 "features as input"
             )
         return Xt
+
+    def _network(self, fn):
+        """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype."""
+        p = next(self.model_.parameters())
+        amp = resolve_precision(self.precision, p.device, p.dtype)
+
+        def run(x: Tensor) -> Tensor:
+            with autocast(x.device, amp):
+                return fn(x).to(x.dtype)
+
+        return run
 
     # ---------------------------------------------------------------- persistence
     def save(self, path, *, data: bool = True) -> None:

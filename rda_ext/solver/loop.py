@@ -56,7 +56,8 @@ class RDASolver:
     the autoencoder and its optimizer. ``S`` and ``LS_prev`` are updated in place.
 
     ``lam`` fixes the threshold; with ``lam=None`` it is chosen at every iteration so that about
-    ``contamination`` of the groups survive the shrinkage."""
+    ``contamination`` of the groups survive the shrinkage. With ``amp`` (torch.bfloat16) the
+    autoencoder's forward and backward run under autocast; everything else stays in X's dtype."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class RDASolver:
         inner_epochs: int,
         batch_size: int,
         generator: torch.Generator,
+        amp: torch.dtype | None = None,
     ):
         self.model, self.optimizer = model, optimizer
         self.X, self.S, self.LS_prev = X, S, LS_prev
@@ -79,6 +81,7 @@ class RDASolver:
         self.penalty, self.group_dim = penalty, ops.GROUP_DIM[penalty]
         self.lam, self.contamination = lam, contamination
         self.inner_epochs, self.batch_size, self.generator = inner_epochs, batch_size, generator
+        self.amp = amp  # the autoencoder's autocast dtype (None: it computes in X's dtype)
         # The residual's group norms of the last proximal step (l2,1 penalties).
         self.norms: Tensor | None = None
         self.iterations = 0  # run by this solver
@@ -102,8 +105,10 @@ class RDASolver:
         t0 = time.perf_counter()
         self.iterations += 1
         torch.sub(self.X, self.S, out=self.L)
-        train_loss = train_epochs(self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator)
-        recon_sq = reconstruct_into(self.model, self.L, out=self.L)
+        train_loss = train_epochs(
+            self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator, amp=self.amp
+        )
+        recon_sq = reconstruct_into(self.model, self.L, out=self.L, amp=self.amp)
         lam, stats = self.proximal_step()
         loss, recon, pen, nnz, c1, c2 = torch.stack([train_loss, recon_sq.sqrt(), *stats]).tolist()
         # Checked on the numbers this synchronisation reads anyway: a non-finite L or S makes one of them so.

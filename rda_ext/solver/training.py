@@ -28,6 +28,11 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float =
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autoencoder's computations in ``dtype`` (bfloat16) under autocast, or as they are (None)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -37,12 +42,14 @@ def train_epochs(
     generator: torch.Generator,
     target: Tensor | None = None,
     loss_fn: Callable[[Tensor], Tensor] | None = None,
+    amp: torch.dtype | None = None,
 ) -> Tensor:
     """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
     ``data`` itself, an autoencoder) with the mean squared error, or to minimise
     ``loss_fn(batch)``, for ``epochs`` passes in shuffled minibatches. Returns the mean batch loss
     of the last epoch as a 0-dim tensor on the device (reading it is the caller's one
-    synchronisation)."""
+    synchronisation). ``amp``: the dtype of the forward pass under autocast (None: none); the loss is
+    formed in float32 either way, and the backward follows the forward's dtypes."""
     n = data.shape[0]
     starts = range(0, n, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -53,10 +60,11 @@ def train_epochs(
         for start in starts:
             rows = perm[start : start + batch_size]
             batch = data.index_select(0, rows)
-            if loss_fn is not None:
-                loss = loss_fn(batch)
-            else:
-                loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
+            with autocast(data.device, amp):
+                if loss_fn is not None:
+                    loss = loss_fn(batch)
+                else:
+                    loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -66,14 +74,16 @@ def train_epochs(
 
 
 @torch.no_grad()
-def reconstruct_into(model: nn.Module, data: Tensor, out: Tensor) -> Tensor:
+def reconstruct_into(model: nn.Module, data: Tensor, out: Tensor, amp: torch.dtype | None = None) -> Tensor:
     """``out = model(data)`` chunk by chunk (``out`` may be ``data``: each chunk is read before it
-    is written). Returns ``||data - model(data)||_F^2`` as a 0-dim float64 tensor on the device."""
+    is written), the network under autocast to ``amp`` where given. Returns
+    ``||data - model(data)||_F^2`` as a 0-dim float64 tensor on the device."""
     model.eval()
     err = torch.zeros((), dtype=torch.float64, device=data.device)
     for start in range(0, data.shape[0], CHUNK_ROWS):
         x = data[start : start + CHUNK_ROWS]
-        r = model(x)
+        with autocast(data.device, amp):
+            r = model(x)
         err += (x - r).square().sum(dtype=torch.float64)
         out[start : start + CHUNK_ROWS] = r
     return err
