@@ -35,6 +35,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_path.py
 
 # On a lent GPU machine, no venv: builds with PYTHON (there the system python3, which holds torch)
 # for that GPU, runs the tests and the quick benchmarks; logs and results go to OUT/<gpu>/.

@@ -14,14 +14,13 @@ the same dtype reaches on the device in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine, machine_slug
+from machine import machine, write_result
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -31,7 +30,6 @@ from rda_ext.data.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
 from rda_ext.experiments.metrics import roc_auc
 from rda_ext.validation import resolve_device, resolve_precision
 
-RESULTS = Path(__file__).resolve().parent / "results"
 HIDDEN = (400, 200)
 
 
@@ -161,10 +159,7 @@ def main() -> None:
         "hidden": HIDDEN, "lam": lam, "lr": lr, **common, "flop_per_outer": flops,
         "gemm_gflops_2048": peaks, "runs": runs,
     }
-    out = args.out or RESULTS / f"trainer-{machine_slug(args.device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out, "trainer", args.device)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -36,3 +37,12 @@ def machine_slug(device: str) -> str:
     m = machine(device)
     name = m["gpu"] if device == "cuda" else f"{m['cpu']}-{m['torch_threads']}t"
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def write_result(result: dict, out: Path | None, name: str, device: str) -> Path:
+    """Writes a benchmark's JSON to ``out``, or by default to results/<name>-<machine>.json."""
+    out = out or Path(__file__).resolve().parent / "results" / f"{name}-{machine_slug(device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

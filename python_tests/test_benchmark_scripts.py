@@ -1,5 +1,5 @@
-"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step and trainer
-benchmarks on small matrices, and the GPU check's refusal to start without a GPU."""
+"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step, trainer and
+lambda-path benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
 
 import gzip
 import json
@@ -58,6 +58,20 @@ def test_trainer_benchmark_times_each_precision_and_counts_the_flops(tmp_path):
         assert r["gflops"] == pytest.approx(result["flop_per_outer"]["total"] / r["median"] / 1e9)
     assert result["runs"]["rda_ext bfloat16"]["fraction_of_gemm"] == pytest.approx(
         result["runs"]["rda_ext bfloat16"]["gflops"] / result["gemm_gflops_2048"]["bfloat16"])
+
+
+def test_path_benchmark_compares_the_parallel_path_with_separate_fits(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_path.py"), "--lams", "3", "--outer-iter", "2",
+                          "--inner-epochs", "1", "--hidden", "16,4", "--out", str(tmp_path / "p.json")],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["machine"]["cpu"] and len(result["lams"]) == len(result["per_lam"]) == 3
+    assert result["speedup_parallel_vs_separate"] == pytest.approx(result["seconds_separate"] / result["seconds_parallel"])
+    assert [r["lam"] for r in result["per_lam"]] == sorted(result["lams"], reverse=True)
+    for r in result["per_lam"]:
+        # A parallel fit is its separate fit (same seed, to rounding): the same rows flagged.
+        assert r["flagged_parallel"] == r["flagged_separate"] and r["overlap"] == 1.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or shutil.which("nvidia-smi"), reason="a GPU machine runs it for real")

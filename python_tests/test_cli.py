@@ -7,6 +7,7 @@ import sys
 import sysconfig
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -334,6 +335,22 @@ def test_fit_warnings_are_one_line_each(tmp_path, capsys, data):
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("rda-ext: warning: ") for line in lines), err
     assert any("sigmoid" in line for line in lines)
+
+
+def test_fit_shows_the_fits_warnings_but_not_resource_warnings(tmp_path, capsys, data, monkeypatch):
+    """A file left to the collector (e.g. by an import that Ctrl-C cut short) is not the user's
+    concern: Python hides ResourceWarning by default, and so does the command."""
+    fit = RobustAutoencoder.fit
+
+    def noisy_fit(self, X, y=None):
+        warnings.warn("an unclosed file", ResourceWarning)
+        warnings.warn("something the user should know", UserWarning)
+        return fit(self, X)
+
+    monkeypatch.setattr(RobustAutoencoder, "fit", noisy_fit)
+    np.save(tmp_path / "X.npy", data)
+    code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", *FAST)
+    assert code == 0 and err.strip().splitlines() == ["rda-ext: warning: something the user should know"], err
 
 
 def test_score_with_a_device_and_a_threshold_at_a_score(tmp_path, capsys, data):

@@ -4,6 +4,7 @@ from rda_ext._build import _C, build_info
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.estimator.regularization_path import lambda_path
 from rda_ext.estimator.sklearn_protocol import NotFittedError
+from rda_ext.estimator.stacked_fit import fit_together
 from rda_ext.solver import TrainingDiverged
 from rda_ext.ops import (
     convergence,
@@ -23,6 +24,7 @@ __all__ = [
     "build_info",
     "NotFittedError",
     "TrainingDiverged",
+    "fit_together",
     "convergence",
     "convergence_step",
     "group_norms",

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from rda_ext import __version__, build_info
-from rda_ext.data.files import atomic_write, atomic_write_all, check_writable, npz_writer, read_matrix, save_npz
+from rda_ext.data.files import (
+    atomic_write,
+    atomic_write_all,
+    check_writable,
+    npz_writer,
+    read_matrix,
+    save_npz,
+)
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.estimator.persistence import model_writer
 from rda_ext.solver import HISTORY_KEYS
@@ -238,6 +245,8 @@ def _fit(args) -> int:
     est = RobustAutoencoder(**{p.name: getattr(args, p.name) for p in _estimator_parameters()})
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        # Python's own default: an import cut short by Ctrl-C leaves a file for the collector to close.
+        warnings.simplefilter("ignore", ResourceWarning)
         warnings.showwarning = _warning_line
         est.fit(X)
     history = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_], dtype=np.float64)

@@ -154,11 +154,7 @@ class RobustAutoencoder(SklearnProtocol):
             S = as_matrix(self.S_, "S_", device, dtype).clone() if same_rows else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
         else:
-            init = torch.Generator().manual_seed(_initial_seed(self.random_state))
-            model = DeepAutoencoder(
-                (d, *self.hidden), self.activation, self.output_activation, self.tied_weights, init
-            ).to(device=device, dtype=dtype)
-            batch_seed = int(torch.randint(2**62, (), generator=init))
+            model, batch_seed = self._new_network(d, device, dtype)
             optim = make_optimizer(model, self.optimizer, float(self.lr))
             S = torch.zeros_like(Xt)
             same_rows = False
@@ -167,12 +163,7 @@ class RobustAutoencoder(SklearnProtocol):
         # c2 of a warm start compares with where the previous fit ended.
         resumed = same_rows and getattr(self, "L_", None) is not None
         LS_prev = as_matrix(self.L_, "L_", device, dtype) + S if resumed else torch.zeros_like(Xt)
-        solver = RDASolver(
-            model, optim, Xt, S, LS_prev, penalty=self.penalty,
-            lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
-            inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
-            amp=resolve_precision(self.precision, device, dtype),
-        )
+        solver = self._solver(model, optim, Xt, S, LS_prev, batches)
         history = list(self.history_) if warm else []
         progress = tqdm(total=self.outer_iter, disable=not self.verbose, desc="RDA outer iterations", unit="it")
 
@@ -187,9 +178,30 @@ class RobustAutoencoder(SklearnProtocol):
         finally:
             progress.close()
 
-        L_out, S_out = like_input(solver.L, X), like_input(S, X)
+        return self._store(X, solver, model, optim, batch_seed, history, len(run))
+
+    def _new_network(self, d: int, device: torch.device, dtype: torch.dtype) -> tuple[DeepAutoencoder, int]:
+        """The initial network for ``d`` features, drawn from ``random_state``, and the seed of the
+        batch orders (drawn after the weights, from the same generator)."""
+        init = torch.Generator().manual_seed(_initial_seed(self.random_state))
+        model = DeepAutoencoder(
+            (d, *self.hidden), self.activation, self.output_activation, self.tied_weights, init
+        ).to(device=device, dtype=dtype)
+        return model, int(torch.randint(2**62, (), generator=init))
+
+    def _solver(self, model, optim, Xt: Tensor, S: Tensor, LS_prev: Tensor, batches: torch.Generator) -> RDASolver:
+        return RDASolver(
+            model, optim, Xt, S, LS_prev, penalty=self.penalty,
+            lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
+            inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
+            amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
+        )
+
+    def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int):
+        """The fitted attributes from a finished solver (its L and S: the decomposition of X)."""
+        L_out, S_out = like_input(solver.L, X), like_input(solver.S, X)
         scores = solver.row_scores().to(torch.float64).cpu().numpy()
-        lam_ = run[-1]["lam"]
+        lam_ = history[-1]["lam"]
         if self.penalty == "l21_rows":
             threshold = lam_
             labels = solver.nonzero_groups(lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
@@ -199,8 +211,8 @@ class RobustAutoencoder(SklearnProtocol):
 
         self.model_, self._optim = model.eval(), optim
         self._batch_seed = batch_seed + 1  # a warm-started fit draws new batch orders
-        self.n_features_in_ = d
-        self.n_iter_ = len(run)
+        self.n_features_in_ = solver.X.shape[1]
+        self.n_iter_ = n_iter
         self.history_ = history
         self.lam_ = lam_
         self.L_, self.S_ = L_out, S_out

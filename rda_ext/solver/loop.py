@@ -57,12 +57,13 @@ class RDASolver:
 
     ``lam`` fixes the threshold; with ``lam=None`` it is chosen at every iteration so that about
     ``contamination`` of the groups survive the shrinkage. With ``amp`` (torch.bfloat16) the
-    autoencoder's forward and backward run under autocast; everything else stays in X's dtype."""
+    autoencoder's forward and backward run under autocast; everything else stays in X's dtype.
+    Without a model (None), the solver is one fit of a ``StackedRDASolver``, which trains it."""
 
     def __init__(
         self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        model: nn.Module | None,
+        optimizer: torch.optim.Optimizer | None,
         X: Tensor,
         S: Tensor,
         LS_prev: Tensor,
@@ -109,6 +110,11 @@ class RDASolver:
             self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator, amp=self.amp
         )
         recon_sq = reconstruct_into(self.model, self.L, out=self.L, amp=self.amp)
+        return self.finish(train_loss, recon_sq, t0)
+
+    def finish(self, train_loss: Tensor, recon_sq: Tensor, t0: float) -> dict:
+        """The rest of an outer iteration once L = AE(X - S) is in ``L``: the proximal step and the
+        history row (``train_loss`` and ``recon_sq`` as 0-dim tensors; ``t0``: when it began)."""
         lam, stats = self.proximal_step()
         loss, recon, pen, nnz, c1, c2 = torch.stack([train_loss, recon_sq.sqrt(), *stats]).tolist()
         # Checked on the numbers this synchronisation reads anyway: a non-finite L or S makes one of them so.

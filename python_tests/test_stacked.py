@@ -1,0 +1,134 @@
+"""K networks in one batched step (rda_ext.solver.stacked, fit_together, lambda_path(parallel=True)):
+network k computes and learns exactly what it would alone. Everything in float64, so that "to
+rounding" means 1e-10 after many Adam steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_estimator import planted
+
+from rda_ext import RobustAutoencoder, fit_together, lambda_path
+from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.stacked import (
+    StackedAutoencoder,
+    stacked_reconstruct_into,
+    stacked_train_epochs,
+)
+from rda_ext.solver.training import make_optimizer, reconstruct_into, train_epochs
+
+EXACT = dict(hidden=(8, 3), outer_iter=3, inner_epochs=2, batch_size=32, lr=1e-2, activation="elu", dtype="float64",
+             tol=0, device="cpu")
+
+
+@pytest.fixture
+def seed(gen):
+    return int(gen.initial_seed())
+
+
+def nets(seed, k, tied, sizes=(12, 6, 3)):
+    return [DeepAutoencoder(sizes, "elu", "sigmoid", tied, torch.Generator().manual_seed(seed + i)).double()
+            for i in range(k)]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_stack_computes_each_network(gen, seed, tied):
+    singles = nets(seed, 3, tied)
+    stack = StackedAutoencoder(singles)
+    x = torch.rand(3, 10, 12, generator=gen, dtype=torch.float64)
+    out = stack(x)
+    for k, net in enumerate(singles):
+        torch.testing.assert_close(out[k], net(x[k]), rtol=1e-12, atol=1e-14)
+        back = stack.network(k)
+        assert back.architecture == net.architecture
+        for a, b in zip(back.parameters(), net.parameters()):
+            assert torch.equal(a, b)
+    assert len(stack) == 3
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_each_network_learns_what_it_learns_alone(gen, seed, tied, optimizer):
+    singles = nets(seed, 3, tied)
+    stack = StackedAutoencoder(singles)
+    data = torch.rand(3, 50, 12, generator=gen, dtype=torch.float64)
+    losses = stacked_train_epochs(stack, make_optimizer(stack, optimizer, 1e-2), data, 3, 16,
+                                  torch.Generator().manual_seed(seed))
+    recon = torch.empty_like(data)
+    err = stacked_reconstruct_into(stack, data, recon)
+    for k, net in enumerate(singles):
+        loss = train_epochs(net, make_optimizer(net, optimizer, 1e-2), data[k], 3, 16, torch.Generator().manual_seed(seed))
+        assert losses[k].item() == pytest.approx(loss.item(), rel=1e-10)
+        for a, b in zip(stack.network(k).parameters(), net.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        alone = torch.empty_like(data[k])
+        assert err[k].item() == pytest.approx(reconstruct_into(net, data[k], alone).item(), rel=1e-10)
+        torch.testing.assert_close(recon[k], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_networks_of_different_shapes_are_refused(seed):
+    with pytest.raises(ValueError, match="one architecture"):
+        StackedAutoencoder([*nets(seed, 1, True), *nets(seed, 1, True, sizes=(12, 5, 3))])
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l21_rows", "l21_cols"])
+def test_fit_together_ends_where_each_fit_ends(seed, penalty):
+    """Same random_state: each estimator's fit, lam given or from contamination, is its own fit's."""
+    X, _ = planted(seed, n=90, d=12)
+    X = X.astype(np.float64)
+    settings = [dict(lam=0.9 if penalty == "l21_rows" else 0.2), dict(contamination=0.1), dict(lam=0.5)]
+    together = fit_together([RobustAutoencoder(penalty=penalty, random_state=seed, **s, **EXACT) for s in settings], X)
+    for est, s in zip(together, settings):
+        alone = RobustAutoencoder(penalty=penalty, random_state=seed, **s, **EXACT).fit(X)
+        np.testing.assert_allclose(est.L_, alone.L_, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(est.S_, alone.S_, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(est.labels_, alone.labels_)
+        assert est.lam_ == pytest.approx(alone.lam_, rel=1e-9) and est.n_iter_ == alone.n_iter_ == 3
+        for a, b in zip(est.history_, alone.history_):
+            assert a["iteration"] == b["iteration"]
+            for key in ("lam", "train_loss", "recon_error", "objective", "c1", "c2"):
+                assert a[key] == pytest.approx(b[key], rel=1e-8, abs=1e-12), key
+        np.testing.assert_allclose(est.decision_function(X), alone.decision_function(X), rtol=1e-9)
+        assert est._optim is None  # a warm start from here begins a fresh optimizer
+
+
+def test_fit_together_starts_each_network_from_its_random_state(seed):
+    X, _ = planted(seed, n=60, d=12)
+    ests = fit_together([RobustAutoencoder(lam=0.9, random_state=seed + i, **{**EXACT, "outer_iter": 1})
+                         for i in range(2)], X.astype(np.float64))
+    assert not np.allclose(ests[0].L_, ests[1].L_)
+    # The first shares its batch order with its own fit, the second draws the first's orders.
+    alone = RobustAutoencoder(lam=0.9, random_state=seed, **{**EXACT, "outer_iter": 1}).fit(X.astype(np.float64))
+    np.testing.assert_allclose(ests[0].L_, alone.L_, rtol=0, atol=1e-9)
+
+
+def test_fit_together_needs_the_shape_and_schedule_shared():
+    X = np.random.default_rng(0).random((20, 4))
+    for name, value in (("hidden", (5,)), ("lr", 0.5), ("precision", "float32")):
+        ests = [RobustAutoencoder(**EXACT), RobustAutoencoder(**{**EXACT, name: value})]
+        with pytest.raises(ValueError) as e:
+            fit_together(ests, X)
+        assert str(e.value).startswith(f"{name} differs between the estimators ({EXACT.get(name, 'auto')!r} and "
+                                       f"{value!r})")
+    with pytest.raises(ValueError, match="at least one"):
+        fit_together([], X)
+    with pytest.raises(ValueError, match="^lr must be"):
+        fit_together([RobustAutoencoder(**{**EXACT, "lr": -1.0})], X)
+
+
+def test_the_parallel_path_fits_each_lam_as_its_own_fit(seed):
+    X, _ = planted(seed, n=90, d=12)
+    X = X.astype(np.float64)
+    lams = [0.5, 1.2, 0.8]
+    path = lambda_path(X, lams, parallel=True, random_state=seed, **EXACT)
+    assert [r["lam"] for r in path] == sorted(lams, reverse=True)
+    for r in path:
+        alone = RobustAutoencoder(lam=r["lam"], random_state=seed, **EXACT).fit(X)
+        np.testing.assert_allclose(r["decision_scores"], alone.decision_scores_, rtol=1e-9)
+        np.testing.assert_array_equal(r["labels"], alone.labels_)
+        assert r["n_flagged"] == alone.labels_.sum() and len(r["history"]) == 3
+        np.testing.assert_array_equal(r["nonzero_groups"], np.abs(alone.S_).sum(1) > 0)
+    # Without a random_state one seed is drawn for all lam values: the same initial network.
+    free = lambda_path(X, [0.9, 0.9001], parallel=True, **{**EXACT, "outer_iter": 1})
+    np.testing.assert_allclose(free[0]["decision_scores"], free[1]["decision_scores"], rtol=1e-3)
