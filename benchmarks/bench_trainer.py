@@ -87,8 +87,8 @@ def flops_per_outer(n: int, sizes: tuple[int, ...], epochs: int) -> dict:
     return dict(train=train, reconstruct=2 * n * macs, total=train + 2 * n * macs)
 
 
-def gemm_rate(dtype: torch.dtype, device: str, size: int = 2048, repeats: int = 7) -> float:
-    """GFLOP/s of a large square matrix product in ``dtype``: the reference "peak" of the fractions
+def gemm_rate(dtype: torch.dtype, device: str, size: int, repeats: int = 7) -> float:
+    """GFLOP/s of a square matrix product of side ``size`` in ``dtype``: the reference "peak" of the fractions
     below (what the device's GEMM reaches, measured in the same run, rather than a datasheet)."""
     a, b = (torch.rand(size, size, device=device).to(dtype) for _ in range(2))
     rates = []
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="float32,bfloat16",
                         help="comma-separated precisions of RobustAutoencoder to time (default float32,bfloat16)")
     parser.add_argument("--data-root", default=FASHION_MNIST_ROOT, help="folder of the Fashion-MNIST IDX files")
+    parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM timed as the peak")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     precisions = args.precisions.split(",")
@@ -126,11 +127,11 @@ def main() -> None:
     lam, lr, seed = 4.0, 1e-3, 0
     common = dict(outer_iter=args.outer_iter, inner_epochs=args.inner_epochs, batch_size=args.batch_size)
     flops = flops_per_outer(X.shape[0], (X.shape[1], *HIDDEN), args.inner_epochs)
-    peaks = {name: gemm_rate(dtype, args.device) for name, dtype in (("float32", torch.float32),
-                                                                     ("bfloat16", torch.bfloat16))}
+    peaks = {name: gemm_rate(dtype, args.device, args.gemm_size) for name, dtype in (("float32", torch.float32),
+                                                                                     ("bfloat16", torch.bfloat16))}
     print(f"Fashion-MNIST {X.shape[0]} x {X.shape[1]}, layers 784-400-200, {args.inner_epochs} inner epochs "
           f"per outer iteration, batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads; "
-          f"{flops['total'] / 1e12:.3f} TFLOP per outer iteration; 2048^3 GEMM: "
+          f"{flops['total'] / 1e12:.3f} TFLOP per outer iteration; {args.gemm_size}^3 GEMM: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
     def report(seconds: list[float], dtype: str, scores: np.ndarray) -> dict:
@@ -157,7 +158,7 @@ def main() -> None:
     result = {
         "machine": machine(args.device), "device": args.device, "rows": int(X.shape[0]), "cols": int(X.shape[1]),
         "hidden": HIDDEN, "lam": lam, "lr": lr, **common, "flop_per_outer": flops,
-        "gemm_gflops_2048": peaks, "runs": runs,
+        "gemm_size": args.gemm_size, "gemm_gflops": peaks, "runs": runs,
     }
     write_result(result, args.out, "trainer", args.device)
 

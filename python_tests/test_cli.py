@@ -180,13 +180,15 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
 
     args = ["--hidden", "7,3", "--penalty", "l1", "--lam", "0.25", "--outer-iter", "4", "--inner-epochs", "0",
             "--batch-size", "9", "--lr", "0.5", "--optimizer", "sgd", "--activation", "relu",
-            "--output-activation", "linear", "--no-tied-weights", "--tol", "0.125", "--device", "cpu",
+            "--output-activation", "linear", "--no-tied-weights", "--preprocessing", "standardize", "--tol", "0.125",
+            "--device", "cpu",
             "--dtype", "float64", "--precision", "auto", "--seed", "11", "-v"]
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
     assert seen == dict(
         hidden=(7, 3), penalty="l1", lam=0.25, contamination=0.1, outer_iter=4, inner_epochs=0, batch_size=9,
-        lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False, tol=0.125,
+        lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False,
+        preprocessing="standardize", tol=0.125,
         warm_start=False, device="cpu", dtype="float64", precision="auto", random_state=11, verbose=True,
     )
 
@@ -198,6 +200,7 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     assert "--inner-epochs INNER_EPOCHS epochs of autoencoder training per outer iteration. (default: 5)" in out
     assert "--penalty {l1,l21_rows,l21_cols}" in out
     assert "--precision {float32,bfloat16,auto}" in out
+    assert "--preprocessing {auto,none,minmax,standardize}" in out
     assert "--lam LAM | --contamination CONTAMINATION" in out
 
 
@@ -330,7 +333,8 @@ def test_demo_writes_what_the_experiment_returns(tmp_path, capsys, monkeypatch):
 
 def test_fit_warnings_are_one_line_each(tmp_path, capsys, data):
     np.save(tmp_path / "big.npy", data * 10)  # outside the sigmoid output's range
-    code, _, err = run_main(capsys, "fit", tmp_path / "big.npy", "--out", tmp_path / "r.npz", *FAST)
+    code, _, err = run_main(capsys, "fit", tmp_path / "big.npy", "--out", tmp_path / "r.npz", *FAST,
+                            "--output-activation", "sigmoid", "--preprocessing", "none")
     assert code == 0
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("rda-ext: warning: ") for line in lines), err

@@ -292,11 +292,17 @@ def test_object_arrays_of_numbers_fit_like_floats(seed):
 
 
 def test_sigmoid_output_warns_about_unscaled_data():
-    with pytest.warns(UserWarning, match="scale X or use output_activation='linear'"):
-        RobustAutoencoder(**{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+    for preprocessing in ("none", "standardize"):  # standardised data lies outside [0, 1] too
+        with pytest.warns(UserWarning, match="scale X or use output_activation='linear'"):
+            RobustAutoencoder(output_activation="sigmoid", preprocessing=preprocessing,
+                              **{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        RobustAutoencoder(output_activation="linear", **{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+        RobustAutoencoder(output_activation="linear", preprocessing="none",
+                          **{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+        # The defaults map such data to [0, 1], where the sigmoid output suits it.
+        est = RobustAutoencoder(**{**SMALL, "outer_iter": 1}).fit(np.random.rand(20, 5) * 255)
+    assert est.model_.architecture[2] == "sigmoid" and est.center_ is not None
 
 
 def test_verbose_shows_progress(capsys):

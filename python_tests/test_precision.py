@@ -66,11 +66,6 @@ def test_auto_is_bfloat16_only_where_the_hardware_is_fast(monkeypatch, fast):
     assert resolve_precision("bfloat16", CPU, torch.float32) == torch.bfloat16
 
 
-def test_this_cpus_bfloat16_support_is_read_from_torch():
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert validation.fast_bfloat16(CPU) == expected
-
-
 def test_auto_fits_as_the_precision_it_resolves_to(seed, monkeypatch):
     X, _ = planted(seed, n=80, d=12)
     params = dict(lam=0.9, random_state=seed, tol=0, **SMALL)

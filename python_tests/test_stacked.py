@@ -10,6 +10,7 @@ import torch
 from test_estimator import planted
 
 from rda_ext import RobustAutoencoder, fit_together, lambda_path
+from rda_ext.solver import stacked
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.stacked import (
     StackedAutoencoder,
@@ -17,6 +18,7 @@ from rda_ext.solver.stacked import (
     stacked_train_epochs,
 )
 from rda_ext.solver.training import make_optimizer, reconstruct_into, train_epochs
+from rda_ext.validation import resolve_device
 
 EXACT = dict(hidden=(8, 3), outer_iter=3, inner_epochs=2, batch_size=32, lr=1e-2, activation="elu", dtype="float64",
              tol=0, device="cpu")
@@ -67,6 +69,16 @@ def test_each_network_learns_what_it_learns_alone(gen, seed, tied, optimizer):
         torch.testing.assert_close(recon[k], alone, rtol=1e-10, atol=1e-12)
 
 
+def test_the_reconstruction_in_chunks_is_the_reconstruction_at_once(gen, seed, monkeypatch):
+    stack = StackedAutoencoder(nets(seed, 2, True))
+    data = torch.rand(2, 25, 12, generator=gen, dtype=torch.float64)
+    whole, parts = torch.empty_like(data), torch.empty_like(data)
+    err = stacked_reconstruct_into(stack, data, whole)
+    monkeypatch.setattr(stacked, "CHUNK_ROWS", 8)  # 4 rows per network and chunk: 7 chunks
+    torch.testing.assert_close(stacked_reconstruct_into(stack, data, parts), err, rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-14)
+
+
 def test_networks_of_different_shapes_are_refused(seed):
     with pytest.raises(ValueError, match="one architecture"):
         StackedAutoencoder([*nets(seed, 1, True), *nets(seed, 1, True, sizes=(12, 5, 3))])
@@ -93,6 +105,21 @@ def test_fit_together_ends_where_each_fit_ends(seed, penalty):
         assert est._optim is None  # a warm start from here begins a fresh optimizer
 
 
+def test_a_fit_that_converges_stops_there_as_it_would_alone(seed):
+    """lam = 0: S takes all of X - L, so c1 = 0 at once and c2 = 0 from the second iteration; the
+    fit with lam 0.9 goes on. Each ends where its own fit ends."""
+    X, _ = planted(seed, n=60, d=12)
+    X = X.astype(np.float64)
+    params = {**EXACT, "outer_iter": 4, "tol": 1e-9}
+    together = fit_together([RobustAutoencoder(lam=lam, random_state=seed, **params) for lam in (0.0, 0.9)], X)
+    assert [est.n_iter_ for est in together] == [2, 4]
+    for est, lam in zip(together, (0.0, 0.9)):
+        alone = RobustAutoencoder(lam=lam, random_state=seed, **params).fit(X)
+        assert est.n_iter_ == alone.n_iter_
+        np.testing.assert_allclose(est.L_, alone.L_, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(est.decision_function(X), alone.decision_function(X), rtol=1e-9)
+
+
 def test_fit_together_starts_each_network_from_its_random_state(seed):
     X, _ = planted(seed, n=60, d=12)
     ests = fit_together([RobustAutoencoder(lam=0.9, random_state=seed + i, **{**EXACT, "outer_iter": 1})
@@ -113,6 +140,10 @@ def test_fit_together_needs_the_shape_and_schedule_shared():
                                        f"{value!r})")
     with pytest.raises(ValueError, match="at least one"):
         fit_together([], X)
+    # What acts the same is the same: a list for a tuple, None for "float32", the device "auto" picks.
+    same = [RobustAutoencoder(**{**EXACT, "dtype": None, "hidden": [8, 3], "device": "auto"}),
+            RobustAutoencoder(**{**EXACT, "dtype": "float32", "device": str(resolve_device("auto"))})]
+    assert len(fit_together(same, X.astype(np.float32))) == 2
     with pytest.raises(ValueError, match="^lr must be"):
         fit_together([RobustAutoencoder(**{**EXACT, "lr": -1.0})], X)
 

@@ -199,7 +199,8 @@ def test_the_sigmoid_range_warning():
 @pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampoline adds stack frames")
 def test_the_sigmoid_range_warning_points_at_the_callers_fit():
     with pytest.warns(UserWarning, match="output activation is sigmoid") as record:
-        RobustAutoencoder(hidden=(2,), outer_iter=1, inner_epochs=1, lam=1.0, device="cpu").fit(np.full((4, 3), 2.0))
+        RobustAutoencoder(hidden=(2,), outer_iter=1, inner_epochs=1, lam=1.0, device="cpu", output_activation="sigmoid",
+                          preprocessing="none").fit(np.full((4, 3), 2.0))
     assert record[0].filename == __file__
 
 

@@ -25,8 +25,9 @@ CHOICES = {
     "penalty": ops.PENALTIES,
     "optimizer": OPTIMIZERS,
     "activation": tuple(ACTIVATIONS),
-    "output_activation": tuple(ACTIVATIONS),
+    "output_activation": ("auto", *ACTIVATIONS),
     "precision": PRECISIONS,
+    "preprocessing": ("auto", "none", "minmax", "standardize"),
 }
 
 

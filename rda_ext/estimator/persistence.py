@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rda_ext.data.files import atomic_write
-from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.autoencoder import ACTIVATIONS, DeepAutoencoder
 from rda_ext.validation import check_params, is_int, is_real, kind, resolve_device, resolve_dtype, to_cpu
 
 FORMAT = "rda_ext.RobustAutoencoder/1"
@@ -25,7 +25,7 @@ _FITTED_SCALARS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_"
 _FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
 _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
 # Parameters added since the format was fixed, with the value in effect in files written before them.
-_ADDED_PARAMS = {"precision": "float32"}
+_ADDED_PARAMS = {"precision": "float32", "preprocessing": "none"}
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 
@@ -54,6 +54,10 @@ def model_writer(est, *, data: bool):
     fitted["decision_scores_"] = torch.from_numpy(np.ascontiguousarray(est.decision_scores_))
     fitted["labels_"] = torch.from_numpy(np.ascontiguousarray(est.labels_))
     fitted["batch_seed"] = plain(est._batch_seed)
+    fitted["output_activation_"] = est.model_.architecture[2]
+    for key in ("center_", "scale_"):
+        value = getattr(est, key)
+        fitted[key] = None if value is None else torch.from_numpy(np.array(value, dtype=np.float64))
     if data:
         fitted["L_"], fitted["S_"], fitted["input"] = to_cpu(est.L_), to_cpu(est.S_), kind(est.L_)
     state = {
@@ -178,15 +182,22 @@ def _build(cls, state: dict, params: dict, device):
         except ValueError as e:
             raise _Unusable(f"the saved {e}; load(..., device=...) overrides it") from None
     est = cls(**params)
-    # In the saved dtype before the weights are copied in: a float32 network would round float64 weights.
-    model = DeepAutoencoder(tuple(sizes), est.activation, est.output_activation, est.tied_weights)
-    model = model.to(dtype=resolve_dtype(est.dtype))
-    model.load_state_dict(_checked_weights(state["weights"], model.state_dict()))
-    est.model_ = model  # on the CPU until load_model moves it
-
     fitted = state["fitted"]
     if not isinstance(fitted, dict):
         raise _Invalid(f"'fitted' is a {type(fitted).__name__}, not a dict")
+    # Added to the format with output_activation="auto" (the activation it chose) and with
+    # preprocessing (center_ and scale_, None without): a file from before names its activation
+    # in its parameters and was not standardised.
+    if "output_activation_" not in fitted and est.output_activation == "auto":
+        raise _Invalid("missing key 'fitted.output_activation_'")
+    output_activation = fitted.get("output_activation_", est.output_activation)
+    if output_activation not in ACTIVATIONS:
+        raise _Invalid(f"output_activation_ is {output_activation!r}, not one of {tuple(ACTIVATIONS)}")
+    # In the saved dtype before the weights are copied in: a float32 network would round float64 weights.
+    model = DeepAutoencoder(tuple(sizes), est.activation, output_activation, est.tied_weights)
+    model = model.to(dtype=resolve_dtype(est.dtype))
+    model.load_state_dict(_checked_weights(state["weights"], model.state_dict()))
+    est.model_ = model  # on the CPU until load_model moves it
     missing = [key for key in _FITTED_KEYS if key not in fitted]
     if missing:
         raise _Invalid(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
@@ -221,6 +232,17 @@ def _build(cls, state: dict, params: dict, device):
         if fitted["input"] not in ("numpy", "tensor"):
             raise _Invalid(f"input is {fitted['input']!r}, not 'numpy' or 'tensor'")
 
+    center, scale = fitted.get("center_"), fitted.get("scale_")
+    if (center is None) != (scale is None):
+        raise _Invalid("center_ and scale_ are saved together or not at all")
+    if center is not None:
+        for key, t in (("center_", center), ("scale_", scale)):
+            if not (isinstance(t, torch.Tensor) and tuple(t.shape) == (d,) and t.dtype == torch.float64
+                    and bool(torch.isfinite(t).all())):
+                raise _Invalid(f"{key} is not a finite float64 vector of {d} numbers")
+        if not bool((scale > 0).all()):
+            raise _Invalid("scale_ has entries <= 0")
+    est.center_, est.scale_ = (None, None) if center is None else (center.numpy(), scale.numpy())
     for key in _FITTED_SCALARS:
         setattr(est, key, fitted[key])
     est._batch_seed = fitted["batch_seed"]

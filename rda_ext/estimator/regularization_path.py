@@ -25,8 +25,9 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
 
     ``parallel=True`` fits every lam separately instead, all at once (``fit_together``): one
     network and one S per lam, all networks trained in one batched step on the same minibatches,
-    each for the full ``outer_iter`` x ``inner_epochs`` from the same initial weights; with a
-    given random_state each lam's fit is the one ``RobustAutoencoder(lam=...).fit`` gives.
+    each as ``RobustAutoencoder(lam=...).fit`` would run it (``outer_iter`` x ``inner_epochs``,
+    stopping at ``tol``), from the same initial weights; with a given random_state each lam's fit
+    is the one ``fit`` gives. ``warm_outer_iter`` and ``warm_inner_epochs`` do not apply.
 
     Returns one dict per lam, in decreasing order of lam: ``lam``, ``decision_scores``,
     ``labels``, ``n_flagged``, ``n_nonzero`` (non-zero groups of S), ``nonzero_groups`` (a

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from rda_ext import ops
 from rda_ext.estimator.persistence import load_model, save_model
+from rda_ext.estimator.preprocessing import resolve_output_activation, scale_rows, scaling_for, unscale_rows
 from rda_ext.estimator.sklearn_protocol import SklearnProtocol
 from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
@@ -55,9 +56,16 @@ class RobustAutoencoder(SklearnProtocol):
     lr : learning rate.
     optimizer : "adam" or "sgd" (with momentum 0.9).
     activation : of every hidden layer ("sigmoid" as in the paper, "relu", "elu", "tanh", ...).
-    output_activation : of the reconstruction; the default "sigmoid" suits data in [0, 1]
-        (images); use "linear" for unbounded data.
+    output_activation : of the reconstruction: "auto" (default) is "sigmoid" when the data the
+        network sees (after ``preprocessing``) lies in [0, 1], as images do, else "linear".
     tied_weights : decoder weights are the transposed encoder weights (the authors' code).
+    preprocessing : "auto" (default: "minmax" when X has values outside [0, 1], else "none"),
+        "none", "minmax" (each column mapped to [0, 1] by its minimum and maximum in the training
+        X) or "standardize" (each column centred on its median and divided by its interquartile
+        range / 1.349; the standard deviation where that is 0; 1 for a constant column). The
+        scaling is learned by ``fit`` and applied to new data, so that columns in different units
+        weigh alike; the decomposition is computed on the scaled data and returned in X's units
+        (``L_``, ``S_``), while scores, lam and thresholds are in scaled units.
     tol : convergence tolerance on c1 and c2 (0 runs all outer iterations).
     warm_start : a new ``fit`` continues from the fitted autoencoder (and S, for the same X).
     device : "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -66,8 +74,9 @@ class RobustAutoencoder(SklearnProtocol):
         and backward under bfloat16 autocast; the weights, the optimizer state, X, L, S, the
         proximal step and the convergence numbers stay float32) or "auto" (bfloat16 where the
         device multiplies bfloat16 in hardware: AVX-512 BF16 or AMX, a GPU's tensor cores; else
-        float32). New data goes through the network in the same precision. A float64 fit computes
-        in float64 ("auto" included; "bfloat16" is refused there).
+        float32). New data goes through the network in the precision this resolves to on the
+        model's device: the fit's, unless the model was moved or loaded onto other hardware. A
+        float64 fit computes in float64 ("auto" included; "bfloat16" is refused there).
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations.
@@ -98,8 +107,9 @@ class RobustAutoencoder(SklearnProtocol):
         lr=1e-3,
         optimizer="adam",
         activation="sigmoid",
-        output_activation="sigmoid",
+        output_activation="auto",
         tied_weights=True,
+        preprocessing="auto",
         tol=1e-7,
         warm_start=False,
         device="auto",
@@ -120,6 +130,7 @@ class RobustAutoencoder(SklearnProtocol):
         self.activation = activation
         self.output_activation = output_activation
         self.tied_weights = tied_weights
+        self.preprocessing = preprocessing
         self.tol = tol
         self.warm_start = warm_start
         self.device = device
@@ -132,11 +143,15 @@ class RobustAutoencoder(SklearnProtocol):
         """Decomposes X (rows = instances) into L + S. ``y`` is ignored. Returns self."""
         self._check_params()
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        Xt = as_matrix(X, "X", device, dtype)
-        warn_if_outside_output_range(Xt, self.output_activation)
+        X_in = as_matrix(X, "X", device, dtype)
+        Xt, scaling, output_activation = self._network_input(X_in)
         n, d = Xt.shape
-        architecture = ((d, *self.hidden), self.activation, self.output_activation, bool(self.tied_weights))
+        architecture = ((d, *self.hidden), self.activation, output_activation, bool(self.tied_weights))
         warm = self.warm_start and hasattr(self, "model_") and self.model_.architecture == architecture
+        if warm:  # the network continues in the input space it was trained in
+            scaling = self._scaling_on(device)
+            Xt = scale_rows(X_in, scaling)
+        warn_if_outside_output_range(Xt, output_activation)
         # Nothing of the fitted state changes before the fit succeeds: a fit that raises (bad
         # numbers, a diverged loss, an interrupt) leaves the previous fit whole, or none.
         if warm:
@@ -151,10 +166,11 @@ class RobustAutoencoder(SklearnProtocol):
                 for group in optim.param_groups:  # the loaded state brought the previous lr back
                     group["lr"] = float(self.lr)
             same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
-            S = as_matrix(self.S_, "S_", device, dtype).clone() if same_rows else torch.zeros_like(Xt)
+            S = scale_rows(as_matrix(self.S_, "S_", device, dtype), scaling, center=False).clone() if same_rows \
+                else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
         else:
-            model, batch_seed = self._new_network(d, device, dtype)
+            model, batch_seed = self._new_network(d, device, dtype, output_activation)
             optim = make_optimizer(model, self.optimizer, float(self.lr))
             S = torch.zeros_like(Xt)
             same_rows = False
@@ -162,7 +178,7 @@ class RobustAutoencoder(SklearnProtocol):
 
         # c2 of a warm start compares with where the previous fit ended.
         resumed = same_rows and getattr(self, "L_", None) is not None
-        LS_prev = as_matrix(self.L_, "L_", device, dtype) + S if resumed else torch.zeros_like(Xt)
+        LS_prev = scale_rows(as_matrix(self.L_, "L_", device, dtype), scaling) + S if resumed else torch.zeros_like(Xt)
         solver = self._solver(model, optim, Xt, S, LS_prev, batches)
         history = list(self.history_) if warm else []
         progress = tqdm(total=self.outer_iter, disable=not self.verbose, desc="RDA outer iterations", unit="it")
@@ -178,14 +194,27 @@ class RobustAutoencoder(SklearnProtocol):
         finally:
             progress.close()
 
-        return self._store(X, solver, model, optim, batch_seed, history, len(run))
+        return self._store(X, solver, model, optim, batch_seed, history, len(run), scaling)
 
-    def _new_network(self, d: int, device: torch.device, dtype: torch.dtype) -> tuple[DeepAutoencoder, int]:
+    def _network_input(self, X: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str]:
+        """What a fresh fit's network sees of X (scaled or not), the (center, scale) of the scaling
+        (None without), and the output activation that suits it."""
+        scaling = scaling_for(self.preprocessing, X)
+        Xs = scale_rows(X, scaling)
+        return Xs, scaling, resolve_output_activation(self.output_activation, Xs)
+
+    def _scaling_on(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        if self.center_ is None:
+            return None
+        return torch.from_numpy(self.center_).to(device), torch.from_numpy(self.scale_).to(device)
+
+    def _new_network(self, d: int, device: torch.device, dtype: torch.dtype,
+                     output_activation: str) -> tuple[DeepAutoencoder, int]:
         """The initial network for ``d`` features, drawn from ``random_state``, and the seed of the
         batch orders (drawn after the weights, from the same generator)."""
         init = torch.Generator().manual_seed(_initial_seed(self.random_state))
         model = DeepAutoencoder(
-            (d, *self.hidden), self.activation, self.output_activation, self.tied_weights, init
+            (d, *self.hidden), self.activation, output_activation, self.tied_weights, init
         ).to(device=device, dtype=dtype)
         return model, int(torch.randint(2**62, (), generator=init))
 
@@ -197,9 +226,12 @@ class RobustAutoencoder(SklearnProtocol):
             amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
         )
 
-    def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int):
-        """The fitted attributes from a finished solver (its L and S: the decomposition of X)."""
-        L_out, S_out = like_input(solver.L, X), like_input(solver.S, X)
+    def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int,
+               scaling: tuple[Tensor, Tensor] | None):
+        """The fitted attributes from a finished solver (its L and S: the decomposition of X, in the
+        network's input space, which ``scaling`` maps back to X's units)."""
+        L_out = like_input(unscale_rows(solver.L, scaling), X)
+        S_out = like_input(unscale_rows(solver.S, scaling, center=False), X)
         scores = solver.row_scores().to(torch.float64).cpu().numpy()
         lam_ = history[-1]["lam"]
         if self.penalty == "l21_rows":
@@ -216,6 +248,7 @@ class RobustAutoencoder(SklearnProtocol):
         self.history_ = history
         self.lam_ = lam_
         self.L_, self.S_ = L_out, S_out
+        self.center_, self.scale_ = (None, None) if scaling is None else (t.cpu().numpy() for t in scaling)
         self.decision_scores_ = scores
         self.threshold_, self.labels_ = threshold, labels
         return self
@@ -244,7 +277,8 @@ class RobustAutoencoder(SklearnProtocol):
     def reconstruct(self, X):
         """AE(X): the low-dimensional part L the trained autoencoder gives for new rows."""
         Xt = self._check_new(X)
-        return like_input(map_chunks(self._network(self.model_), Xt), X)
+        p = next(self.model_.parameters())
+        return like_input(unscale_rows(map_chunks(self._network(self.model_), Xt), self._scaling_on(p.device)), X)
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
@@ -262,7 +296,7 @@ class RobustAutoencoder(SklearnProtocol):
                 f"X has {Xt.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
                 "features as input"
             )
-        return Xt
+        return scale_rows(Xt, self._scaling_on(p.device))
 
     def _network(self, fn):
         """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype."""

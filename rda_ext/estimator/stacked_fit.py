@@ -18,8 +18,8 @@ from rda_ext.validation import (
 
 # What one batched step needs the estimators to share: the network's shape, the training schedule,
 # the device and the arithmetic. They may differ in penalty, lam, contamination and random_state.
-SHARED = ("hidden", "activation", "output_activation", "tied_weights", "optimizer", "lr", "batch_size",
-          "inner_epochs", "outer_iter", "tol", "device", "dtype", "precision")
+SHARED = ("hidden", "activation", "output_activation", "tied_weights", "preprocessing", "optimizer", "lr",
+          "batch_size", "inner_epochs", "outer_iter", "tol", "device", "dtype", "precision")
 
 
 def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencoder]:
@@ -27,8 +27,10 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     random_state), all on the minibatches of the first one's batch order. Network k receives
     exactly the updates it would receive alone on those minibatches (to the rounding of the
     batched products), so an estimator sharing the first one's random_state ends where its own
-    ``fit`` ends. The outer iterations stop when every fit is below ``tol``. Returns the
-    estimators, fitted (each fit starts afresh; ``warm_start`` and ``verbose`` are not used)."""
+    ``fit`` ends, early stopping at ``tol`` included. Returns the estimators, fitted. Each fit
+    starts afresh (``warm_start`` and ``verbose`` are not used) and keeps no optimizer state: a
+    later warm start of one begins a fresh optimizer, as after ``load``. A fit whose training
+    diverges stops them all."""
     estimators = list(estimators)
     if not estimators:
         raise ValueError("estimators must hold at least one RobustAutoencoder")
@@ -38,22 +40,33 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     for name in SHARED:
         for est in estimators[1:]:
             a, b = first.get_params()[name], est.get_params()[name]
-            if a != b:
+            if _resolved(name, a) != _resolved(name, b):
                 raise ValueError(f"{name} differs between the estimators ({a!r} and {b!r}): fit_together trains "
                                  "them in one step, which needs it shared")
     device, dtype = resolve_device(first.device), resolve_dtype(first.dtype)
-    Xt = as_matrix(X, "X", device, dtype)
-    warn_if_outside_output_range(Xt, first.output_activation)
-    nets, batch_seeds = zip(*(est._new_network(Xt.shape[1], device, dtype) for est in estimators))
+    # The shared parameters decide the standardisation and the output activation alike for all.
+    Xt, scaling, output_activation = first._network_input(as_matrix(X, "X", device, dtype))
+    warn_if_outside_output_range(Xt, output_activation)
+    nets, batch_seeds = zip(*(est._new_network(Xt.shape[1], device, dtype, output_activation) for est in estimators))
     model = StackedAutoencoder(list(nets))
     optim = make_optimizer(model, first.optimizer, float(first.lr))
     batches = torch.Generator(device=device).manual_seed(batch_seeds[0])
     solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), batches) for est in estimators]
     stacked = StackedRDASolver(model, optim, solvers, inner_epochs=first.inner_epochs, batch_size=first.batch_size,
                                generator=batches, amp=resolve_precision(first.precision, device, dtype))
-    histories = stacked.run(first.outer_iter, first.tol)
-    for k, (est, solver, rows) in enumerate(zip(estimators, solvers, histories)):
+    for est, (rows, solver, network) in zip(estimators, stacked.run(first.outer_iter, first.tol)):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
-        # No optimizer state of its own: a later warm start begins a fresh optimizer, as after load.
-        est._store(X, solver, model.network(k), None, batch_seeds[0], history, len(history))
+        est._store(X, solver, network, None, batch_seeds[0], history, len(history), scaling)
     return estimators
+
+
+def _resolved(name: str, value):
+    """A shared parameter as it acts: (8, 3) and [8, 3], None and "float32", "auto" and the
+    device it picks are the same."""
+    if name == "hidden":
+        return tuple(value)
+    if name == "dtype":
+        return resolve_dtype(value)
+    if name == "device":
+        return resolve_device(value)
+    return value

@@ -78,7 +78,7 @@ class RDASolver:
     ):
         self.model, self.optimizer = model, optimizer
         self.X, self.S, self.LS_prev = X, S, LS_prev
-        self.L = torch.empty_like(X)
+        self.L = torch.empty_like(X) if model is not None else None  # a StackedRDASolver gives it
         self.penalty, self.group_dim = penalty, ops.GROUP_DIM[penalty]
         self.lam, self.contamination = lam, contamination
         self.inner_epochs, self.batch_size, self.generator = inner_epochs, batch_size, generator

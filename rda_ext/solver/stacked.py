@@ -9,6 +9,7 @@ its own L and S, on the same minibatches."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -57,7 +58,9 @@ class StackedAutoencoder(nn.Module):
 
     def network(self, k: int) -> DeepAutoencoder:
         """Network k as a DeepAutoencoder of its own (a copy of its weights)."""
-        net = DeepAutoencoder(*self.architecture).to(device=self.enc_bias[0].device, dtype=self.enc_bias[0].dtype)
+        # Its own generator: the initial weights, overwritten next, must not draw from torch's global one.
+        net = DeepAutoencoder(*self.architecture, torch.Generator()).to(device=self.enc_bias[0].device,
+                                                                        dtype=self.enc_bias[0].dtype)
         with torch.no_grad():
             for name in ("enc_weight", "enc_bias", "dec_weight", "dec_bias"):
                 for mine, theirs in zip(getattr(net, name), getattr(self, name)):
@@ -108,9 +111,10 @@ def stacked_reconstruct_into(model: StackedAutoencoder, data: Tensor, out: Tenso
 
 class StackedRDASolver:
     """K RDA fits of one X trained together: ``solvers`` hold each fit's S, LS_prev, lam and
-    penalty (their own model and optimizer are not used); ``model`` stacks the K networks and
+    penalty (built without a model and optimizer); ``model`` stacks the K networks and
     ``optimizer`` updates them all. Each outer iteration sets L_k = X - S_k, trains the stack on
-    the L_k on shared minibatches, sets L_k = AE_k(L_k), then runs each fit's proximal step."""
+    the L_k on shared minibatches, sets L_k = AE_k(L_k), then runs each fit's proximal step.
+    A fit whose training diverges stops them all (TrainingDiverged)."""
 
     def __init__(self, model: StackedAutoencoder, optimizer: torch.optim.Optimizer, solvers: list[RDASolver], *,
                  inner_epochs: int, batch_size: int, generator: torch.Generator, amp: torch.dtype | None = None):
@@ -136,15 +140,28 @@ class StackedRDASolver:
         seconds = time.perf_counter() - t0
         return [dict(row, seconds=seconds) for row in rows]
 
-    def run(self, outer_iter: int, tol: float) -> list[list[dict]]:
-        """Up to ``outer_iter`` outer iterations, stopping once every fit has c1 and c2 below
-        ``tol``. Returns each fit's history rows."""
+    def run(self, outer_iter: int, tol: float) -> list[tuple[list[dict], RDASolver, DeepAutoencoder]]:
+        """Up to ``outer_iter`` outer iterations. A fit whose c1 and c2 fall below ``tol`` stops
+        there, as it would alone: its network, L and S are kept as they were then (the stack
+        trains on until every fit has stopped, its later rows ignored). Returns per fit its
+        history rows, its solver (L, S and the last residual norms) and its network."""
         histories = [[] for _ in self.solvers]
+        finished = [None] * len(self.solvers)
         for _ in range(outer_iter):
             rows = self.iterate()
-            for history, row in zip(histories, rows):
-                history.append(row)
-            if all(row["c1"] < tol and row["c2"] < tol for row in rows):
+            for k, (history, row) in enumerate(zip(histories, rows)):
+                if finished[k] is None:
+                    history.append(row)
+                    if row["c1"] < tol and row["c2"] < tol:
+                        finished[k] = self._snapshot(k)
+            if all(finished):
                 break
-        return histories
+        return [(history, *(done or self._snapshot(k)))
+                for k, (history, done) in enumerate(zip(histories, finished))]
+
+    def _snapshot(self, k: int) -> tuple[RDASolver, DeepAutoencoder]:
+        solver = copy.copy(self.solvers[k])
+        solver.L, solver.S = solver.L.clone(), solver.S.clone()
+        solver.norms = None if solver.norms is None else solver.norms.clone()
+        return solver, self.model.network(k)
 
