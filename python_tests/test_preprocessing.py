@@ -50,15 +50,16 @@ def test_column_quantiles_and_the_robust_scale_are_numpys(gen, n):
 
 
 def test_a_column_without_spread_in_its_middle_half_is_scaled_by_its_sd_and_a_constant_one_by_1():
-    X = torch.tensor([[0.0, 5.0]] * 9 + [[10.0, 5.0]], dtype=torch.float64)
+    X = torch.tensor([[0.0, 5.0]] * 9 + [[1.0, 5.0]], dtype=torch.float64)
     center, scale = robust_scaling(X)
     assert center.tolist() == [0.0, 5.0]
-    assert scale.tolist() == [pytest.approx(3.0), 1.0]  # the sd of nine 0s and one 10; 1 for the constant
+    assert scale.tolist() == [pytest.approx(0.3), 1.0]  # the sd of nine 0s and one 1; 1 for the constant
 
 
 def test_auto_scales_only_data_outside_the_unit_interval():
     inside, outside = torch.tensor([[0.0, 1.0], [0.5, 0.5]]), torch.tensor([[0.0, 1.5], [-2.0, 1.5]])
     assert scaling_for("auto", inside) is None and scaling_for("none", outside) is None
+    assert scaling_for("auto", torch.tensor([[0.0, 1.25]])) is not None  # above 1 only
     for name in ("auto", "minmax"):
         center, scale = scaling_for(name, outside)
         assert center.tolist() == [-2.0, 1.5] and scale.tolist() == [2.0, 1.0]  # a constant column: 1
@@ -135,6 +136,17 @@ def test_a_warm_start_keeps_the_scaling_its_network_learned(seed):
     est.set_params(warm_start=True, outer_iter=1).fit(half)
     np.testing.assert_array_equal(est.center_, center)
     assert est.history_[-1]["iteration"] == FAST["outer_iter"] + 1
+
+
+def test_a_warm_start_on_the_same_rows_continues_from_its_scaled_decomposition(seed):
+    """c2 of the warm iteration is the step from the previous L + S, measured in scaled units."""
+    X = table(seed)
+    est = RobustAutoencoder(contamination=0.1, random_state=seed, **FAST).fit(X)
+    prev = est.L_ + est.S_
+    est.set_params(warm_start=True, outer_iter=1).fit(X)
+    c, s = est.center_, est.scale_
+    c2 = np.linalg.norm((prev - est.L_ - est.S_) / s) / np.linalg.norm((X - c) / s)
+    assert est.history_[-1]["c2"] == pytest.approx(c2, rel=1e-9)
 
 
 def test_the_scaling_is_saved_with_the_model(tmp_path, seed):

@@ -4,6 +4,8 @@ rounding" means 1e-10 after many Adam steps."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from rda_ext.solver import stacked
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.stacked import (
     StackedAutoencoder,
+    StackedRDASolver,
     stacked_reconstruct_into,
     stacked_train_epochs,
 )
@@ -132,14 +135,15 @@ def test_fit_together_starts_each_network_from_its_random_state(seed):
 
 def test_fit_together_needs_the_shape_and_schedule_shared():
     X = np.random.default_rng(0).random((20, 4))
-    for name, value in (("hidden", (5,)), ("lr", 0.5), ("precision", "float32")):
+    for name, value in (("hidden", (5,)), ("lr", 0.5), ("precision", "float32"), ("dtype", "float32")):
         ests = [RobustAutoencoder(**EXACT), RobustAutoencoder(**{**EXACT, name: value})]
         with pytest.raises(ValueError) as e:
             fit_together(ests, X)
-        assert str(e.value).startswith(f"{name} differs between the estimators ({EXACT.get(name, 'auto')!r} and "
-                                       f"{value!r})")
-    with pytest.raises(ValueError, match="at least one"):
+        assert str(e.value) == (f"{name} differs between the estimators ({EXACT.get(name, 'auto')!r} and "
+                                f"{value!r}): fit_together trains them in one step, which needs it shared")
+    with pytest.raises(ValueError) as e:
         fit_together([], X)
+    assert str(e.value) == "estimators must hold at least one RobustAutoencoder"
     # What acts the same is the same: a list for a tuple, None for "float32", the device "auto" picks.
     same = [RobustAutoencoder(**{**EXACT, "dtype": None, "hidden": [8, 3], "device": "auto"}),
             RobustAutoencoder(**{**EXACT, "dtype": "float32", "device": str(resolve_device("auto"))})]
@@ -163,3 +167,108 @@ def test_the_parallel_path_fits_each_lam_as_its_own_fit(seed):
     # Without a random_state one seed is drawn for all lam values: the same initial network.
     free = lambda_path(X, [0.9, 0.9001], parallel=True, **{**EXACT, "outer_iter": 1})
     np.testing.assert_allclose(free[0]["decision_scores"], free[1]["decision_scores"], rtol=1e-3)
+
+
+def test_one_network_and_one_layer_stack_too(gen, seed):
+    single = nets(seed, 1, False, sizes=(12, 4))
+    stack = StackedAutoencoder(single)
+    assert len(stack) == 1
+    x = torch.rand(1, 5, 12, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(stack(x)[0], single[0](x[0]), rtol=1e-12, atol=1e-14)
+    back = stack.network(0)
+    assert all(torch.equal(a, b) for a, b in zip(back.parameters(), single[0].parameters()))
+
+
+def test_copying_a_network_out_leaves_torchs_global_generator_alone(seed):
+    stack = StackedAutoencoder(nets(seed, 2, True))
+    state = torch.get_rng_state()
+    stack.network(1)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_stack_must_match_the_fits(seed):
+    X = torch.rand(10, 12, dtype=torch.float64)
+    solver = RobustAutoencoder(**EXACT)._solver(None, None, X, torch.zeros_like(X), torch.zeros_like(X), None)
+    with pytest.raises(ValueError) as e:
+        StackedRDASolver(StackedAutoencoder(nets(seed, 2, True)), None, [solver], inner_epochs=1, batch_size=4,
+                         generator=torch.Generator())
+    assert str(e.value) == "2 stacked networks for 1 fits"
+    with pytest.raises(ValueError) as e:
+        StackedAutoencoder([*nets(seed, 1, True), *nets(seed, 1, True, sizes=(12, 5, 3))])
+    assert str(e.value) == "stacked networks must share one architecture"
+
+
+def test_each_fit_counts_its_iterations_and_the_joint_time(seed):
+    X = torch.rand(30, 12, dtype=torch.float64)
+    est = RobustAutoencoder(lam=0.5, **EXACT)
+    solvers = [est._solver(None, None, X, torch.zeros_like(X), torch.zeros_like(X), None) for _ in range(2)]
+    stack = StackedAutoencoder(nets(seed, 2, True))
+    joint = StackedRDASolver(stack, make_optimizer(stack, "adam", 1e-2), solvers, inner_epochs=1, batch_size=8,
+                             generator=torch.Generator().manual_seed(seed))
+    for i in range(3):
+        t0 = time.perf_counter()
+        rows = joint.iterate()
+        assert [s.iterations for s in solvers] == [i + 1, i + 1]
+        assert rows[0]["seconds"] == rows[1]["seconds"] and 0 < rows[0]["seconds"] <= time.perf_counter() - t0
+
+
+def test_the_precision_reaches_every_batched_product(seed, monkeypatch):
+    """bfloat16: every training step and every reconstruction chunk of the stack runs under autocast
+    to bfloat16 (as fit's own loop does), while X, L and S stay float32."""
+    seen = []
+    real = stacked.autocast
+
+    def spy(device, dtype):
+        seen.append(dtype)
+        return real(device, dtype)
+
+    monkeypatch.setattr(stacked, "autocast", spy)
+    X, _ = planted(seed, n=64, d=12)
+    params = {**EXACT, "dtype": None, "precision": "bfloat16", "outer_iter": 2}
+    ests = fit_together([RobustAutoencoder(lam=lam, random_state=seed, **params) for lam in (0.5, 0.9)], X)
+    steps = params["outer_iter"] * params["inner_epochs"] * 2  # 64 rows in batches of 32
+    assert seen == [torch.bfloat16] * (steps + params["outer_iter"])  # plus one reconstruction chunk each
+    assert ests[0].L_.dtype == np.float32 and next(ests[0].model_.parameters()).dtype == torch.float32
+
+
+def test_fit_together_scales_tables_as_fit_does(seed):
+    X, _ = planted(seed, n=60, d=12)
+    X = X.astype(np.float64) * 40 - 3  # outside [0, 1]: "auto" scales each column by its range
+    together = fit_together([RobustAutoencoder(lam=0.3, random_state=seed, **EXACT)], X)[0]
+    alone = RobustAutoencoder(lam=0.3, random_state=seed, **EXACT).fit(X)
+    np.testing.assert_array_equal(together.center_, alone.center_)
+    np.testing.assert_allclose(together.L_, alone.L_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(together.S_, alone.S_, rtol=0, atol=1e-8)
+    with pytest.warns(UserWarning, match="output activation is sigmoid"):
+        fit_together([RobustAutoencoder(lam=0.3, output_activation="sigmoid", preprocessing="none", **EXACT)], X)
+
+
+def test_fit_together_converts_x_as_fit_does(seed):
+    X, _ = planted(seed, n=40, d=12)
+    bad = X.astype(np.float64)
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match=r"^X contains NaN or infinite values$"):
+        fit_together([RobustAutoencoder(**EXACT)], bad)
+    # float64 data in a float32 fit: converted, as fit converts it.
+    params = {**EXACT, "dtype": None, "precision": "float32"}
+    together = fit_together([RobustAutoencoder(lam=0.9, random_state=seed, **params)], X.astype(np.float64))[0]
+    alone = RobustAutoencoder(lam=0.9, random_state=seed, **params).fit(X.astype(np.float64))
+    np.testing.assert_allclose(together.L_, alone.L_, rtol=0, atol=1e-5)
+    # Every fit draws its batch orders from the first one's seed, and a warm start from the next.
+    ests = fit_together([RobustAutoencoder(lam=0.9, random_state=seed + i, **params) for i in range(2)], X)
+    assert ests[0]._batch_seed == ests[1]._batch_seed == alone._batch_seed
+
+
+def test_fit_together_stops_at_tol_exactly_as_fit_does(seed):
+    """tol equal to a c1 or c2 of the joint run itself: not below it, so not a stop (fit's rule)."""
+    X, _ = planted(seed, n=60, d=12)
+    X = X.astype(np.float64)
+    params = dict(lam=0.9, random_state=seed, **{**EXACT, "outer_iter": 5})
+    c = np.array([[h["c1"], h["c2"]] for h in fit_together([RobustAutoencoder(**params)], X)[0].history_])
+    both = c.max(axis=1)
+    for tol in np.unique(c):
+        expected = int(np.argmax(both < tol)) + 1 if (both < tol).any() else len(c)
+        assert fit_together([RobustAutoencoder(**{**params, "tol": float(tol)})], X)[0].n_iter_ == expected
+    # Every fit converged before outer_iter: the joint run ends there.
+    ests = fit_together([RobustAutoencoder(lam=0.0, random_state=seed, **{**EXACT, "outer_iter": 4, "tol": 1e-9})], X)
+    assert ests[0].n_iter_ == 2

@@ -218,7 +218,8 @@ class RobustAutoencoder(SklearnProtocol):
         ).to(device=device, dtype=dtype)
         return model, int(torch.randint(2**62, (), generator=init))
 
-    def _solver(self, model, optim, Xt: Tensor, S: Tensor, LS_prev: Tensor, batches: torch.Generator) -> RDASolver:
+    def _solver(self, model, optim, Xt: Tensor, S: Tensor, LS_prev: Tensor,
+                batches: torch.Generator | None) -> RDASolver:
         return RDASolver(
             model, optim, Xt, S, LS_prev, penalty=self.penalty,
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),

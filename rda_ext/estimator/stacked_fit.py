@@ -51,7 +51,8 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     model = StackedAutoencoder(list(nets))
     optim = make_optimizer(model, first.optimizer, float(first.lr))
     batches = torch.Generator(device=device).manual_seed(batch_seeds[0])
-    solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), batches) for est in estimators]
+    # The fits' own solvers only take proximal steps: no model, optimizer or batch order of their own.
+    solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), None) for est in estimators]
     stacked = StackedRDASolver(model, optim, solvers, inner_epochs=first.inner_epochs, batch_size=first.batch_size,
                                generator=batches, amp=resolve_precision(first.precision, device, dtype))
     for est, (rows, solver, network) in zip(estimators, stacked.run(first.outer_iter, first.tol)):

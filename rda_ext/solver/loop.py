@@ -73,7 +73,7 @@ class RDASolver:
         contamination: float,
         inner_epochs: int,
         batch_size: int,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         amp: torch.dtype | None = None,
     ):
         self.model, self.optimizer = model, optimizer
