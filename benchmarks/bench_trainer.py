@@ -6,7 +6,8 @@ sigmoid), same optimizer, batch size, lam and epochs, in one run on one machine.
     python benchmarks/bench_trainer.py [--outer-iter 2] [--inner-epochs 5] [--device cpu|cuda]
                                        [--precisions float32,bfloat16]
 
-Each precision of the estimator is timed, and the matrix-product FLOPs of an outer iteration are
+Each precision of the estimator is timed (on CUDA once without and once with ``cuda_graphs``, the
+training step captured in a CUDA graph), and the matrix-product FLOPs of an outer iteration are
 counted (``flops_per_outer``) to give GFLOP/s, also as a fraction of what a large square GEMM of
 the same dtype reaches on the device in the same run.
 """
@@ -142,16 +143,19 @@ def main() -> None:
 
     runs = {}
     for precision in precisions:
-        est = RobustAutoencoder(hidden=HIDDEN, penalty="l21_rows", lam=lam, lr=lr, tied_weights=False, tol=1e-7,
-                                device=args.device, random_state=seed, precision=precision, **common).fit(X)
-        amp = resolve_precision(precision, resolve_device(args.device), torch.float32)
-        runs[f"rda_ext {precision}"] = report([h["seconds"] for h in est.history_],
-                                              "bfloat16" if amp is not None else "float32", est.decision_scores_)
+        for graphs in (False, True) if args.device == "cuda" else (False,):
+            est = RobustAutoencoder(hidden=HIDDEN, penalty="l21_rows", lam=lam, lr=lr, tied_weights=False, tol=1e-7,
+                                    device=args.device, random_state=seed, precision=precision, cuda_graphs=graphs,
+                                    **common).fit(X)
+            amp = resolve_precision(precision, resolve_device(args.device), torch.float32)
+            runs[f"rda_ext {precision}{' + CUDA graphs' if graphs else ''}"] = report(
+                [h["seconds"] for h in est.history_], "bfloat16" if amp is not None else "float32",
+                est.decision_scores_)
     base, base_scores = dataloader_rda(X, lam, lr=lr, device=args.device, seed=seed, **common)
     runs["DataLoader loop"] = report(base, "float32", base_scores)
     for name, r in runs.items():
         r["speedup_vs_dataloader"] = runs["DataLoader loop"]["median"] / r["median"]
-        print(f"{name:20s}: {r['median']:7.2f} s per outer iteration {np.round(r['seconds_per_outer'], 2)}, "
+        print(f"{name:36s}: {r['median']:7.2f} s per outer iteration {np.round(r['seconds_per_outer'], 2)}, "
               f"{r['gflops']:5.0f} GFLOP/s ({100 * r['fraction_of_gemm']:.0f}% of the GEMM rate), "
               f"{r['speedup_vs_dataloader']:.2f}x the DataLoader loop, AUROC of class 0 {r['auroc_class0']:.3f}")
 

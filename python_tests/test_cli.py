@@ -182,14 +182,15 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
             "--batch-size", "9", "--lr", "0.5", "--optimizer", "sgd", "--activation", "relu",
             "--output-activation", "linear", "--no-tied-weights", "--preprocessing", "standardize", "--tol", "0.125",
             "--device", "cpu",
-            "--dtype", "float64", "--precision", "auto", "--seed", "11", "-v"]
+            "--dtype", "float64", "--precision", "auto", "--cuda-graphs", "--seed", "11", "-v"]
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
     assert seen == dict(
         hidden=(7, 3), penalty="l1", lam=0.25, contamination=0.1, outer_iter=4, inner_epochs=0, batch_size=9,
         lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False,
         preprocessing="standardize", tol=0.125,
-        warm_start=False, device="cpu", dtype="float64", precision="auto", random_state=11, verbose=True,
+        warm_start=False, device="cpu", dtype="float64", precision="auto", cuda_graphs=True, random_state=11,
+        verbose=True,
     )
 
 
@@ -197,7 +198,9 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--inner-epochs INNER_EPOCHS epochs of autoencoder training per outer iteration. (default: 5)" in out
+    assert "--inner-epochs INNER_EPOCHS epochs of autoencoder training per outer iteration, or \"auto\" (default): " \
+           "the fewest whole epochs that make at least 50 minibatch steps" in out
+    assert "(default: 'auto')" in out
     assert "--penalty {l1,l21_rows,l21_cols}" in out
     assert "--precision {float32,bfloat16,auto}" in out
     assert "--preprocessing {auto,none,minmax,standardize}" in out
@@ -439,11 +442,11 @@ def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
                  "  --key KEY             the array to use in an .npz holding several",
                  "  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history",
                  "  --model MODEL         also save the fitted model here (for rda-ext score)",
-                 "  --hidden N,N,...      encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. "
-                 "(default: (400, 200))",
-                 "  -v, --verbose, --no-verbose\n                        show a progress bar over the outer iterations. "
-                 "(default: False)\n"):
+                 "  --hidden N,N,...      encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. ",
+                 "(default: (128, 32))\n",
+                 "  -v, --verbose, --no-verbose\n                        show a progress bar over the outer iterations, "):
         assert line in out, line
+    assert out.endswith("(default: False)\n")
 
 
 def test_a_percent_sign_in_a_parameters_help_is_shown_as_is(capsys, monkeypatch):

@@ -54,3 +54,15 @@ def test_bad_layer_sizes(text, message):
 def test_fail_prints_one_line_with_the_programs_name(capsys):
     assert cli._fail("error: two\n  lines", 7) == 7
     assert capsys.readouterr().err == "rda-ext: error: two lines\n"
+
+
+@pytest.mark.parametrize("text, value", [("auto", "auto"), ("0", 0), ("12", 12)])
+def test_inner_epochs_take_auto_or_a_number(text, value):
+    assert cli._inner_epochs(text) == value
+
+
+@pytest.mark.parametrize("text", ["Auto", "1.5", ""])
+def test_bad_inner_epochs(text):
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        cli._inner_epochs(text)
+    assert str(e.value) == f'expected "auto" or a number of epochs, got {text!r}'

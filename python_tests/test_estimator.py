@@ -227,7 +227,7 @@ def test_fixed_autoencoder_iterations(seed):
         (dict(hidden=()), "hidden must be"),
         (dict(hidden=(10, 0)), "hidden must be"),
         (dict(outer_iter=0), "outer_iter must be a positive integer"),
-        (dict(inner_epochs=-1), "inner_epochs must be an integer >= 0"),
+        (dict(inner_epochs=-1), 'inner_epochs must be "auto" or an integer >= 0'),
         (dict(batch_size=2.5), "batch_size must be a positive integer"),
         (dict(lr=0), "lr must be"),
         (dict(optimizer="lbfgs"), "optimizer must be one of"),

@@ -401,9 +401,11 @@ def test_verbose_shows_each_outer_iteration_and_its_numbers(seed, capsys):
     est = RobustAutoencoder(lam=0.9, random_state=seed, tol=0, verbose=True, **EXACT).fit(X)
     last = capsys.readouterr().err.split("\r")[-1]
     h = est.history_[-1]
+    rate = re.escape(f"{60 * EXACT['inner_epochs'] / h['seconds']:.3g}")  # rows x epochs per second
     assert re.fullmatch(
         rf"RDA outer iterations: 100%\|\S+\| 3/3 \[[^,]+, +[0-9.]+(it/s|s/it), c1={h['c1']:.2e}, c2={h['c2']:.2e}, "
-        rf"lam={h['lam']:.4g}, nonzero={h['n_nonzero']}\]\s*", last), last
+        rf"lam={h['lam']:.4g}, nonzero={h['n_nonzero']}, rows/s={rate}\]\s*",
+        last), last
     capsys.readouterr()
     RobustAutoencoder(lam=0.9, random_state=seed, **EXACT).fit(X)
     assert capsys.readouterr().err == ""

@@ -563,7 +563,8 @@ def test_any_value_replaced_by_junk(model_file, data):
             return
     # accepted: only where the junk is a value that the model does not depend on
     assert where in {
-        ("params", "verbose"), ("params", "warm_start"), ("params", "tied_weights"), ("params", "lam"),
+        ("params", "verbose"), ("params", "warm_start"), ("params", "tied_weights"), ("params", "cuda_graphs"),
+        ("params", "lam"),
         ("params", "random_state"), ("params", "dtype"), ("params", "tol"), ("params", "lr"),
         ("fitted", "history_"), ("fitted", "lam_"), ("fitted", "threshold_"),
     } or (original is None and junk is None), (where, junk)

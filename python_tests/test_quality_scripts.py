@@ -74,3 +74,25 @@ def test_denoising_resume_reuses_complete_groups_only(denoising, tmp_path):
     with pytest.raises(SystemExit, match="lams"):
         denoising.earlier_cells(earlier, {**grid, "lams": [0.1, 0.3]})
     assert denoising.earlier_cells(None, grid) == {}
+
+
+def test_sweep_quick_fits_every_cell_once_and_resumes_from_its_log(tmp_path):
+    def sweep():
+        run = subprocess.run([sys.executable, str(QUALITY / "sweep.py"), "--quick", "--device", "cpu",
+                              "--out-dir", str(tmp_path), "--work", str(tmp_path / "work")],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        (report,) = tmp_path.glob("sweep-*-quick.json")
+        return json.loads(report.read_text()), (tmp_path / "work" / "runs.jsonl").read_text().splitlines()
+
+    first, log = sweep()
+    cells = list(first["cells"])
+    assert len(cells) == 2 and first["summary"]["mnist"]["instances"] == 2
+    assert len(log) == 2 * (1 + len(cells))  # IsolationForest and each cell, per instance
+    for runs in first["runs"].values():
+        for cell in cells:
+            assert 0 <= runs[cell]["RDA"]["f1"] <= 1 and 0.5 < runs[cell]["RDA"]["auroc"] <= 1
+    again, log_again = sweep()
+    assert log_again == log and again["summary"] == first["summary"]
+    rows = tables(next(tmp_path.glob("sweep-*-quick.json")))
+    assert rows[2].startswith("| IsolationForest |") and len(rows) == 3 + len(cells)

@@ -65,7 +65,8 @@ BAD = [
     ("contamination", None, "a number in (0, 0.5)"),
     ("outer_iter", 0, "a positive integer"), ("outer_iter", 2.0, "a positive integer"),
     ("batch_size", 0, "a positive integer"), ("batch_size", True, "a positive integer"),
-    ("inner_epochs", -1, "an integer >= 0"), ("inner_epochs", 1.5, "an integer >= 0"),
+    ("inner_epochs", -1, '"auto" or an integer >= 0'), ("inner_epochs", 1.5, '"auto" or an integer >= 0'),
+    ("inner_epochs", "Auto", '"auto" or an integer >= 0'),
     ("lr", 0, "a finite number > 0"), ("lr", float("inf"), "a finite number > 0"), ("lr", -1, "a finite number > 0"),
     ("tol", -1e-12, "a number >= 0"), ("tol", float("nan"), "a number >= 0"),
     ("random_state", -1, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
@@ -222,3 +223,25 @@ def test_results_take_the_callers_form():
     assert isinstance(c, torch.Tensor) and c.is_contiguous() and c.tolist() == [[0.0, 2.0], [3.0, 5.0]]
     g = torch.ones(2, requires_grad=True)
     assert not to_cpu(g * 2).requires_grad
+
+
+@pytest.mark.parametrize("n, batch, epochs", [(6316, 128, 1), (6400, 128, 1), (6401, 128, 1), (527, 128, 10),
+                                              (190, 128, 25), (1, 128, 50), (60000, 128, 1), (527, 64, 6)])
+def test_auto_inner_epochs_are_the_fewest_whole_epochs_of_at_least_50_steps(n, batch, epochs):
+    from rda_ext.validation import AUTO_STEPS, resolve_inner_epochs
+
+    assert AUTO_STEPS == 50
+    assert resolve_inner_epochs("auto", n, batch) == epochs
+    steps_per_epoch = -(-n // batch)
+    assert epochs * steps_per_epoch >= AUTO_STEPS > (epochs - 1) * steps_per_epoch
+    assert resolve_inner_epochs(3, n, batch) == 3 and resolve_inner_epochs(0, n, batch) == 0
+
+
+def test_auto_inner_epochs_fit_as_the_number_they_resolve_to():
+    X = np.random.default_rng(7).random((70, 5)).astype(np.float32)
+    kw = dict(hidden=(4,), outer_iter=2, batch_size=16, device="cpu", random_state=3, lam=0.5)
+    a = RobustAutoencoder(inner_epochs="auto", **kw).fit(X)
+    b = RobustAutoencoder(inner_epochs=10, **kw).fit(X)  # 5 batches per epoch: 10 epochs make 50 steps
+    assert (a.L_ == b.L_).all() and (a.S_ == b.S_).all()
+    c = RobustAutoencoder(inner_epochs=9, **kw).fit(X)
+    assert not (c.L_ == b.L_).all()

@@ -177,7 +177,17 @@ def _read_input(args) -> tuple[np.ndarray, str]:
 # Here only what is particular to the command line.
 _NOT_OPTIONS = ("warm_start",)  # each rda-ext fit starts afresh
 _OPTION_FLAGS = {"random_state": ("--seed",), "verbose": ("-v", "--verbose")}
-_VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str}  # default None tells no type
+def _inner_epochs(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected "auto" or a number of epochs, got {text!r}') from None
+
+
+_VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str,  # default None tells no type
+                "inner_epochs": _inner_epochs}
 _OPTION_CHOICES = {**CHOICES, "dtype": tuple(DTYPES)}
 _EITHER = ("lam", "contamination")  # lam fixes the threshold that contamination would choose
 

@@ -27,6 +27,9 @@ def staircase(history: list[dict]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+HIDDEN = (400, 200)  # the outlier experiment's network, not the estimator's default
+
+
 def main() -> None:
     cli = parser(__doc__)
     args = cli.parse_args()
@@ -36,7 +39,7 @@ def main() -> None:
     runs = {}
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for lam in lams:
-        est = RobustAutoencoder(lam=lam, outer_iter=outer, inner_epochs=10, batch_size=64, tol=0,
+        est = RobustAutoencoder(lam=lam, hidden=HIDDEN, outer_iter=outer, inner_epochs=10, batch_size=64, tol=0,
                                 device=args.device, random_state=0).fit(X)
         xs, ys = staircase(est.history_)
         ax.plot(xs, ys, drawstyle="steps-post", label=f"lam {lam:g} ({est.labels_.sum()} rows in S)")

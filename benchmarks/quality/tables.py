@@ -94,11 +94,70 @@ def convergence(result: dict) -> str:
     return "\n".join(out)
 
 
+def sweep(result: dict) -> str:
+    """Per data set, one row per configuration: RDA's and the plain autoencoder's mean label-free F1
+    and AUROC over every instance (classes x seeds), IsolationForest's first, the ensembles last."""
+    out = []
+    for name, data in result["summary"].items():
+        cells = data["cells"]
+        iso = cells["IsolationForest"]
+        out += [f"**{name}: {data['instances']} instances (classes x seeds), mean ± sd**\n",
+                "| configuration | RDA F1 | RDA AUROC | autoencoder F1 | autoencoder AUROC |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| IsolationForest | {iso['f1']['mean']:.3f} ± {iso['f1']['sd']:.3f} | "
+                f"{iso['auroc']['mean']:.3f} ± {iso['auroc']['sd']:.3f} | | |"]
+        for cell, r in cells.items():
+            if cell != "IsolationForest":
+                out.append(f"| {cell} | " + " | ".join(f"{r[m][k]['mean']:.3f} ± {r[m][k]['sd']:.3f}"
+                                                       for m in ("RDA", "autoencoder") for k in ("f1", "auroc")) + " |")
+        for ens, r in data["ensembles"].items():
+            out.append(f"| ensemble: {ens} | {r['f1']['mean']:.3f} ± {r['f1']['sd']:.3f} | "
+                       f"{r['auroc']['mean']:.3f} ± {r['auroc']['sd']:.3f} | | |")
+        out.append("")
+        default = default_cell(result["cells"])
+        if default is not None:
+            out.append(sweep_per_class(name, default, result["runs"]))
+    return "\n".join(out)
+
+
+def default_cell(cells: dict) -> str | None:
+    """The cell whose configuration is the estimator's default (read from the estimator itself)."""
+    from rda_ext import RobustAutoencoder
+
+    params = RobustAutoencoder().get_params()
+    for cell, config in cells.items():
+        if all(tuple(v) == tuple(params[k]) if isinstance(v, (list, tuple)) else v == params[k]
+               for k, v in config.items()):
+            return cell
+    return None
+
+
+def sweep_per_class(name: str, cell: str, runs: dict) -> str:
+    """Per nominal class, the defaults' (``cell``) RDA against IsolationForest, means over the seeds."""
+    by_class = {}
+    for key, r in runs.items():
+        dataset, c, _, _ = key.split()
+        if dataset == name:
+            by_class.setdefault(int(c), []).append(r)
+    out = [f"**{name}, per nominal class, the defaults ({cell}): F1 / AUROC, mean over seeds**\n",
+           "| class | RDA | autoencoder | IsolationForest |", "| --- | ---: | ---: | ---: |"]
+    for c, rs in sorted(by_class.items()):
+        cells = [(statistics.fmean(r[cell][m]["f1"] for r in rs), statistics.fmean(r[cell][m]["auroc"] for r in rs))
+                 for m in ("RDA", "autoencoder")]
+        cells.append((statistics.fmean(r["IsolationForest"]["f1"] for r in rs),
+                      statistics.fmean(r["IsolationForest"]["auroc"] for r in rs)))
+        out.append(f"| {c} | " + " | ".join(f"{f:.2f} / {a:.3f}" for f, a in cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     for path in sys.argv[1:]:
         result = json.loads(Path(path).read_text())
         print(f"<!-- {path} -->")
-        if "datasets" in result:
+        if "ensembles" in result:
+            print(sweep(result))
+        elif "datasets" in result:
             print(outliers(result))
         elif "runs" in result:
             print(stuck_pixels(result))

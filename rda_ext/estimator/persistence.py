@@ -25,7 +25,7 @@ _FITTED_SCALARS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_"
 _FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
 _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
 # Parameters added since the format was fixed, with the value in effect in files written before them.
-_ADDED_PARAMS = {"precision": "float32", "preprocessing": "none"}
+_ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs": False}
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 

@@ -24,6 +24,7 @@ from rda_ext.validation import (
     like_input,
     resolve_device,
     resolve_dtype,
+    resolve_inner_epochs,
     resolve_precision,
     vector_like_input,
     warn_if_outside_output_range,
@@ -42,7 +43,10 @@ class RobustAutoencoder(SklearnProtocol):
     Parameters (stored as given; checked by ``fit``; the command line's ``fit`` options and their
     help are read from this list)
     ----------
-    hidden : encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them.
+    hidden : encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. The
+        default (128, 32), with 10 outer iterations and inner_epochs "auto", was chosen from a
+        label-free sweep of widths and schedules (benchmarks/RESULTS.md): a narrow code and short
+        training keep the network from learning the outliers too.
     penalty : "l1" (noisy entries), "l21_rows" (outlying rows), "l21_cols" (corrupted columns).
     lam : the proximal threshold, exactly as the kernels take it. If None, it is chosen at every
         outer iteration from ``contamination``.
@@ -51,7 +55,9 @@ class RobustAutoencoder(SklearnProtocol):
         residual group norms that lets about this fraction of groups survive the shrinkage. For
         "l1" and "l21_cols" it also sets ``threshold_`` (a quantile of the training scores).
     outer_iter : the most outer iterations (autoencoder training, then the proximal step).
-    inner_epochs : epochs of autoencoder training per outer iteration.
+    inner_epochs : epochs of autoencoder training per outer iteration, or "auto" (default): the
+        fewest whole epochs that make at least 50 minibatch steps (1 epoch from 6,400 rows at batch
+        128, 10 for 527 rows), so that small data gets as many steps as large.
     batch_size : rows per minibatch.
     lr : learning rate.
     optimizer : "adam" or "sgd" (with momentum 0.9).
@@ -77,9 +83,14 @@ class RobustAutoencoder(SklearnProtocol):
         float32). New data goes through the network in the precision this resolves to on the
         model's device: the fit's, unless the model was moved or loaded onto other hardware. A
         float64 fit computes in float64 ("auto" included; "bfloat16" is refused there).
+    cuda_graphs : on a CUDA device, capture the autoencoder's training step (forward, backward,
+        Adam or SGD update) of full batches in a CUDA graph and replay it: a step of a small
+        network at a small batch is bound by kernel launches, which a replay issues at once. The
+        batch order and the numbers are those of the step without it; ignored on a CPU.
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
-    verbose : show a progress bar over the outer iterations.
+    verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
+        and the throughput (rows trained per second: rows x inner epochs over the iteration's time).
 
     Fitted attributes
     -----------------
@@ -97,12 +108,12 @@ class RobustAutoencoder(SklearnProtocol):
 
     def __init__(
         self,
-        hidden=(400, 200),
+        hidden=(128, 32),
         penalty="l21_rows",
         lam=None,
         contamination=0.1,
-        outer_iter=20,
-        inner_epochs=5,
+        outer_iter=10,
+        inner_epochs="auto",
         batch_size=128,
         lr=1e-3,
         optimizer="adam",
@@ -115,6 +126,7 @@ class RobustAutoencoder(SklearnProtocol):
         device="auto",
         dtype=None,
         precision="auto",
+        cuda_graphs=False,
         random_state=None,
         verbose=False,
     ):
@@ -136,6 +148,7 @@ class RobustAutoencoder(SklearnProtocol):
         self.device = device
         self.dtype = dtype
         self.precision = precision
+        self.cuda_graphs = cuda_graphs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -159,19 +172,20 @@ class RobustAutoencoder(SklearnProtocol):
             # the previous optimizer's state (Adam's moments, SGD's momentum) is carried over, cast to
             # the copy's dtype and device, so that a dtype or device change never mixes them.
             model = copy.deepcopy(self.model_).to(device=device, dtype=dtype)
-            optim = make_optimizer(model, self.optimizer, float(self.lr))
+            optim = make_optimizer(model, self.optimizer, float(self.lr), capturable=self._graphs(device))
             previous = getattr(self, "_optim", None)
             if previous is not None and type(previous) is type(optim):
+                fresh = [{k: g[k] for k in ("lr", "capturable") if k in g} for g in optim.param_groups]
                 optim.load_state_dict(copy.deepcopy(previous.state_dict()))
-                for group in optim.param_groups:  # the loaded state brought the previous lr back
-                    group["lr"] = float(self.lr)
+                for group, own in zip(optim.param_groups, fresh):  # not the previous fit's lr, capturable
+                    group.update(own)
             same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
             S = scale_rows(as_matrix(self.S_, "S_", device, dtype), scaling, center=False).clone() if same_rows \
                 else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
         else:
             model, batch_seed = self._new_network(d, device, dtype, output_activation)
-            optim = make_optimizer(model, self.optimizer, float(self.lr))
+            optim = make_optimizer(model, self.optimizer, float(self.lr), capturable=self._graphs(device))
             S = torch.zeros_like(Xt)
             same_rows = False
         batches = torch.Generator(device=device).manual_seed(batch_seed)
@@ -186,8 +200,9 @@ class RobustAutoencoder(SklearnProtocol):
         def record(row: dict) -> None:
             history.append(dict(iteration=len(history) + 1, **row))
             progress.update(1)
-            progress.set_postfix(c1=f"{row['c1']:.2e}", c2=f"{row['c2']:.2e}", nonzero=row["n_nonzero"],
-                                 lam=f"{row['lam']:.4g}")
+            progress.set_postfix({"c1": f"{row['c1']:.2e}", "c2": f"{row['c2']:.2e}", "lam": f"{row['lam']:.4g}",
+                                  "nonzero": row["n_nonzero"],
+                                  "rows/s": f"{n * solver.inner_epochs / max(row['seconds'], 1e-9):.3g}"})
 
         try:
             run = solver.run(self.outer_iter, self.tol, record)
@@ -223,9 +238,13 @@ class RobustAutoencoder(SklearnProtocol):
         return RDASolver(
             model, optim, Xt, S, LS_prev, penalty=self.penalty,
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
-            inner_epochs=self.inner_epochs, batch_size=self.batch_size, generator=batches,
-            amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
+            inner_epochs=resolve_inner_epochs(self.inner_epochs, Xt.shape[0], self.batch_size),
+            batch_size=self.batch_size, generator=batches,
+            amp=resolve_precision(self.precision, Xt.device, Xt.dtype), graphs=self._graphs(Xt.device),
         )
+
+    def _graphs(self, device: torch.device) -> bool:
+        return bool(self.cuda_graphs) and device.type == "cuda"
 
     def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int,
                scaling: tuple[Tensor, Tensor] | None):

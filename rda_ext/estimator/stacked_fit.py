@@ -53,7 +53,7 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     batches = torch.Generator(device=device).manual_seed(batch_seeds[0])
     # The fits' own solvers only take proximal steps: no model, optimizer or batch order of their own.
     solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), None) for est in estimators]
-    stacked = StackedRDASolver(model, optim, solvers, inner_epochs=first.inner_epochs, batch_size=first.batch_size,
+    stacked = StackedRDASolver(model, optim, solvers, inner_epochs=solvers[0].inner_epochs, batch_size=first.batch_size,
                                generator=batches, amp=resolve_precision(first.precision, device, dtype))
     for est, (rows, solver, network) in zip(estimators, stacked.run(first.outer_iter, first.tol)):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]

@@ -1,7 +1,8 @@
 """The main job: the outlier experiment of Zhou & Paffenroth (KDD'17, section 5.3) on the embedded
-MNIST subset. The digit 4 is nominal, 5.2% of the rows are other digits; l21_rows RDA is compared
-with scikit-learn's IsolationForest and with a plain autoencoder of the same shape. Every detector
-gets the true outlier rate and no labels (RDA through ``contamination``)."""
+MNIST subset. The digit 4 is nominal, 5.2% of the rows are other digits; RDA with the estimator's
+defaults (l21_rows) is compared with scikit-learn's IsolationForest, with a plain autoencoder of the
+same shape and schedule, and with RDA in the paper's setting (784-400-200, 20 x 10 epochs). Every detector gets the true outlier rate and no labels (RDA through
+``contamination``), and nothing else is set."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.experiments.baselines import autoencoder_scores
 from rda_ext.experiments.metrics import detection_report
+from rda_ext.validation import resolve_inner_epochs
 
-NOMINAL, FRACTION, HIDDEN = 4, 0.052, (400, 200)
+NOMINAL, FRACTION = 4, 0.052
+# The network and schedule of the paper's experiment, shown beside the defaults: on this small set
+# a wide network trained for 2,000 steps does better, on Fashion-MNIST it does worse (RESULTS.md).
+PAPER_SETTING = dict(hidden=(400, 200), outer_iter=20, inner_epochs=10, batch_size=64)
 
 
-def run_demo(seed: int = 0, device: str = "auto", outer_iter: int = 20, inner_epochs: int = 10,
-             batch_size: int = 64, print_fn=print) -> dict:
+def run_demo(seed: int = 0, device: str = "auto", print_fn=print) -> dict:
     """Runs the three detectors and prints (through ``print_fn``) and returns their metrics."""
     try:
         from sklearn.ensemble import IsolationForest
@@ -38,11 +42,12 @@ def run_demo(seed: int = 0, device: str = "auto", outer_iter: int = 20, inner_ep
     results = {}
 
     t = time.perf_counter()
-    rda = RobustAutoencoder(
-        hidden=HIDDEN, penalty="l21_rows", contamination=FRACTION, outer_iter=outer_iter,
-        inner_epochs=inner_epochs, batch_size=batch_size, device=device, random_state=seed,
-    ).fit(X)
+    rda = RobustAutoencoder(contamination=FRACTION, device=device, random_state=seed).fit(X)
     results["RDA (l21_rows)"] = _timed(detection_report(is_out, rda.decision_scores_, rda.labels_), t)
+
+    t = time.perf_counter()
+    paper = RobustAutoencoder(contamination=FRACTION, device=device, random_state=seed, **PAPER_SETTING).fit(X)
+    results["RDA (paper setting)"] = _timed(detection_report(is_out, paper.decision_scores_, paper.labels_), t)
 
     t = time.perf_counter()
     forest = IsolationForest(n_estimators=100, contamination=FRACTION, random_state=seed).fit(X)
@@ -50,10 +55,15 @@ def run_demo(seed: int = 0, device: str = "auto", outer_iter: int = 20, inner_ep
     results["IsolationForest"] = _timed(detection_report(is_out, scores, forest.predict(X) == -1), t)
 
     t = time.perf_counter()
-    scores = autoencoder_scores(X, HIDDEN, outer_iter * inner_epochs, batch_size, device=device, seed=seed)
+    epochs = resolve_inner_epochs(rda.inner_epochs, len(X), rda.batch_size)
+    scores = autoencoder_scores(X, rda.hidden, rda.outer_iter * epochs, rda.batch_size, rda.lr, device=device, seed=seed)
     flagged = scores > np.quantile(scores, 1 - FRACTION)
     results["plain autoencoder"] = _timed(detection_report(is_out, scores, flagged), t)
 
+    print_fn(f"RDA and the plain autoencoder: {'-'.join(map(str, (X.shape[1], *rda.hidden)))}, "
+             f"{rda.outer_iter} outer iterations x {epochs} epochs, batch {rda.batch_size}")
+    print_fn(f"RDA (paper setting): {'-'.join(map(str, (X.shape[1], *PAPER_SETTING['hidden'])))}, "
+             f"{PAPER_SETTING['outer_iter']} x {PAPER_SETTING['inner_epochs']} epochs, batch {PAPER_SETTING['batch_size']}")
     print_fn(_table(results))
     total = time.perf_counter() - start
     print_fn(f"total {total:.1f} s on {rda.model_.enc_weight[0].device}, torch threads {torch.get_num_threads()}")

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from rda_ext import ops
-from rda_ext.solver.training import reconstruct_into, train_epochs
+from rda_ext.solver.training import GraphedStep, reconstruct_into, train_epochs
 
 HISTORY_KEYS = ("iteration", "lam", "train_loss", "recon_error", "objective", "c1", "c2", "n_nonzero", "seconds")
 
@@ -58,7 +58,9 @@ class RDASolver:
     ``lam`` fixes the threshold; with ``lam=None`` it is chosen at every iteration so that about
     ``contamination`` of the groups survive the shrinkage. With ``amp`` (torch.bfloat16) the
     autoencoder's forward and backward run under autocast; everything else stays in X's dtype.
-    Without a model (None), the solver is one fit of a ``StackedRDASolver``, which trains it."""
+    With ``graphs`` the training step of full batches is captured in a CUDA graph (X on a CUDA
+    device, a capturable optimizer: ``GraphedStep``). Without a model (None), the solver is one fit
+    of a ``StackedRDASolver``, which trains it."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class RDASolver:
         batch_size: int,
         generator: torch.Generator | None,
         amp: torch.dtype | None = None,
+        graphs: bool = False,
     ):
         self.model, self.optimizer = model, optimizer
         self.X, self.S, self.LS_prev = X, S, LS_prev
@@ -83,6 +86,7 @@ class RDASolver:
         self.lam, self.contamination = lam, contamination
         self.inner_epochs, self.batch_size, self.generator = inner_epochs, batch_size, generator
         self.amp = amp  # the autoencoder's autocast dtype (None: it computes in X's dtype)
+        self.graphed = GraphedStep(model, optimizer, X.new_empty(batch_size, X.shape[1]), amp) if graphs else None
         # The residual's group norms of the last proximal step (l2,1 penalties).
         self.norms: Tensor | None = None
         self.iterations = 0  # run by this solver
@@ -107,7 +111,8 @@ class RDASolver:
         self.iterations += 1
         torch.sub(self.X, self.S, out=self.L)
         train_loss = train_epochs(
-            self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator, amp=self.amp
+            self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator, amp=self.amp,
+            graphed=self.graphed,
         )
         recon_sq = reconstruct_into(self.model, self.L, out=self.L, amp=self.amp)
         return self.finish(train_loss, recon_sq, t0)
