@@ -133,3 +133,12 @@ def test_an_estimator_with_cuda_graphs_fits_as_without_and_warm_starts(gen):
     torch.testing.assert_close(torch.as_tensor(b.L_), torch.as_tensor(a.L_), rtol=1e-4, atol=1e-5)
     warm = copy.deepcopy(b).set_params(warm_start=True, cuda_graphs=False).fit(X)
     assert not warm._optim.param_groups[0]["capturable"]
+
+
+def test_a_graphed_step_refuses_a_target_or_a_loss(gen):
+    data = torch.rand(40, 5, dtype=torch.float64, generator=gen)
+    model, optim = network(1, 5)
+    graphed = GraphedStep(model, optim, data.new_empty(8, 5), capture=eager_capture([]))
+    for extra in (dict(target=data), dict(loss_fn=lambda batch: model(batch).sum())):
+        with pytest.raises(ValueError, match="no target or loss_fn"):
+            train_epochs(model, optim, data, 1, 8, torch.Generator().manual_seed(0), graphed=graphed, **extra)

@@ -240,7 +240,7 @@ class RobustAutoencoder(SklearnProtocol):
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
             inner_epochs=resolve_inner_epochs(self.inner_epochs, Xt.shape[0], self.batch_size),
             batch_size=self.batch_size, generator=batches,
-            amp=resolve_precision(self.precision, Xt.device, Xt.dtype), graphs=self._graphs(Xt.device),
+            amp=resolve_precision(self.precision, Xt.device, Xt.dtype), graphs=model is not None and self._graphs(Xt.device),
         )
 
     def _graphs(self, device: torch.device) -> bool:

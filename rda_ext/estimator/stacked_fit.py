@@ -28,7 +28,7 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     exactly the updates it would receive alone on those minibatches (to the rounding of the
     batched products), so an estimator sharing the first one's random_state ends where its own
     ``fit`` ends, early stopping at ``tol`` included. Returns the estimators, fitted. Each fit
-    starts afresh (``warm_start`` and ``verbose`` are not used) and keeps no optimizer state: a
+    starts afresh (``warm_start``, ``verbose`` and ``cuda_graphs`` are not used) and keeps no optimizer state: a
     later warm start of one begins a fresh optimizer, as after ``load``. A fit whose training
     diverges stops them all."""
     estimators = list(estimators)

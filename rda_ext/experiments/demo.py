@@ -1,8 +1,9 @@
 """The main job: the outlier experiment of Zhou & Paffenroth (KDD'17, section 5.3) on the embedded
 MNIST subset. The digit 4 is nominal, 5.2% of the rows are other digits; RDA with the estimator's
 defaults (l21_rows) is compared with scikit-learn's IsolationForest, with a plain autoencoder of the
-same shape and schedule, and with RDA in the paper's setting (784-400-200, 20 x 10 epochs). Every detector gets the true outlier rate and no labels (RDA through
-``contamination``), and nothing else is set."""
+same shape and schedule, and with RDA in the paper's setting (784-400-200, 20 x 10 epochs). Every
+detector gets the true outlier rate and no labels (RDA through ``contamination``), and nothing else
+is set."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ PAPER_SETTING = dict(hidden=(400, 200), outer_iter=20, inner_epochs=10, batch_si
 
 
 def run_demo(seed: int = 0, device: str = "auto", print_fn=print) -> dict:
-    """Runs the three detectors and prints (through ``print_fn``) and returns their metrics."""
+    """Runs the four detectors and prints (through ``print_fn``) and returns their metrics."""
     try:
         from sklearn.ensemble import IsolationForest
     except ImportError:
@@ -56,14 +57,16 @@ def run_demo(seed: int = 0, device: str = "auto", print_fn=print) -> dict:
 
     t = time.perf_counter()
     epochs = resolve_inner_epochs(rda.inner_epochs, len(X), rda.batch_size)
-    scores = autoencoder_scores(X, rda.hidden, rda.outer_iter * epochs, rda.batch_size, rda.lr, device=device, seed=seed)
+    scores = autoencoder_scores(X, rda.hidden, rda.outer_iter * epochs, rda.batch_size, rda.lr, device=device,
+                                seed=seed)
     flagged = scores > np.quantile(scores, 1 - FRACTION)
     results["plain autoencoder"] = _timed(detection_report(is_out, scores, flagged), t)
 
     print_fn(f"RDA and the plain autoencoder: {'-'.join(map(str, (X.shape[1], *rda.hidden)))}, "
              f"{rda.outer_iter} outer iterations x {epochs} epochs, batch {rda.batch_size}")
     print_fn(f"RDA (paper setting): {'-'.join(map(str, (X.shape[1], *PAPER_SETTING['hidden'])))}, "
-             f"{PAPER_SETTING['outer_iter']} x {PAPER_SETTING['inner_epochs']} epochs, batch {PAPER_SETTING['batch_size']}")
+             f"{PAPER_SETTING['outer_iter']} x {PAPER_SETTING['inner_epochs']} epochs, "
+             f"batch {PAPER_SETTING['batch_size']}")
     print_fn(_table(results))
     total = time.perf_counter() - start
     print_fn(f"total {total:.1f} s on {rda.model_.enc_weight[0].device}, torch threads {torch.get_num_threads()}")

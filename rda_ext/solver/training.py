@@ -130,6 +130,8 @@ def train_epochs(
     formed in float32 either way, and the backward follows the forward's dtypes. ``graphed``: the
     full batches of an autoencoder (no ``target``, no ``loss_fn``) go through this captured step
     (its batch size is ``batch_size``)."""
+    if graphed is not None and (target is not None or loss_fn is not None):
+        raise ValueError("a graphed step trains an autoencoder's own loss: no target or loss_fn with it")
     n = data.shape[0]
     starts = range(0, n, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=data.device)
