@@ -55,7 +55,7 @@ def main() -> None:
     warm = lambda_path(X, lams, **params)
     t_warm = time.perf_counter() - t
 
-    steps = args.outer_iter * args.inner_epochs * -(-X.shape[0] // 64)
+    steps = args.outer_iter * args.inner_epochs * -(-X.shape[0] // params["batch_size"])
     rows = []
     for alone, par, w in zip(separate, parallel, warm):
         a, p = alone.labels_.astype(bool), par["labels"].astype(bool)

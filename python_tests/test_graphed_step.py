@@ -23,16 +23,23 @@ from rda_ext.solver.training import GraphedStep, make_optimizer, train_epochs
 
 
 def eager_capture(calls: list):
-    """A stand-in for capture_cuda_graph that replays by running the step."""
+    """A stand-in for capture_cuda_graph that replays by running the step. A graph writes the
+    gradients into the tensors it captured: every replay checks that they are still the ones the
+    first replay made (an eager step between replays must zero them in place, not replace them)."""
 
     def capture(step):
         calls.append("capture")
         model = step.__self__.model
+        captured = []
 
         def replay():
             calls.append("replay")
+            if captured:
+                assert all(p.grad is g for p, g in zip(model.parameters(), captured))
             model.zero_grad(set_to_none=False)
-            return step()
+            loss = step()
+            captured[:] = captured or [p.grad for p in model.parameters()]
+            return loss
 
         return replay
 

@@ -47,6 +47,14 @@ def test_the_results_page_shows_the_tables_of_the_committed_full_runs():
     assert not missing, missing
 
 
+def test_the_results_page_shows_the_sweep_tables_of_the_committed_runs():
+    page = (QUALITY.parent / "RESULTS.md").read_text()
+    rows = tables(RESULTS / "sweep-amd-epyc-2t.json", RESULTS / "sweep-extra-amd-epyc-2t.json")
+    assert sum(row.startswith("| IsolationForest |") for row in rows) == 3  # two data sets, then the extra run
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+
+
 def test_tables_read_every_committed_result():
     files = [f for name in ("outliers", "denoising", "stuck-pixels", "convergence")
              for f in sorted(RESULTS.glob(f"{name}-*.json"))]

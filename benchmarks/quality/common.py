@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,7 +20,13 @@ from rda_ext.validation import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
-__all__ = ["parser", "plt", "report_path", "save_figure", "save_json"]
+__all__ = ["mean_sd", "parser", "plt", "report_path", "save_figure", "save_json"]
+
+
+def mean_sd(values) -> dict:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return dict(mean=float(v.mean()), sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0)
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

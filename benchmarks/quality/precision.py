@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import parser, report_path, save_json
+from common import mean_sd, parser, report_path, save_json
 from denoising import HIDDEN as DENOISING_HIDDEN
 from denoising import forest_error
 from outliers import EPOCHS_SMALL
@@ -49,11 +49,7 @@ def denoising_cell(X, y, k, seed, precision, device) -> dict:
 
 def spread(cells, key) -> dict:
     """Mean and sample standard deviation (ddof=1; 0 for one seed) over seeds, per precision."""
-    out = {}
-    for p in PRECISIONS:
-        v = [c[key] for c in cells if c["precision"] == p]
-        out[p] = dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
-    return out
+    return {p: mean_sd([c[key] for c in cells if c["precision"] == p]) for p in PRECISIONS}
 
 
 def main() -> None:

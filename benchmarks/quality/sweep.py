@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import parser, plt, report_path, save_figure, save_json
+from common import mean_sd, parser, plt, report_path, save_figure, save_json
 from sklearn.ensemble import IsolationForest
 
 from rda_ext import RobustAutoencoder
@@ -162,11 +162,6 @@ def ensemble(keys, members, work: Path) -> list[dict]:
         s = np.mean([robust_z(r["RDA"]) for r in runs], axis=0)
         out.append(metrics(is_out, s, top_rate(s, float(is_out.mean()))))
     return out
-
-
-def mean_sd(values) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    return dict(mean=float(v.mean()), sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0)
 
 
 def summarise(done, names, grid, args) -> dict:

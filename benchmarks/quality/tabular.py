@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-from common import parser, report_path, save_json
+from common import mean_sd, parser, report_path, save_json
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.ensemble import IsolationForest
 
@@ -48,8 +47,7 @@ def run_one(X, is_out, seed, device) -> dict:
 
 
 def summary(runs: list[dict]) -> dict:
-    return {m: {k: dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
-                for k, v in ((k, [r[m][k] for r in runs]) for k in ("f1", "auroc", "seconds"))} for m in METHODS}
+    return {m: {k: mean_sd([r[m][k] for r in runs]) for k in ("f1", "auroc", "seconds")} for m in METHODS}
 
 
 def main() -> None:

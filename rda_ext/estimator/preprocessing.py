@@ -17,13 +17,14 @@ def in_unit_interval(X: Tensor) -> bool:
     return bool(lo >= 0) and bool(hi <= 1)
 
 
-def scaling_for(name: str, X: Tensor) -> tuple[Tensor, Tensor] | None:
+def scaling_for(name: str, X: Tensor, inside: bool | None = None) -> tuple[Tensor, Tensor] | None:
     """The (center, scale) per column (float64) of preprocessing ``name`` on X; None for "none".
     "auto" is "minmax" when X has values outside [0, 1], else "none": on the tables of
     benchmarks/quality/tabular.py the range kept the detection of the defaults (a sigmoid output
-    on [0, 1]) where a standardisation lost much of it."""
+    on [0, 1]) where a standardisation lost much of it. ``inside``: whether X lies in [0, 1],
+    where the caller knows it already (None: measured here)."""
     if name == "auto":
-        name = "none" if in_unit_interval(X) else "minmax"
+        name = "none" if (in_unit_interval(X) if inside is None else inside) else "minmax"
     if name == "none":
         return None
     if name == "minmax":
@@ -70,8 +71,9 @@ def unscale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool 
     return X * s + c if center else X * s
 
 
-def resolve_output_activation(name: str, X: Tensor) -> str:
-    """"auto": "sigmoid" when the network's input X lies in [0, 1], else "linear"."""
+def resolve_output_activation(name: str, X: Tensor, inside: bool | None = None) -> str:
+    """"auto": "sigmoid" when the network's input X lies in [0, 1] (``inside``, where the caller
+    knows it already), else "linear"."""
     if name == "auto":
-        return "sigmoid" if in_unit_interval(X) else "linear"
+        return "sigmoid" if (in_unit_interval(X) if inside is None else inside) else "linear"
     return name

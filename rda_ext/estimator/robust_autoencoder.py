@@ -13,7 +13,13 @@ from tqdm.auto import tqdm
 
 from rda_ext import ops
 from rda_ext.estimator.persistence import load_model, save_model
-from rda_ext.estimator.preprocessing import resolve_output_activation, scale_rows, scaling_for, unscale_rows
+from rda_ext.estimator.preprocessing import (
+    in_unit_interval,
+    resolve_output_activation,
+    scale_rows,
+    scaling_for,
+    unscale_rows,
+)
 from rda_ext.estimator.sklearn_protocol import SklearnProtocol
 from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
@@ -164,7 +170,8 @@ class RobustAutoencoder(SklearnProtocol):
         if warm:  # the network continues in the input space it was trained in
             scaling = self._scaling_on(device)
             Xt = scale_rows(X_in, scaling)
-        warn_if_outside_output_range(Xt, output_activation)
+        if warm or self.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
+            warn_if_outside_output_range(Xt, output_activation)
         # Nothing of the fitted state changes before the fit succeeds: a fit that raises (bad
         # numbers, a diverged loss, an interrupt) leaves the previous fit whole, or none.
         if warm:
@@ -214,9 +221,11 @@ class RobustAutoencoder(SklearnProtocol):
     def _network_input(self, X: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str]:
         """What a fresh fit's network sees of X (scaled or not), the (center, scale) of the scaling
         (None without), and the output activation that suits it."""
-        scaling = scaling_for(self.preprocessing, X)
+        # One pass over X decides both "auto"s while X is not scaled.
+        inside = in_unit_interval(X) if "auto" in (self.preprocessing, self.output_activation) else None
+        scaling = scaling_for(self.preprocessing, X, inside)
         Xs = scale_rows(X, scaling)
-        return Xs, scaling, resolve_output_activation(self.output_activation, Xs)
+        return Xs, scaling, resolve_output_activation(self.output_activation, Xs, inside if scaling is None else None)
 
     def _scaling_on(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
         if self.center_ is None:
@@ -240,7 +249,8 @@ class RobustAutoencoder(SklearnProtocol):
             lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
             inner_epochs=resolve_inner_epochs(self.inner_epochs, Xt.shape[0], self.batch_size),
             batch_size=self.batch_size, generator=batches,
-            amp=resolve_precision(self.precision, Xt.device, Xt.dtype), graphs=model is not None and self._graphs(Xt.device),
+            amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
+            graphs=model is not None and self._graphs(Xt.device),  # a stacked fit's solvers do not train
         )
 
     def _graphs(self, device: torch.device) -> bool:

@@ -46,7 +46,8 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     device, dtype = resolve_device(first.device), resolve_dtype(first.dtype)
     # The shared parameters decide the standardisation and the output activation alike for all.
     Xt, scaling, output_activation = first._network_input(as_matrix(X, "X", device, dtype))
-    warn_if_outside_output_range(Xt, output_activation)
+    if first.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
+        warn_if_outside_output_range(Xt, output_activation)
     nets, batch_seeds = zip(*(est._new_network(Xt.shape[1], device, dtype, output_activation) for est in estimators))
     model = StackedAutoencoder(list(nets))
     optim = make_optimizer(model, first.optimizer, float(first.lr))
