@@ -64,9 +64,11 @@ C10_HOST_DEVICE inline ScaledSumsq combine(ScaledSumsq a, ScaledSumsq b) {
   return {a.m, a.ssq + b.ssq * r * r};
 }
 
+C10_HOST_DEVICE inline double scaled_norm(ScaledSumsq a) { return a.m * sqrt(a.ssq); }
+
 // ||a|| / ||b|| from their sums of squares; where ||b|| = 0, ||a||.
 C10_HOST_DEVICE inline double norm_ratio(ScaledSumsq a, ScaledSumsq b) {
-  if (b.m == 0) return a.m * sqrt(a.ssq);
+  if (b.m == 0) return scaled_norm(a);
   return (a.m / b.m) * sqrt(a.ssq / b.ssq);
 }
 

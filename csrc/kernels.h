@@ -43,10 +43,12 @@ struct GroupNormsArgs : GroupArgs {
 
 // out (2 float64) = ||X - L - S||, ||P - L - S|| over ||X|| (over 1 where ||X|| = 0), with all
 // four operands laid out identically in memory. With update set, P = L + S is written in the same
-// pass, after each element of P has been read.
+// pass, after each element of P has been read. With norms set, out (3 float64) holds the norms
+// themselves, ||X||, ||X - L - S|| and ||P - L - S||: what a row-sharded fit combines over ranks.
 struct ConvergenceArgs {
   at::TensorBase X, L, S, P, out;
   bool update = false;
+  bool norms = false;
 };
 
 struct Kernels {

@@ -16,8 +16,8 @@ TORCH_LIBRARY(rda_ext, m) {
   m.def("shrink_residual(Tensor X, Tensor L, float lam, str penalty, Tensor? norms=None) -> Tensor");
   m.def("shrink_residual_out(Tensor X, Tensor L, float lam, str penalty, Tensor(a!) out, Tensor? norms=None) -> ()");
   m.def("group_norms(Tensor x, int dim, Tensor? minus=None) -> Tensor");
-  m.def("convergence(Tensor X, Tensor L, Tensor S, Tensor LS_prev) -> Tensor");
-  m.def("convergence_step(Tensor X, Tensor L, Tensor S, Tensor(a!) LS_prev) -> Tensor");
+  m.def("convergence(Tensor X, Tensor L, Tensor S, Tensor LS_prev, bool norms=False) -> Tensor");
+  m.def("convergence_step(Tensor X, Tensor L, Tensor S, Tensor(a!) LS_prev, bool norms=False) -> Tensor");
 }
 
 // The front ends are device-agnostic (they call kernels_for(tensor)), so both keys register them.

@@ -1,5 +1,5 @@
-"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step, trainer and
-lambda-path benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
+"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step, trainer,
+lambda-path and distributed benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
 
 import gzip
 import json
@@ -73,6 +73,23 @@ def test_path_benchmark_compares_the_parallel_path_with_separate_fits(tmp_path):
     for r in result["per_lam"]:
         # A parallel fit is its separate fit (same seed, to rounding): the same rows flagged.
         assert r["flagged_parallel"] == r["flagged_separate"] and r["overlap"] == 1.0
+
+
+def test_distributed_benchmark_times_one_and_two_processes_and_counts_the_bytes(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_distributed.py"), "--rows", "300", "--outer-iter",
+                          "2", "--penalties", "l21_cols", "--out", str(tmp_path / "d.json")],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "d.json").read_text())
+    (r,) = result["results"]
+    one, two = r["single"], r["distributed"]
+    assert (one["processes"], one["rows"], two["processes"], two["rows"]) == (1, 300, 2, 600)
+    assert r["weak_scaling_efficiency"] == pytest.approx(one["seconds_per_iteration"] / two["seconds_per_iteration"])
+    # 784-128-32 with tied weights: 105,520 float32 gradients per step; a ring sends 2 (P - 1) / P of them.
+    assert two["gradient_bytes_per_step"] == 4 * 105_520 and two["gradient_bytes_sent_per_step"] == 4 * 105_520
+    assert one["gradient_bytes_per_step"] == 0
+    # l21_cols exchanges its column norms every iteration: at least 2 x 784 float64 per rank.
+    assert two["solver_collective_bytes_per_iteration"] >= 2 * 784 * 8
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or shutil.which("nvidia-smi"), reason="a GPU machine runs it for real")

@@ -167,8 +167,8 @@ def test_demo_runs_the_paper_experiment(tmp_path):
 
 
 def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
-    """Every parameter but warm_start is an option of fit, with the estimator's own default, and
-    the options reach the estimator unchanged."""
+    """Every parameter but warm_start and distributed (torchrun decides it) is an option of fit,
+    with the estimator's own default, and the options reach the estimator unchanged."""
     from rda_ext import cli
 
     seen = {}
@@ -176,13 +176,14 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
     np.save(tmp_path / "X.npy", np.random.rand(5, 3))
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz")])
-    assert seen == {**RobustAutoencoder().get_params(), "warm_start": False}
+    assert seen == {**RobustAutoencoder().get_params(), "warm_start": False, "distributed": "auto"}
 
     args = ["--hidden", "7,3", "--penalty", "l1", "--lam", "0.25", "--outer-iter", "4", "--inner-epochs", "0",
             "--batch-size", "9", "--lr", "0.5", "--optimizer", "sgd", "--activation", "relu",
             "--output-activation", "linear", "--no-tied-weights", "--preprocessing", "standardize", "--tol", "0.125",
             "--device", "cpu",
-            "--dtype", "float64", "--precision", "auto", "--cuda-graphs", "--seed", "11", "-v"]
+            "--dtype", "float64", "--precision", "auto", "--cuda-graphs", "--seed", "11", "-v",
+            "--checkpoint", str(tmp_path / "ck")]
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
     assert seen == dict(
@@ -190,7 +191,7 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
         lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False,
         preprocessing="standardize", tol=0.125,
         warm_start=False, device="cpu", dtype="float64", precision="auto", cuda_graphs=True, random_state=11,
-        verbose=True,
+        verbose=True, distributed="auto", checkpoint=str(tmp_path / "ck"),
     )
 
 

@@ -566,6 +566,7 @@ def test_any_value_replaced_by_junk(model_file, data):
         ("params", "verbose"), ("params", "warm_start"), ("params", "tied_weights"), ("params", "cuda_graphs"),
         ("params", "lam"),
         ("params", "random_state"), ("params", "dtype"), ("params", "tol"), ("params", "lr"),
+        ("params", "distributed"), ("params", "checkpoint"),
         ("fitted", "history_"), ("fitted", "lam_"), ("fitted", "threshold_"),
     } or (original is None and junk is None), (where, junk)
     back.decision_function(X)

@@ -89,6 +89,8 @@ def cases(device, gen):
         ("convergence_T", rda_ext.convergence, [xt, L, S.t().contiguous().t(), P], reference.convergence),
         ("convergence_3d", rda_ext.convergence, [_randn(gen, 2, 3, 4, device=device) for _ in range(4)],
          reference.convergence),
+        ("convergence_norms", lambda X, L, S, P: rda_ext.convergence(X, L, S, P, norms=True), [X, L, S, P],
+         lambda X, L, S, P: reference.convergence(X, L, S, P, True)),
         # X = 0: c1, c2 are the plain norms; X itself is not differentiable there (kink), the others are.
         ("convergence_X0", lambda L, S, P, X=torch.zeros_like(X): rda_ext.convergence(X, L, S, P), [L, S, P],
          lambda L, S, P, X=torch.zeros_like(X): reference.convergence(X, L, S, P)),
@@ -207,6 +209,7 @@ def test_opcheck_with_requires_grad(device):
         (ops.group_norms.default, (T, 0, L)),
         (ops.group_norms.default, (X, -1, T)),
         (ops.convergence.default, (X, L, S, P)),
+        (ops.convergence.default, (X, L, S, P, True)),
     ]
     for op, args in samples:
         args = tuple(_leaf(a) if isinstance(a, torch.Tensor) else a for a in args)
@@ -230,6 +233,8 @@ def _out_calls(device):
         ("shrink_residual_l1", lambda X, L, o: rda_ext.shrink_residual(X, L, 1.0, "l1", out=o), [X, L, out], 2),
         ("convergence_step", rda_ext.convergence_step, [X, L, S, P], 3),
         ("convergence_step_op", ops.convergence_step, [X, L, S, P], 3),
+        ("convergence_step_norms", lambda X, L, S, P: rda_ext.convergence_step(X, L, S, P, norms=True),
+         [X, L, S, P], 3),
     ]
 
 

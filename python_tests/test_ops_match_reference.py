@@ -67,12 +67,13 @@ def test_shrink_residual(device, dtype, shape, penalty, layouts, gen):
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (33, 7), (2, 3, 5), (3000, 1000)])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
-def test_convergence(device, dtype, shape, layout, gen):
+@pytest.mark.parametrize("norms", [False, True])
+def test_convergence(device, dtype, shape, layout, norms, gen):
     X, L, S, P = (rand(shape, dtype, device, gen, layout, scale=s) for s in (1.0, 0.9, 0.1, 1.0))
-    out = rda_ext.convergence(X, L, S, P)
-    assert out.dtype == torch.float64 and out.device == X.device
+    out = rda_ext.convergence(X, L, S, P, norms=norms)
+    assert out.dtype == torch.float64 and out.device == X.device and out.shape == (3 if norms else 2,)
     # float64 sums in any order agree to ~1e-14; the inputs are exact in float64.
-    torch.testing.assert_close(out.cpu(), reference.convergence(X, L, S, P).cpu(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.cpu(), reference.convergence(X, L, S, P, norms).cpu(), rtol=1e-12, atol=0)
 
 
 # ---- group_norms(minus=), shrink_residual(norms=), convergence_step, the penalty table -------------
@@ -150,13 +151,14 @@ def test_shrink_residual_with_given_norms(device, dtype, shape, penalty, layouts
 @pytest.mark.parametrize("layouts", [("contiguous",) * 4, ("transposed",) * 4, ("sliced",) * 4,
                                      ("contiguous", "contiguous", "contiguous", "transposed"),
                                      ("transposed", "contiguous", "sliced", "padded")])
-def test_convergence_step(device, dtype, shape, layouts, gen):
+@pytest.mark.parametrize("norms", [False, True])
+def test_convergence_step(device, dtype, shape, layouts, norms, gen):
     X, L, S, P = (rand(shape, dtype, device, gen, layout, scale=s)
                   for layout, s in zip(layouts, (1.0, 0.9, 0.1, 1.0)))
     X_before, L_before, S_before, P_before = (t.clone() for t in (X, L, S, P))
-    expected_c, expected_next = reference.convergence_step(X, L, S, P)
-    c = rda_ext.ops.convergence_step(X, L, S, P)
-    assert c.dtype == torch.float64 and c.shape == (2,) and c.device == X.device
+    expected_c, expected_next = reference.convergence_step(X, L, S, P, norms)
+    c = rda_ext.ops.convergence_step(X, L, S, P, norms=norms)
+    assert c.dtype == torch.float64 and c.shape == (3 if norms else 2,) and c.device == X.device
     torch.testing.assert_close(c.cpu(), expected_c.cpu(), rtol=1e-12, atol=0)
     # c2 was measured against the old LS_prev, which now holds L + S (added as the reference adds).
     assert not torch.equal(P, P_before)

@@ -28,6 +28,7 @@ def samples(device):
         (ops.group_norms.default, (X, 1)),
         (ops.group_norms.default, (T, 0)),
         (ops.convergence.default, (X, L, S, P)),
+        (ops.convergence.default, (X, L, S, P, True)),
         # minus, norms and LS_prev present and absent, in X's layout and in others.
         (ops.group_norms.default, (X, 1, L)),
         (ops.group_norms.default, (T, 0, L)),
@@ -45,6 +46,7 @@ def samples(device):
         (ops.convergence_step.default, (X, L, S, P.clone())),
         (ops.convergence_step.default, (X, L, S, T.clone())),
         (ops.convergence_step.default, (T, L, S, P.clone())),
+        (ops.convergence_step.default, (X, L, S, P.clone(), True)),
     ]
 
 

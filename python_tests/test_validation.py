@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ GOOD = [
     dict(random_state=np.random.default_rng(0)), dict(device="cpu"), dict(device="auto"), dict(dtype="float64"),
     dict(dtype=torch.float64), dict(dtype="float32"), dict(penalty="l1"), dict(penalty="l21_cols"),
     dict(optimizer="sgd"), dict(activation="relu"), dict(output_activation="linear"),
+    dict(distributed=True), dict(distributed=False), dict(checkpoint="ck"), dict(checkpoint=Path("ck")),
 ]
 
 
@@ -73,6 +75,8 @@ BAD = [
     ("random_state", 2**64, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
     ("random_state", 1.0, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
     ("random_state", True, "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator"),
+    ("distributed", 1, '"auto", True or False'), ("distributed", "yes", '"auto", True or False'),
+    ("checkpoint", 3, "None or a directory path"), ("checkpoint", True, "None or a directory path"),
 ]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rda_ext import __version__, build_info
+from rda_ext.data import result_folder
 from rda_ext.data.files import (
     atomic_write,
     atomic_write_all,
@@ -31,6 +32,7 @@ from rda_ext.data.files import (
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.estimator.persistence import model_writer
 from rda_ext.solver import HISTORY_KEYS
+from rda_ext.solver.collectives import RowGroup, agreed
 from rda_ext.validation import CHOICES, DTYPES
 
 EXIT_USAGE = 2
@@ -52,7 +54,24 @@ class Terminated(BaseException):
     (a BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it)."""
 
 
+# Set once this process has joined a torchrun job's process group.
+_torchrun_worker = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if _torchrun_worker:
+        # A rank's outputs are written and its group destroyed: it leaves without the interpreter's
+        # finalisation, during which gloo's threads may still release tensors and abort a rank that
+        # has finished (SIGABRT, "terminate called without an active exception", seen here about
+        # once in ten jobs).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _build_parser()
     restore = _handle_signals()
     try:
@@ -138,7 +157,10 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("input", help="data matrix: .npy, .npz (see --key) or .csv; rows = instances")
     fit.add_argument("--key", help="the array to use in an .npz holding several")
     _add_header_option(fit)
-    fit.add_argument("--out", required=True, help="result .npz: L, S, scores, labels, lam, threshold, history")
+    fit.add_argument("--out", required=True,
+                     help="result .npz: L, S, scores, labels, lam, threshold, history; or a folder (a path ending in "
+                          "/): L.npy, S.npy, scores.npy, labels.npy and result.json, which the ranks of a torchrun "
+                          "job write their rows into")
     fit.add_argument("--model", help="also save the fitted model here (for rda-ext score)")
     _add_estimator_options(fit)
     fit.set_defaults(run=_fit)
@@ -175,7 +197,8 @@ def _read_input(args) -> tuple[np.ndarray, str]:
 # The fit options are the estimator's parameters: names, defaults and help come from
 # RobustAutoencoder itself (its signature and docstring), choices from the checks of validation.
 # Here only what is particular to the command line.
-_NOT_OPTIONS = ("warm_start",)  # each rda-ext fit starts afresh
+# Each rda-ext fit starts afresh; it is distributed when torchrun launched it.
+_NOT_OPTIONS = ("warm_start", "distributed")
 _OPTION_FLAGS = {"random_state": ("--seed",), "verbose": ("-v", "--verbose")}
 def _inner_epochs(text: str) -> str | int:
     if text == "auto":
@@ -186,7 +209,7 @@ def _inner_epochs(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f'expected "auto" or a number of epochs, got {text!r}') from None
 
 
-_VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str,  # default None tells no type
+_VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str, "checkpoint": str,  # default None tells no type
                 "inner_epochs": _inner_epochs}
 _OPTION_CHOICES = {**CHOICES, "dtype": tuple(DTYPES)}
 _EITHER = ("lam", "contamination")  # lam fixes the threshold that contamination would choose
@@ -247,35 +270,151 @@ def _demo(args) -> int:
 
 
 def _fit(args) -> int:
-    if args.model and os.path.abspath(args.model) == os.path.abspath(args.out):
-        raise ValueError(f"--out and --model are the same file ({args.out}): the model would replace the result")
-    for path in filter(None, (args.out, args.model)):
-        check_writable(path)
-    X, source = _read_input(args)
+    global _torchrun_worker
+    ranks = _join_torchrun(args)
+    if ranks is None:
+        return _fit_rows(args, None)
+    _torchrun_worker = True
+    try:
+        code = _fit_rows(args, ranks)
+        torch.distributed.barrier()  # no rank closes its connections while another still reads from them
+        return code
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _join_torchrun(args) -> RowGroup | None:
+    """Under torchrun (its WORLD_SIZE in the environment) the process group of the job: NCCL on
+    GPUs (each rank on the GPU of its LOCAL_RANK), gloo on CPUs. None for a plain run."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    if args.device.startswith("cuda:"):
+        raise ValueError(f"--device {args.device}: under torchrun each rank takes the GPU of its LOCAL_RANK; "
+                         'use --device cuda (or "auto")')
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    store, rank, world = next(torch.distributed.rendezvous("env://"))
+    # torchrun keeps its store across restarts (--max-restarts): the keys of each attempt apart,
+    # or the new ranks would find the dead ones' addresses there.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = torch.distributed.PrefixStore(f"rda_ext/attempt-{attempt}/", store)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world)
+    return RowGroup()
+
+
+def _fit_rows(args, ranks: RowGroup | None) -> int:
+    folder = result_folder.is_folder_target(args.out)
+    if ranks is not None:  # rank 0 decides for all: the collectives that follow depend on it
+        folder = bool(ranks.broadcast_int(int(folder)))
+
+    def prepare():
+        if args.model and os.path.abspath(args.model) == os.path.abspath(args.out):
+            raise ValueError(f"--out and --model are the same file ({args.out}): the model would replace the result")
+        if folder:
+            result_folder.check_folder_target(args.out)
+        else:
+            check_writable(args.out)
+        if args.model:
+            check_writable(args.model)
+        X, header = read_matrix(args.input, args.key, header=args.header, return_header=True,
+                                shard=None if ranks is None else (ranks.rank, ranks.size))
+        return X, f"read from {args.input}" + ("" if header is None else f" (header: {'yes' if header else 'no'})")
+
+    X, source = agreed(ranks, prepare)
     est = RobustAutoencoder(**{p.name: getattr(args, p.name) for p in _estimator_parameters()})
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         # Python's own default: an import cut short by Ctrl-C leaves a file for the collector to close.
         warnings.simplefilter("ignore", ResourceWarning)
-        warnings.showwarning = _warning_line
+        warnings.showwarning = _warning_line if ranks is None or ranks.rank == 0 else _no_warning
         est.fit(X)
     history = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_], dtype=np.float64)
-    result = npz_writer(
-        L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_,
-        lam=np.float64(est.lam_), threshold=np.float64(est.threshold_), history=history,
-        history_columns=np.array(HISTORY_KEYS),
-    )
-    # The result and the model are written together, all or none.
-    outputs = [(args.out, result)] + ([(args.model, model_writer(est, data=False))] if args.model else [])
-    atomic_write_all(outputs)
-    h = est.history_[-1]
-    print(
-        f"{len(X)} rows x {X.shape[1]} features {source}, {est.n_iter_} outer iterations, lam {est.lam_:.6g}: "
-        f"{int(est.labels_.sum())} rows flagged, {h['n_nonzero']} non-zero groups in S "
-        f"(c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
-    )
+    n = len(X) if ranks is None else ranks.count(len(X))
+    if folder:
+        _write_folder(args, est, history, ranks)
+        flagged = int(est.labels_.sum()) if ranks is None else ranks.count(int(est.labels_.sum()))
+    else:
+        rows = _gather_rows(est, ranks, ("L", "S", "scores", "labels"))
+        flagged = int(rows["labels"].sum()) if rows is not None else 0
+
+        def write():
+            if rows is None:  # ranks other than 0
+                return
+            result = npz_writer(
+                **rows, lam=np.float64(est.lam_), threshold=np.float64(est.threshold_), history=history,
+                history_columns=np.array(HISTORY_KEYS),
+            )
+            # The result and the model are written together, all or none.
+            outputs = [(args.out, result)] + ([(args.model, _model_of_all_rows(est, rows))] if args.model else [])
+            atomic_write_all(outputs)
+
+        agreed(ranks, write)
+    if ranks is None or ranks.rank == 0:
+        h = est.history_[-1]
+        print(
+            f"{n} rows x {X.shape[1]} features {source}"
+            + (f" on {ranks.size} ranks ({ranks.backend})" if ranks else "")
+            + f", {est.n_iter_} outer iterations, lam {est.lam_:.6g}: {flagged} rows flagged, {h['n_nonzero']} "
+            f"non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
+        )
     return 0
 
+
+def _gather_rows(est, ranks: RowGroup | None, keys: tuple[str, ...]) -> dict | None:
+    """``keys`` of L, S, scores and labels for all rows: on rank 0 (gathered), None on the others."""
+    mine = {k: v for k, v in _fitted_rows(est).items() if k in keys}
+    if ranks is None:
+        return mine
+    parts = [None] * ranks.size if ranks.rank == 0 else None
+    torch.distributed.gather_object(mine, parts, dst=0, group=ranks.group)
+    if parts is None:
+        return None
+    return {k: np.concatenate([p[k] for p in parts]) for k in mine}
+
+
+def _model_of_all_rows(est, rows: dict):
+    """The model file of a single-process fit: the training scores and labels of all rows."""
+    own = est.decision_scores_, est.labels_
+    est.decision_scores_, est.labels_ = rows["scores"], rows["labels"]
+    try:
+        return model_writer(est, data=False)
+    finally:
+        est.decision_scores_, est.labels_ = own
+
+
+def _write_folder(args, est, history: np.ndarray, ranks: RowGroup | None) -> None:
+    """--out DIR/: each rank writes its rows into the folder's memory-mapped arrays; rank 0 puts
+    the folder in place once all have."""
+    mine = _fitted_rows(est)
+    counts = [len(est.L_)] if ranks is None else ranks.rows_per_rank(len(est.L_))
+    rank = 0 if ranks is None else ranks.rank
+    shapes = {k: ((sum(counts), *v.shape[1:]), v.dtype) for k, v in mine.items()}
+    agreed(ranks, lambda: result_folder.create(args.out, shapes) if rank == 0 else None)
+    agreed(ranks, lambda: result_folder.write_rows(args.out, sum(counts[:rank]), mine))
+    meta = dict(lam=est.lam_, threshold=est.threshold_, history_columns=list(HISTORY_KEYS),
+                history=history.tolist(), rows=sum(counts), world_size=len(counts),
+                backend=None if ranks is None else ranks.backend)
+
+    rows = _gather_rows(est, ranks, ("scores", "labels")) if args.model else None
+
+    def finish():
+        if rank == 0:
+            if args.model:
+                atomic_write(args.model, _model_of_all_rows(est, rows))
+            result_folder.finish(args.out, meta)
+
+    agreed(ranks, finish)
+
+
+def _fitted_rows(est) -> dict:
+    return dict(L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_)
+
+
+def _no_warning(*args, **kwargs):
+    """Ranks other than 0 keep quiet: rank 0 says it once for the job."""
 
 def _score(args) -> int:
     check_writable(args.out)

@@ -69,20 +69,22 @@ def group_norms(x: Tensor, dim: int, *, minus: Tensor | None = None) -> Tensor:
     return _ops.group_norms(x, _dim(dim), minus)
 
 
-def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
+def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, *, norms: bool = False) -> Tensor:
     """The RDA stopping numbers as a float64 tensor ``[c1, c2]`` on X's device:
     ``c1 = ||X - L - S||_F / ||X||_F`` and ``c2 = ||LS_prev - L - S||_F / ||X||_F``
-    (the plain norms where ``||X||_F = 0``)."""
-    return _ops.convergence(X, L, S, LS_prev)
+    (the plain norms where ``||X||_F = 0``). With ``norms=True``, the three norms themselves,
+    ``[||X||_F, ||X - L - S||_F, ||LS_prev - L - S||_F]``, which a fit whose rows are split over
+    processes combines over the ranks before dividing."""
+    return _ops.convergence(X, L, S, LS_prev, bool(norms))
 
 
-def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
-    """``convergence(X, L, S, LS_prev)``, then ``LS_prev`` holds ``L + S`` (for the next
-    iteration's c2), written in the same pass over the operands. ``LS_prev`` must share no memory
-    with ``X``, ``L`` or ``S``. Not differentiable: refuses tensors that require grad while grad mode
-    is on (use ``convergence`` and ``L + S``)."""
+def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, *, norms: bool = False) -> Tensor:
+    """``convergence(X, L, S, LS_prev, norms=norms)``, then ``LS_prev`` holds ``L + S`` (for the
+    next iteration's c2), written in the same pass over the operands. ``LS_prev`` must share no
+    memory with ``X``, ``L`` or ``S``. Not differentiable: refuses tensors that require grad while
+    grad mode is on (use ``convergence`` and ``L + S``)."""
     _refuse_grad("convergence_step", X, L, S, LS_prev)
-    return _ops.convergence_step(X, L, S, LS_prev)
+    return _ops.convergence_step(X, L, S, LS_prev, bool(norms))
 
 
 def _refuse_grad(name: str, *tensors: Tensor | None) -> None:
@@ -169,17 +171,17 @@ def _(x, dim, minus=None):
 
 
 @torch.library.register_fake("rda_ext::convergence")
-def _(X, L, S, LS_prev):
+def _(X, L, S, LS_prev, norms=False):
     for t, name in ((L, "L"), (S, "S"), (LS_prev, "LS_prev")):
         _check_like(t, name, X, "X")
-    return X.new_empty(2, dtype=torch.float64)
+    return X.new_empty(3 if norms else 2, dtype=torch.float64)
 
 
 @torch.library.register_fake("rda_ext::convergence_step")
-def _(X, L, S, LS_prev):
+def _(X, L, S, LS_prev, norms=False):
     for t, name in ((L, "L"), (S, "S"), (LS_prev, "LS_prev")):
         _check_like(t, name, X, "X")
-    return X.new_empty(2, dtype=torch.float64)
+    return X.new_empty(3 if norms else 2, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,28 +288,34 @@ def _group_norms_backward(ctx, grad):
 
 
 def _convergence_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:4])
+    ctx.norms = inputs[4]
 
 
 def _convergence_backward(ctx, grad):
     X, L, S, P = ctx.saved_tensors
     if X.numel() == 0:
-        return tuple(torch.zeros_like(t) for t in (X, L, S, P))
+        return *(torch.zeros_like(t) for t in (X, L, S, P)), None
     Xd, Ld, Sd, Pd = (t.double() for t in (X, L, S, P))
     g = grad.double()
-    g1, g2 = g[0], g[1]
     D1, D2 = Xd - Ld - Sd, Pd - Ld - Sd
 
     def norm(t):  # overflow- and underflow-safe, and differentiable
         return _ops.group_norms(t.reshape(1, -1), 1).reshape(())
 
     s, n1, n2 = norm(Xd), norm(D1), norm(D2)
-    ss = torch.where(s > 0, s, torch.ones_like(s))  # the plain norms where X is 0
-    e1, e2 = _unit(D1, n1) / ss, _unit(D2, n2) / ss
-    c1, c2 = n1 / ss, n2 / ss
-    dX = g1 * e1 - (g1 * c1 + g2 * c2) * (_unit(Xd, s) / ss)
+    if ctx.norms:  # d||t|| = t / ||t|| (0 where t is 0)
+        g0, g1, g2 = g[0], g[1], g[2]
+        e1, e2 = _unit(D1, n1), _unit(D2, n2)
+        dX = g0 * _unit(Xd, s) + g1 * e1
+    else:
+        g1, g2 = g[0], g[1]
+        ss = torch.where(s > 0, s, torch.ones_like(s))  # the plain norms where X is 0
+        e1, e2 = _unit(D1, n1) / ss, _unit(D2, n2) / ss
+        c1, c2 = n1 / ss, n2 / ss
+        dX = g1 * e1 - (g1 * c1 + g2 * c2) * (_unit(Xd, s) / ss)
     dLS = -(g1 * e1 + g2 * e2)
-    return dX.to(X.dtype), dLS.to(L.dtype), dLS.to(S.dtype), (g2 * e2).to(P.dtype)
+    return dX.to(X.dtype), dLS.to(L.dtype), dLS.to(S.dtype), (g2 * e2).to(P.dtype), None
 
 
 torch.library.register_autograd("rda_ext::soft_threshold", _soft_threshold_backward, setup_context=_setup_x_lam)

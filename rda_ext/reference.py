@@ -69,23 +69,25 @@ def group_norms(x: Tensor, dim: int, minus: Tensor | None = None) -> Tensor:
     return _norms(w, dim).squeeze(dim).to(x.dtype)
 
 
-def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> Tensor:
+def convergence(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, norms: bool = False) -> Tensor:
     """[c1, c2] in float64: ||X - L - S|| / ||X|| and ||LS_prev - L - S|| / ||X|| (plain norms when
     ||X|| = 0), each norm computed scaled so that float64 data beyond 1e+-150 neither under- nor
-    overflows."""
+    overflows. With ``norms``, [||X||, ||X - L - S||, ||LS_prev - L - S||]."""
     X, L, S, P = (t.double() for t in (X, L, S, LS_prev))
     if X.numel() == 0:
-        return X.new_zeros(2)
+        return X.new_zeros(3 if norms else 2)
 
     def norm(t):
         return _norms(t.reshape(1, -1), 1).reshape(())
 
+    if norms:
+        return torch.stack([norm(X), norm(X - L - S), norm(P - L - S)])
     scale = norm(X)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return torch.stack([norm(X - L - S) / scale, norm(P - L - S) / scale])
 
 
-def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor) -> tuple[Tensor, Tensor]:
-    """convergence(X, L, S, LS_prev) and the next LS_prev, L + S (in X's dtype, added in float32
-    for float16/bfloat16)."""
-    return convergence(X, L, S, LS_prev), (_wide(L) + _wide(S)).to(X.dtype)
+def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, norms: bool = False) -> tuple[Tensor, Tensor]:
+    """convergence(X, L, S, LS_prev, norms) and the next LS_prev, L + S (in X's dtype, added in
+    float32 for float16/bfloat16)."""
+    return convergence(X, L, S, LS_prev, norms), (_wide(L) + _wide(S)).to(X.dtype)

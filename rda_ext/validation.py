@@ -5,6 +5,7 @@ entry point accepts."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -112,6 +113,10 @@ def check_params(p: dict) -> None:
         fail("tol", "a number >= 0")
     if not is_random_state(p["random_state"]):
         fail("random_state", "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator")
+    if not (p["distributed"] == "auto" or isinstance(p["distributed"], bool)):
+        fail("distributed", '"auto", True or False')
+    if p["checkpoint"] is not None and not isinstance(p["checkpoint"], (str, os.PathLike)):
+        fail("checkpoint", "None or a directory path")
     resolve_device(p["device"])
     if resolve_dtype(p["dtype"]) == torch.float64 and p["precision"] == "bfloat16":
         fail("precision", '"float32" or "auto" with dtype "float64" (a float64 fit computes in float64)')

@@ -96,8 +96,12 @@ void sums(const ConvergenceArgs& a) {
     for (int k = 0; k < 3; ++k) total[k] = combine(total[k], p[k]);
   }
   double* out = a.out.mutable_data_ptr<double>();
-  out[0] = norm_ratio(total[1], total[0]);
-  out[1] = norm_ratio(total[2], total[0]);
+  if (a.norms) {
+    for (int k = 0; k < 3; ++k) out[k] = scaled_norm(total[k]);
+  } else {
+    out[0] = norm_ratio(total[1], total[0]);
+    out[1] = norm_ratio(total[2], total[0]);
+  }
 }
 
 }  // namespace

@@ -93,7 +93,7 @@ __global__ void sums_kernel(int64_t n, const T* X, const T* L, const T* S, T* P,
 }
 
 // One block: thread t combines every kThreads-th block's sums, thread 0 then the threads' in order.
-__global__ void finish_kernel(int64_t blocks, const double* partial, double* out) {
+__global__ void finish_kernel(int64_t blocks, const double* partial, bool norms, double* out) {
   __shared__ double per_thread[kThreads][6];  // (m, ssq) of each sum
   ScaledSumsq total[3];
   for (int64_t b = threadIdx.x; b < blocks; b += kThreads) {
@@ -111,8 +111,13 @@ __global__ void finish_kernel(int64_t blocks, const double* partial, double* out
 #pragma unroll
     for (int k = 0; k < 3; ++k) total[k] = combine(total[k], {per_thread[t][2 * k], per_thread[t][2 * k + 1]});
   }
-  out[0] = norm_ratio(total[1], total[0]);
-  out[1] = norm_ratio(total[2], total[0]);
+  if (norms) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) out[k] = scaled_norm(total[k]);
+  } else {
+    out[0] = norm_ratio(total[1], total[0]);
+    out[1] = norm_ratio(total[2], total[0]);
+  }
 }
 
 }  // namespace
@@ -133,7 +138,8 @@ void convergence(const ConvergenceArgs& a) {
     else sums_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(n, X, L, S, P, sums);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  finish_kernel<<<1, kThreads, 0, stream>>>(blocks, partial.const_data_ptr<double>(), a.out.mutable_data_ptr<double>());
+  finish_kernel<<<1, kThreads, 0, stream>>>(blocks, partial.const_data_ptr<double>(), a.norms,
+                                            a.out.mutable_data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

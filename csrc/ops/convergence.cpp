@@ -3,6 +3,8 @@
 // Where ||X||_F = 0 both are the plain norms. Returns a float64 tensor [c1, c2] on X's device.
 // convergence_step(X, L, S, LS_prev) returns the same numbers and then holds LS_prev = L + S for
 // the next iteration, written in the same pass: the loop reads L and S once instead of twice.
+// With norms=true both return the three norms instead, [||X||, ||X - L - S||, ||LS_prev - L - S||]
+// (float64): a fit whose rows are split over processes combines each rank's norms into the ratios.
 // Kernels: cpu/convergence.cpp, cuda/convergence.cu.
 
 #include "kernels.h"
@@ -25,24 +27,27 @@ void check_args(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, c
   check_like(LS_prev, "LS_prev", X, "X");
 }
 
-at::Tensor run(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev, bool update) {
-  at::Tensor out = at::empty({2}, X.options().dtype(at::kDouble));
+at::Tensor run(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev, bool update,
+               bool norms) {
+  at::Tensor out = at::empty({norms ? 3 : 2}, X.options().dtype(at::kDouble));
   if (X.numel() == 0) return out.zero_();
   const at::Tensor Xd = dense(X);
   const at::Tensor P = in_layout_of(LS_prev, Xd);
-  kernels_for(Xd).convergence({Xd, in_layout_of(L, Xd), in_layout_of(S, Xd), P, out, update});
+  kernels_for(Xd).convergence({Xd, in_layout_of(L, Xd), in_layout_of(S, Xd), P, out, update, norms});
   if (update) finish_out(LS_prev, P);
   return out;
 }
 
 }  // namespace
 
-at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev) {
+at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev,
+                       bool norms) {
   check_args(X, L, S, LS_prev);
-  return run(X, L, S, LS_prev, false);
+  return run(X, L, S, LS_prev, false, norms);
 }
 
-at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev) {
+at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S, const at::Tensor& LS_prev,
+                            bool norms) {
   check_no_autograd("convergence_step", {X, L, S, LS_prev});
   check_args(X, L, S, LS_prev);
   // LS_prev is written while X, L and S are read: it must share no memory with them. Views whose
@@ -54,7 +59,7 @@ at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::
     TORCH_CHECK(apart, "rda_ext: LS_prev must share no ",
                 "memory with ", name, " (convergence_step writes LS_prev while it reads ", name, ")");
   }
-  return run(X, L, S, LS_prev, true);
+  return run(X, L, S, LS_prev, true, norms);
 }
 
 }  // namespace rda_ext

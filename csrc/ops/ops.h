@@ -30,8 +30,8 @@ void group_shrink_into(const at::Tensor& x, const at::Tensor& y, double lam, int
                        const at::Tensor& norms = {});
 
 at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S,
-                       const at::Tensor& LS_prev);
+                       const at::Tensor& LS_prev, bool norms);
 at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S,
-                            const at::Tensor& LS_prev);
+                            const at::Tensor& LS_prev, bool norms);
 
 }  // namespace rda_ext

@@ -18,7 +18,8 @@ FORMATS = (".npy", ".npz", ".csv")
 
 
 def read_matrix(
-    path: str | os.PathLike, key: str | None = None, header: bool | None = None, *, return_header: bool = False
+    path: str | os.PathLike, key: str | None = None, header: bool | None = None, *, return_header: bool = False,
+    shard: tuple[int, int] | None = None,
 ):
     """A numeric matrix (rows = instances) from ``.npy``, ``.npz`` (the array named ``key``, which
     may be left out when the file holds one array) or ``.csv``. Arrays of images (n, h, w) become
@@ -33,7 +34,10 @@ def read_matrix(
     a ``ValueError`` naming the file, and the line and column where it can.
 
     With ``return_header=True`` the result is ``(matrix, header_skipped)``, where
-    ``header_skipped`` is ``None`` for ``.npy`` and ``.npz`` files."""
+    ``header_skipped`` is ``None`` for ``.npy`` and ``.npz`` files.
+
+    ``shard=(rank, world)``: only that rank's rows (``row_range``); a ``.npy`` file is then read
+    through a memory map, so that only those rows are ever loaded."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
@@ -47,7 +51,7 @@ def read_matrix(
     skipped = None
     try:
         if ext == ".npy":
-            a = np.load(path, allow_pickle=False)
+            a = np.load(path, allow_pickle=False, mmap_mode="r" if shard else None)
         elif ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 if key is None:
@@ -66,8 +70,20 @@ def read_matrix(
     a = _supported(path, a)
     if a.ndim < 2:
         raise ValueError(f"{path}: expected a matrix (rows = instances, columns = features), got shape {a.shape}")
+    if shard is not None:
+        start, stop = row_range(len(a), *shard)
+        try:
+            a = np.array(a[start:stop])  # from a memory map: reads these rows only
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read rows {start} to {stop}: {e}") from e
     a = a.reshape(len(a), -1)
     return (a, skipped) if return_header else a
+
+
+def row_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The rows [start, stop) of ``rank`` when ``n`` rows are split over ``world`` ranks in
+    order, as evenly as they go (the shard sizes differ by at most one row)."""
+    return n * rank // world, n * (rank + 1) // world
 
 
 def _supported(path: str, a: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ _FITTED_SCALARS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_"
 _FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
 _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
 # Parameters added since the format was fixed, with the value in effect in files written before them.
-_ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs": False}
+_ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs": False, "distributed": "auto",
+                 "checkpoint": None}
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 
@@ -50,6 +51,8 @@ def model_writer(est, *, data: bool):
     params = est.get_params()
     params["dtype"] = None if est.dtype is None else str(resolve_dtype(est.dtype)).removeprefix("torch.")
     params["random_state"] = _random_state_to_file(params["random_state"])
+    if params["checkpoint"] is not None:  # a path object as its text
+        params["checkpoint"] = os.fspath(params["checkpoint"])
     fitted = {name: plain(getattr(est, name)) for name in _FITTED_SCALARS}
     fitted["decision_scores_"] = torch.from_numpy(np.ascontiguousarray(est.decision_scores_))
     fitted["labels_"] = torch.from_numpy(np.ascontiguousarray(est.labels_))

@@ -7,28 +7,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rda_ext.solver.collectives import RowGroup
+
 # The normal distribution's interquartile range in standard deviations: IQR / 1.349 estimates the
 # standard deviation of the bulk of a column without letting its outliers set the scale.
 IQR_PER_SD = 1.3489795003921634
 
 
-def in_unit_interval(X: Tensor) -> bool:
+def in_unit_interval(X: Tensor, ranks: RowGroup | None = None) -> bool:
+    """Whether X (all ranks' rows of it) lies in [0, 1]."""
     lo, hi = torch.aminmax(X)
+    if ranks is not None:
+        lo, hi = ranks.min(lo), ranks.max(hi)
     return bool(lo >= 0) and bool(hi <= 1)
 
 
-def scaling_for(name: str, X: Tensor, inside: bool | None = None) -> tuple[Tensor, Tensor] | None:
+def scaling_for(name: str, X: Tensor, inside: bool | None = None,
+                ranks: RowGroup | None = None) -> tuple[Tensor, Tensor] | None:
     """The (center, scale) per column (float64) of preprocessing ``name`` on X; None for "none".
     "auto" is "minmax" when X has values outside [0, 1], else "none": on the tables of
     benchmarks/quality/tabular.py the range kept the detection of the defaults (a sigmoid output
     on [0, 1]) where a standardisation lost much of it. ``inside``: whether X lies in [0, 1],
-    where the caller knows it already (None: measured here)."""
+    where the caller knows it already (None: measured here). ``ranks``: X is this rank's rows of a
+    row-sharded fit ("minmax" then spans all ranks; "standardize" is refused before)."""
     if name == "auto":
-        name = "none" if (in_unit_interval(X) if inside is None else inside) else "minmax"
+        name = "none" if (in_unit_interval(X, ranks) if inside is None else inside) else "minmax"
     if name == "none":
         return None
     if name == "minmax":
         lo, hi = (t.double() for t in torch.aminmax(X, dim=0))
+        if ranks is not None:
+            lo, hi = ranks.min(lo), ranks.max(hi)
         return lo, torch.where(hi > lo, hi - lo, torch.ones_like(lo))
     return robust_scaling(X)
 
@@ -71,9 +80,10 @@ def unscale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool 
     return X * s + c if center else X * s
 
 
-def resolve_output_activation(name: str, X: Tensor, inside: bool | None = None) -> str:
+def resolve_output_activation(name: str, X: Tensor, inside: bool | None = None,
+                              ranks: RowGroup | None = None) -> str:
     """"auto": "sigmoid" when the network's input X lies in [0, 1] (``inside``, where the caller
     knows it already), else "linear"."""
     if name == "auto":
-        return "sigmoid" if (in_unit_interval(X) if inside is None else inside) else "linear"
+        return "sigmoid" if (in_unit_interval(X, ranks) if inside is None else inside) else "linear"
     return name

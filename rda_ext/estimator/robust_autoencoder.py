@@ -23,10 +23,14 @@ from rda_ext.estimator.preprocessing import (
 from rda_ext.estimator.sklearn_protocol import SklearnProtocol
 from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.checkpoint import Checkpoint, data_identity
+from rda_ext.solver.collectives import RowGroup, agreed, row_group
+from rda_ext.solver.distributed import DistributedRDASolver
 from rda_ext.solver.training import autocast, make_optimizer, map_chunks
 from rda_ext.validation import (
     as_matrix,
     check_params,
+    is_int,
     like_input,
     resolve_device,
     resolve_dtype,
@@ -93,6 +97,17 @@ class RobustAutoencoder(SklearnProtocol):
         Adam or SGD update) of full batches in a CUDA graph and replay it: a step of a small
         network at a small batch is bound by kernel launches, which a replay issues at once. The
         batch order and the numbers are those of the step without it; ignored on a CPU.
+    distributed : "auto" (default), True or False. With a ``torch.distributed`` process group
+        initialised (e.g. under torchrun), "auto" and True fit the rows that each rank passes to
+        ``fit`` as one data set: each rank holds only its rows of X, L and S, the autoencoder is
+        replicated and trained with DistributedDataParallel, and lam, the threshold, the history
+        (but its seconds) and the network are global and the same on every rank, while ``L_``, ``S_``,
+        ``decision_scores_`` and ``labels_`` hold the rank's rows. False fits each rank's rows
+        alone. Not with ``cuda_graphs`` or ``preprocessing="standardize"``.
+    checkpoint : a directory, or None (default). After every outer iteration the state of the fit
+        (weights, optimizer, S and L of every rank, the batch generators, the history) is written
+        there, whole or not at all; a fit started again with the same data and parameters (e.g. a
+        job that torchrun --max-restarts restarts) resumes from the last complete iteration.
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
@@ -133,6 +148,8 @@ class RobustAutoencoder(SklearnProtocol):
         dtype=None,
         precision="auto",
         cuda_graphs=False,
+        distributed="auto",
+        checkpoint=None,
         random_state=None,
         verbose=False,
     ):
@@ -155,16 +172,20 @@ class RobustAutoencoder(SklearnProtocol):
         self.dtype = dtype
         self.precision = precision
         self.cuda_graphs = cuda_graphs
+        self.distributed = distributed
+        self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
 
     def fit(self, X, y=None) -> RobustAutoencoder:
         """Decomposes X (rows = instances) into L + S. ``y`` is ignored. Returns self."""
         self._check_params()
+        ranks = row_group(self.distributed)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        X_in = as_matrix(X, "X", device, dtype)
-        Xt, scaling, output_activation = self._network_input(X_in)
+        X_in = agreed(ranks, lambda: self._check_input(X, device, dtype, ranks))
+        Xt, scaling, output_activation = self._network_input(X_in, ranks)
         n, d = Xt.shape
+        n_all = n if ranks is None else ranks.count(n)
         architecture = ((d, *self.hidden), self.activation, output_activation, bool(self.tied_weights))
         warm = self.warm_start and hasattr(self, "model_") and self.model_.architecture == architecture
         if warm:  # the network continues in the input space it was trained in
@@ -191,73 +212,117 @@ class RobustAutoencoder(SklearnProtocol):
                 else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
         else:
-            model, batch_seed = self._new_network(d, device, dtype, output_activation)
+            model, batch_seed = self._new_network(d, device, dtype, output_activation, ranks)
             optim = make_optimizer(model, self.optimizer, float(self.lr), capturable=self._graphs(device))
             S = torch.zeros_like(Xt)
             same_rows = False
-        batches = torch.Generator(device=device).manual_seed(batch_seed)
+        # Each rank draws its own batches (rank 0 those of a single-process fit).
+        batches = torch.Generator(device=device).manual_seed(batch_seed + (ranks.rank if ranks else 0))
 
         # c2 of a warm start compares with where the previous fit ended.
         resumed = same_rows and getattr(self, "L_", None) is not None
         LS_prev = scale_rows(as_matrix(self.L_, "L_", device, dtype), scaling) + S if resumed else torch.zeros_like(Xt)
-        solver = self._solver(model, optim, Xt, S, LS_prev, batches)
+        solver = self._solver(model, optim, Xt, S, LS_prev, batches, ranks)
         history = list(self.history_) if warm else []
-        progress = tqdm(total=self.outer_iter, disable=not self.verbose, desc="RDA outer iterations", unit="it")
+        done = 0  # outer iterations of this fit restored from the checkpoint
+        store = None
+        if self.checkpoint is not None:
+            # A restarted job may run longer or stop at another tol, and each rank has its own device;
+            # the restored state replaces what random_state draws. Anything else must match.
+            params = {k: repr(v) for k, v in self.get_params().items()
+                      if k not in ("outer_iter", "tol", "verbose", "checkpoint", "device", "random_state")}
+            identity = dict(params=params, rows=n_all, warm=len(history), data=data_identity(Xt))
+            store = Checkpoint(self.checkpoint, ranks, identity)
+            saved = agreed(ranks, lambda: store.resume(solver, batches))
+            if ranks is not None:
+                found = torch.tensor(len(saved))
+                if ranks.min(found) != ranks.max(found):
+                    raise ValueError(f"checkpoint {self.checkpoint}: the ranks found different states in it; it must "
+                                     "be one folder that every rank reads and writes (a shared file system)")
+            done = 0
+            if saved:
+                solver.norms = solver.residual_norms()  # those of the restored last step
+                done, history = len(saved) - len(history), saved
+        remaining = self.outer_iter - done
+        if done and history[-1]["c1"] < self.tol and history[-1]["c2"] < self.tol:
+            remaining = 0  # the restored fit had converged
+        show = self.verbose and (ranks is None or ranks.rank == 0)
+        progress = tqdm(total=self.outer_iter, initial=done, disable=not show, desc="RDA outer iterations", unit="it")
 
         def record(row: dict) -> None:
             history.append(dict(iteration=len(history) + 1, **row))
+            if store is not None:
+                store.save(solver, batches, history)
             progress.update(1)
             progress.set_postfix({"c1": f"{row['c1']:.2e}", "c2": f"{row['c2']:.2e}", "lam": f"{row['lam']:.4g}",
                                   "nonzero": row["n_nonzero"],
-                                  "rows/s": f"{n * solver.inner_epochs / max(row['seconds'], 1e-9):.3g}"})
+                                  "rows/s": f"{n_all * solver.inner_epochs / max(row['seconds'], 1e-9):.3g}"})
 
         try:
-            run = solver.run(self.outer_iter, self.tol, record)
+            run = solver.run(remaining, self.tol, record)
         finally:
             progress.close()
 
-        return self._store(X, solver, model, optim, batch_seed, history, len(run), scaling)
+        return self._store(X, solver, model, optim, batch_seed, history, done + len(run), scaling, ranks)
 
-    def _network_input(self, X: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str]:
+    def _check_input(self, X, device: torch.device, dtype: torch.dtype, ranks: RowGroup | None) -> Tensor:
+        if ranks is not None and self.preprocessing == "standardize":
+            raise ValueError('preprocessing="standardize" is not available in a distributed fit (its column '
+                             'quantiles span all ranks): use "minmax", or scale X beforehand')
+        if ranks is not None and self.cuda_graphs:
+            raise ValueError("cuda_graphs is not available in a distributed fit (the gradient all-reduce runs "
+                             "outside the captured step)")
+        return as_matrix(X, "X", device, dtype)
+
+    def _network_input(self, X: Tensor, ranks: RowGroup | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str]:
         """What a fresh fit's network sees of X (scaled or not), the (center, scale) of the scaling
-        (None without), and the output activation that suits it."""
+        (None without), and the output activation that suits it (over all ranks' rows)."""
         # One pass over X decides both "auto"s while X is not scaled.
-        inside = in_unit_interval(X) if "auto" in (self.preprocessing, self.output_activation) else None
-        scaling = scaling_for(self.preprocessing, X, inside)
+        inside = in_unit_interval(X, ranks) if "auto" in (self.preprocessing, self.output_activation) else None
+        scaling = scaling_for(self.preprocessing, X, inside, ranks)
         Xs = scale_rows(X, scaling)
-        return Xs, scaling, resolve_output_activation(self.output_activation, Xs, inside if scaling is None else None)
+        return Xs, scaling, resolve_output_activation(self.output_activation, Xs, inside if scaling is None else None,
+                                                      ranks)
 
     def _scaling_on(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
         if self.center_ is None:
             return None
         return torch.from_numpy(self.center_).to(device), torch.from_numpy(self.scale_).to(device)
 
-    def _new_network(self, d: int, device: torch.device, dtype: torch.dtype,
-                     output_activation: str) -> tuple[DeepAutoencoder, int]:
+    def _new_network(self, d: int, device: torch.device, dtype: torch.dtype, output_activation: str,
+                     ranks: RowGroup | None = None) -> tuple[DeepAutoencoder, int]:
         """The initial network for ``d`` features, drawn from ``random_state``, and the seed of the
-        batch orders (drawn after the weights, from the same generator)."""
-        init = torch.Generator().manual_seed(_initial_seed(self.random_state))
+        batch orders (drawn after the weights, from the same generator). Every rank draws from
+        rank 0's seed (a seed that is not given is drawn on each)."""
+        seed = _initial_seed(self.random_state)
+        if ranks is not None and not is_int(self.random_state):
+            seed = ranks.broadcast_int(seed)
+        init = torch.Generator().manual_seed(seed)
         model = DeepAutoencoder(
             (d, *self.hidden), self.activation, output_activation, self.tied_weights, init
         ).to(device=device, dtype=dtype)
         return model, int(torch.randint(2**62, (), generator=init))
 
     def _solver(self, model, optim, Xt: Tensor, S: Tensor, LS_prev: Tensor,
-                batches: torch.Generator | None) -> RDASolver:
-        return RDASolver(
-            model, optim, Xt, S, LS_prev, penalty=self.penalty,
-            lam=None if self.lam is None else float(self.lam), contamination=float(self.contamination),
-            inner_epochs=resolve_inner_epochs(self.inner_epochs, Xt.shape[0], self.batch_size),
-            batch_size=self.batch_size, generator=batches,
-            amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
-            graphs=model is not None and self._graphs(Xt.device),  # a stacked fit's solvers do not train
+                batches: torch.Generator | None, ranks: RowGroup | None = None) -> RDASolver:
+        # "auto" epochs from the largest shard: every rank runs as many steps as its rows need.
+        rows = Xt.shape[0] if ranks is None else max(ranks.rows_per_rank(Xt.shape[0]))
+        common = dict(
+            penalty=self.penalty, lam=None if self.lam is None else float(self.lam),
+            contamination=float(self.contamination),
+            inner_epochs=resolve_inner_epochs(self.inner_epochs, rows, self.batch_size),
+            batch_size=self.batch_size, generator=batches, amp=resolve_precision(self.precision, Xt.device, Xt.dtype),
         )
+        if ranks is not None:
+            return DistributedRDASolver(model, optim, Xt, S, LS_prev, ranks=ranks, **common)
+        # A stacked fit's solvers (no model) do not train.
+        return RDASolver(model, optim, Xt, S, LS_prev, graphs=model is not None and self._graphs(Xt.device), **common)
 
     def _graphs(self, device: torch.device) -> bool:
         return bool(self.cuda_graphs) and device.type == "cuda"
 
     def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int,
-               scaling: tuple[Tensor, Tensor] | None):
+               scaling: tuple[Tensor, Tensor] | None, ranks: RowGroup | None = None):
         """The fitted attributes from a finished solver (its L and S: the decomposition of X, in the
         network's input space, which ``scaling`` maps back to X's units)."""
         L_out = like_input(unscale_rows(solver.L, scaling), X)
@@ -267,8 +332,11 @@ class RobustAutoencoder(SklearnProtocol):
         if self.penalty == "l21_rows":
             threshold = lam_
             labels = solver.nonzero_groups(lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
-        else:
+        elif ranks is None:
             threshold = float(np.quantile(scores, 1.0 - self.contamination))
+            labels = (scores > threshold).astype(np.int64)
+        else:  # a quantile over all ranks' rows
+            threshold = ranks.quantile(torch.from_numpy(scores), 1.0 - self.contamination)
             labels = (scores > threshold).astype(np.int64)
 
         self.model_, self._optim = model.eval(), optim

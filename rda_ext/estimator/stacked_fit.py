@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
+from rda_ext.solver.collectives import row_group
 from rda_ext.solver.stacked import StackedAutoencoder, StackedRDASolver
 from rda_ext.solver.training import make_optimizer
 from rda_ext.validation import (
@@ -28,7 +29,7 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     exactly the updates it would receive alone on those minibatches (to the rounding of the
     batched products), so an estimator sharing the first one's random_state ends where its own
     ``fit`` ends, early stopping at ``tol`` included. Returns the estimators, fitted. Each fit
-    starts afresh (``warm_start``, ``verbose`` and ``cuda_graphs`` are not used) and keeps no optimizer state: a
+    starts afresh (``warm_start``, ``verbose``, ``cuda_graphs`` and ``checkpoint`` are not used) and keeps no optimizer state: a
     later warm start of one begins a fresh optimizer, as after ``load``. A fit whose training
     diverges stops them all."""
     estimators = list(estimators)
@@ -36,6 +37,9 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
         raise ValueError("estimators must hold at least one RobustAutoencoder")
     for est in estimators:
         est._check_params()
+        if row_group(est.distributed) is not None:
+            raise ValueError("fit_together (and lambda_path) runs on one process: with a torch.distributed process "
+                             "group initialised, pass distributed=False to fit each rank's rows alone")
     first = estimators[0]
     for name in SHARED:
         for est in estimators[1:]:

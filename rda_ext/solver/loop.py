@@ -46,9 +46,21 @@ def survival_threshold(norms: Tensor, fraction: float) -> float:
     shrinkage: halfway between the smallest surviving norm and the largest shrunk one, so that a
     kernel's own rounding of the norms cannot move a group across it."""
     norms = norms.reshape(-1)
-    survivors = min(int(round(fraction * norms.numel())), norms.numel() - 1)
+    survivors = survivors_of(norms.numel(), fraction)
     top = norms.topk(survivors + 1).values
-    return float(top[-2:].mean()) if survivors else float(top[0])
+    return threshold_between(top[-1], top[-2] if survivors else None)
+
+
+def survivors_of(groups: int, fraction: float) -> int:
+    """How many of ``groups`` groups a contamination ``fraction`` lets survive (one is always shrunk)."""
+    return min(int(round(fraction * groups)), groups - 1)
+
+
+def threshold_between(largest_shrunk: Tensor, smallest_survivor: Tensor | None) -> float:
+    """The mean of the two norms (0-dim, of one dtype) in their dtype; the largest norm where none survives."""
+    if smallest_survivor is None:
+        return float(largest_shrunk)
+    return float(torch.stack([smallest_survivor, largest_shrunk]).mean())
 
 
 class RDASolver:
@@ -111,16 +123,30 @@ class RDASolver:
         self.iterations += 1
         torch.sub(self.X, self.S, out=self.L)
         train_loss = train_epochs(
-            self.model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator, amp=self.amp,
-            graphed=self.graphed,
+            self.training_model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator,
+            amp=self.amp, graphed=self.graphed, steps=self.steps_per_epoch,
         )
         recon_sq = reconstruct_into(self.model, self.L, out=self.L, amp=self.amp)
         return self.finish(train_loss, recon_sq, t0)
+
+    # What a row-sharded solver (distributed.DistributedRDASolver) replaces: the network that
+    # trains (wrapped for gradient averaging), the batches per epoch, and the steps that combine
+    # numbers over all rows.
+    @property
+    def training_model(self) -> nn.Module:
+        return self.model
+
+    steps_per_epoch: int | None = None  # None: ceil(rows / batch_size)
+
+    def training_stats(self, train_loss: Tensor, recon_sq: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean training loss and ||L_in - AE(L_in)||^2 over all rows."""
+        return train_loss, recon_sq
 
     def finish(self, train_loss: Tensor, recon_sq: Tensor, t0: float) -> dict:
         """The rest of an outer iteration once L = AE(X - S) is in ``L``: the proximal step and the
         history row (``train_loss`` and ``recon_sq`` as 0-dim tensors; ``t0``: when it began)."""
         lam, stats = self.proximal_step()
+        train_loss, recon_sq = self.training_stats(train_loss, recon_sq)
         loss, recon, pen, nnz, c1, c2 = torch.stack([train_loss, recon_sq.sqrt(), *stats]).tolist()
         # Checked on the numbers this synchronisation reads anyway: a non-finite L or S makes one of them so.
         for value, what in ((loss, "the training loss"), (recon, "the reconstruction AE(X - S)"),

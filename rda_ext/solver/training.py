@@ -121,6 +121,7 @@ def train_epochs(
     loss_fn: Callable[[Tensor], Tensor] | None = None,
     amp: torch.dtype | None = None,
     graphed: GraphedStep | None = None,
+    steps: int | None = None,
 ) -> Tensor:
     """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
     ``data`` itself, an autoencoder) with the mean squared error, or to minimise
@@ -129,18 +130,26 @@ def train_epochs(
     synchronisation). ``amp``: the dtype of the forward pass under autocast (None: none); the loss is
     formed in float32 either way, and the backward follows the forward's dtypes. ``graphed``: the
     full batches of an autoencoder (no ``target``, no ``loss_fn``) go through this captured step
-    (its batch size is ``batch_size``)."""
+    (its batch size is ``batch_size``). ``steps``: the number of batches per epoch instead, each
+    epoch's permutation split into that many batches of near-equal size (at most ``batch_size``
+    when ``steps >= ceil(rows / batch_size)``; rows are drawn again where fewer than ``steps``):
+    the ranks of a row-sharded fit must all step together."""
     if graphed is not None and (target is not None or loss_fn is not None):
         raise ValueError("a graphed step trains an autoencoder's own loss: no target or loss_fn with it")
     n = data.shape[0]
-    starts = range(0, n, batch_size)
+    if steps is not None and graphed is not None:
+        raise ValueError("a graphed step trains full batches: no steps with it")
     total = torch.zeros((), dtype=torch.float64, device=data.device)
+    batches = []
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, device=data.device, generator=generator)
+        if steps is None:
+            batches = [perm[start : start + batch_size] for start in range(0, n, batch_size)]
+        else:
+            batches = torch.tensor_split(perm.repeat(-(-steps // n)) if n < steps else perm, steps)
         last = epoch == epochs - 1
-        for start in starts:
-            rows = perm[start : start + batch_size]
+        for rows in batches:
             if graphed is not None and len(rows) == batch_size:
                 torch.index_select(data, 0, rows, out=graphed.batch)
                 loss = graphed()
@@ -159,7 +168,7 @@ def train_epochs(
             optimizer.step()
             if last:
                 total += loss.detach()
-    return total / len(starts)
+    return total / max(len(batches), 1)
 
 
 @torch.no_grad()

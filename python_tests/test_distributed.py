@@ -1,0 +1,295 @@
+"""RDA on row shards over torch.distributed (gloo on CPU, 2-3 spawned processes of one thread):
+the distributed steps against the single-process ones, a whole fit, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from distributed_ranks import run_ranks
+
+from rda_ext import RobustAutoencoder
+from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
+from rda_ext.data.files import read_matrix, row_range
+from rda_ext.ops import PENALTIES
+from rda_ext.solver.collectives import RowGroup
+from rda_ext.solver.distributed import DistributedRDASolver
+from rda_ext.solver.loop import RDASolver
+from rda_ext.solver.training import train_epochs
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+
+
+def _seed() -> int:
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"seed={seed}")
+    return seed
+
+
+def _problem(seed: int, dtype: torch.dtype, ties: bool):
+    """X, L and LS_prev of 37 x 11, and uneven row cuts for 3 ranks. With ``ties`` the residual is
+    on a grid of 0.25, so that many entries and rows tie at the contamination boundary."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+    R = torch.randn(37, 11, generator=gen, dtype=torch.float64) * 0.5
+    if ties:
+        R = (R * 4).round() / 4
+        R[5:9] = R[20]  # whole rows alike: equal row norms
+    P = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+    return X.to(dtype), (X - R).to(dtype), P.to(dtype), [0, 4, 21, 37]
+
+
+def _solver(cls, X, L, P, penalty, lam, **kw):
+    s = cls(None, None, X, torch.zeros_like(X), P.clone(), penalty=penalty, lam=lam, contamination=0.1,
+            inner_epochs=1, batch_size=8, generator=None, **kw)
+    s.L = L.clone()
+    return s
+
+
+def _proximal_steps(rank, world, seed, dtype, ties):
+    X, L, P, cuts = _problem(seed, dtype, ties)
+    rows = slice(cuts[rank], cuts[rank + 1])
+    out = {}
+    for penalty in PENALTIES:
+        for lam in (None, 0.8):
+            s = _solver(DistributedRDASolver, X[rows], L[rows], P[rows], penalty, lam, ranks=RowGroup())
+            chosen, stats = s.proximal_step()
+            out[penalty, lam] = chosen, s.S, [float(v) for v in stats], s.LS_prev, s.row_scores()
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_distributed_proximal_step_is_the_single_process_one(dtype, ties):
+    seed = _seed()
+    ranks = run_ranks(_proximal_steps, 3, seed, dtype, ties)
+    X, L, P, _ = _problem(seed, dtype, ties)
+    for penalty in PENALTIES:
+        for lam in (None, 0.8):
+            s = _solver(RDASolver, X, L, P, penalty, lam)
+            chosen, stats = s.proximal_step()
+            got_lam, _, got_stats, _, _ = ranks[0][penalty, lam]
+            S = torch.cat([r[penalty, lam][1] for r in ranks])
+            if penalty == "l21_cols":  # column norms summed over ranks in another order
+                assert math.isclose(got_lam, chosen, rel_tol=4 * torch.finfo(dtype).eps)
+                # A factor 1 - lam / norm rounds relative to 1, not to itself: close relative to X - L.
+                scale = float((X - L).abs().max())
+                torch.testing.assert_close(S, s.S, rtol=0, atol=8 * torch.finfo(dtype).eps * scale)
+                assert torch.equal(S == 0, s.S == 0)
+            else:
+                assert got_lam == chosen, (penalty, lam)
+                assert torch.equal(S, s.S), (penalty, lam)
+            # The penalty, the non-zero groups, c1 and c2: the same numbers on every rank.
+            for r in ranks:
+                assert r[penalty, lam][2] == got_stats
+            # Sums in float64 in another order; for "l21_cols" of an S that agrees to rounding. Its
+            # penalty sums norm - lam over the survivors: close relative to the norms.
+            want = [float(v) for v in stats]
+            eps = torch.finfo(dtype).eps
+            if penalty == "l21_cols":
+                norms = float(torch.linalg.vector_norm((X - L).double(), dim=0).sum())
+                assert got_stats[0] == pytest.approx(want[0], rel=0, abs=16 * eps * norms)
+                assert got_stats[2:] == pytest.approx(want[2:], rel=16 * eps, abs=0)
+            else:
+                assert got_stats == pytest.approx(want, rel=1e-12, abs=0)
+            assert got_stats[1] == want[1]  # the non-zero count, exactly
+            LS_prev = torch.cat([r[penalty, lam][3] for r in ranks])  # L + S
+            if penalty == "l21_cols":
+                # S to rounding, added to L: close relative to the operands' magnitude.
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(LS_prev, s.LS_prev, rtol=0, atol=8 * eps * float(s.L.abs().max()))
+            else:
+                assert torch.equal(LS_prev, s.LS_prev)
+            assert torch.equal(torch.cat([r[penalty, lam][4] for r in ranks]), s.row_scores())
+
+
+def _selections(rank, world, seed):
+    gen = torch.Generator().manual_seed(seed + rank)
+    ranks = RowGroup()
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        size = (0, 300, 1000)[rank]  # one rank without values
+        v = torch.rand(size, generator=gen, dtype=torch.float64)
+        v = torch.where(v < 0.3, (v * 8).round() / 8, v).to(dtype)  # ties and zeros
+        v[: size // 10] = 0.5  # a value shared by every rank
+        total = ranks.count(v.numel())
+        ks = [1, 2, total // 2, total - 1, total]
+        out.append((dtype, v, [ranks.kth_largest(v, k) for k in ks], ks,
+                    [ranks.quantile(v.double(), q) for q in (0.0, 0.1, 0.9, 0.95, 1.0)],
+                    [ranks.survival_threshold(v, f) for f in (0.001, 0.05, 0.1, 0.3)]))
+    return out
+
+
+def test_the_distributed_selection_is_exact():
+    from rda_ext.solver.loop import survival_threshold
+
+    ranks = run_ranks(_selections, 3, _seed())
+    for i, (dtype, _, kth, ks, quantiles, thresholds) in enumerate(ranks[0]):
+        allv = torch.cat([r[i][1] for r in ranks])
+        desc = allv.sort(descending=True).values
+        for k, got in zip(ks, kth):
+            assert got.dtype == dtype and got == desc[k - 1]
+        expected = [float(np.quantile(allv.double().numpy(), q)) for q in (0.0, 0.1, 0.9, 0.95, 1.0)]
+        assert quantiles == pytest.approx(expected, rel=1e-15, abs=0)
+        assert thresholds == [survival_threshold(allv, f) for f in (0.001, 0.05, 0.1, 0.3)]
+        assert all(r[i][2:] == ranks[0][i][2:] for r in ranks)
+
+
+def _mnist_subset():
+    X, y = load_mnist_5k()
+    return make_outlier_set(X, y, nominal=4, fraction=0.05, seed=0)
+
+
+_FIT = dict(device="cpu", random_state=0)
+
+
+def _fit_shard(rank, world, params, checkpoint=None):
+    X, _, _ = _mnist_subset()
+    rows = np.array_split(np.arange(len(X)), world)[rank]
+    est = RobustAutoencoder(**_FIT, **params, checkpoint=checkpoint).fit(X[rows])
+    return dict(labels=est.labels_, scores=est.decision_scores_, lam=est.lam_, threshold=est.threshold_,
+                history=est.history_, S=est.S_, L=est.L_,
+                weights={k: v.clone() for k, v in est.model_.state_dict().items()})
+
+
+@pytest.mark.parametrize("penalty", ["l21_rows", "l1"])
+def test_a_distributed_fit_flags_nearly_the_rows_of_a_single_process_fit(penalty):
+    """The batches differ (each rank draws from its rows), so the fits are not bit-equal: on the
+    MNIST subset (digit 4 + 5% others, 527 rows) 2 ranks flag nearly the same rows as 1 process."""
+    X, outlier, _ = _mnist_subset()
+    single = RobustAutoencoder(**_FIT, penalty=penalty, contamination=0.05).fit(X)
+    ranks = run_ranks(_fit_shard, 2, dict(penalty=penalty, contamination=0.05))
+    labels = np.concatenate([r["labels"] for r in ranks])
+    scores = np.concatenate([r["scores"] for r in ranks])
+    # Every rank holds the same global numbers and the same network.
+    for r in ranks[1:]:
+        assert r["lam"] == ranks[0]["lam"] and r["threshold"] == ranks[0]["threshold"]
+        assert [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] == \
+               [{k: v for k, v in h.items() if k != "seconds"} for h in ranks[0]["history"]]
+        assert all(torch.equal(v, ranks[0]["weights"][k]) for k, v in r["weights"].items())
+    flagged, single_flagged = set(np.flatnonzero(labels)), set(np.flatnonzero(single.labels_))
+    assert len(flagged) == len(single_flagged) > 0
+    assert len(flagged & single_flagged) >= 0.8 * len(flagged)
+    assert np.corrcoef(scores, single.decision_scores_)[0, 1] > 0.95
+    # And it detects: the flagged rows are mostly the outliers, as the single fit's are.
+    assert outlier[labels == 1].mean() >= outlier[single.labels_ == 1].mean() - 0.15
+
+
+def _resumed(rank, world, tmp):
+    whole = _fit_shard(rank, world, dict(outer_iter=4, inner_epochs=2), checkpoint=f"{tmp}/whole")
+    _fit_shard(rank, world, dict(outer_iter=2, inner_epochs=2), checkpoint=f"{tmp}/cut")
+    resumed = _fit_shard(rank, world, dict(outer_iter=4, inner_epochs=2), checkpoint=f"{tmp}/cut")
+    return whole, resumed
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(world, tmp_path):
+    for whole, resumed in run_ranks(_resumed, world, str(tmp_path)):
+        assert len(resumed["history"]) == 4
+        for key in ("labels", "scores", "S", "L"):
+            assert np.array_equal(whole[key], resumed[key]), key
+        assert all(torch.equal(v, resumed["weights"][k]) for k, v in whole["weights"].items())
+        strip = [{k: v for k, v in h.items() if k != "seconds"} for h in whole["history"]]
+        assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]]
+
+
+# ---- without a process group: checkpoints, shards, the batches of equal steps --------------------
+
+def _small():
+    return np.random.default_rng(0).random((60, 5)).astype(np.float32)
+
+
+def test_a_checkpoint_is_refused_by_another_fit_and_kept_whole(tmp_path):
+    ck = tmp_path / "ck"
+    RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=2, checkpoint=ck).fit(_small())
+    assert sorted(os.listdir(ck)) == ["iter-000002", "latest.json"]  # only the last complete state
+    for other in (dict(X=_small() + 0.5), dict(lr=0.01), dict(penalty="l1")):
+        X = other.pop("X", _small())
+        with pytest.raises(ValueError, match="holds the state of another fit"):
+            RobustAutoencoder(**{**_FIT, "hidden": (3,), "outer_iter": 3, **other}, checkpoint=ck).fit(X)
+    # More outer iterations continue it; a finished fit's checkpoint gives its result at once.
+    longer = RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=3, checkpoint=ck).fit(_small())
+    again = RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=3, checkpoint=ck).fit(_small())
+    assert longer.n_iter_ == again.n_iter_ == 3 and np.array_equal(longer.S_, again.S_)
+    (ck / "latest.json").write_text("{")
+    with pytest.raises(ValueError, match="latest.json is unreadable"):
+        RobustAutoencoder(**_FIT, hidden=(3,), checkpoint=ck).fit(_small())
+    (ck / "latest.json").write_text('{"iteration": 3, "world_size": 4}')
+    with pytest.raises(ValueError, match="written by 4 processes, this fit runs on 1"):
+        RobustAutoencoder(**_FIT, hidden=(3,), checkpoint=ck).fit(_small())
+
+
+def test_distributed_true_needs_a_process_group():
+    with pytest.raises(ValueError, match="distributed=True needs an initialised torch.distributed process group"):
+        RobustAutoencoder(**_FIT, distributed=True).fit(_small())
+
+
+@pytest.mark.parametrize("ext", [".npy", ".csv"])
+def test_each_rank_reads_its_rows(tmp_path, ext):
+    X = _small()
+    path = tmp_path / f"x{ext}"
+    np.save(path, X) if ext == ".npy" else np.savetxt(path, X, delimiter=",")
+    for world in (1, 2, 7):
+        parts = [read_matrix(path, shard=(r, world)) for r in range(world)]
+        assert [len(p) for p in parts] == [row_range(60, r, world)[1] - row_range(60, r, world)[0]
+                                           for r in range(world)]
+        np.testing.assert_allclose(np.concatenate(parts), X, rtol=1e-7)
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+@pytest.mark.parametrize("n, steps", [(10, 3), (10, 10), (3, 7)])
+def test_equal_steps_visit_every_row_each_epoch(n, steps):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(x[:, 0].tolist())
+            return x * self.w
+
+    model = Recorder()
+    data = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.0), data, 2, 4, torch.Generator().manual_seed(0),
+                 steps=steps)
+    assert len(seen) == 2 * steps
+    for epoch in (seen[:steps], seen[steps:]):
+        rows = sorted(v for batch in epoch for v in batch)
+        assert set(rows) == set(range(n)) and all(batch for batch in epoch)
+        if n >= steps:
+            assert len(rows) == n
+
+
+def test_a_warm_start_into_a_new_checkpoint_runs_its_own_iterations(tmp_path):
+    est = RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=2, tol=0, warm_start=True, checkpoint=tmp_path / "a")
+    est.fit(_small())
+    est.set_params(checkpoint=tmp_path / "b", outer_iter=3).fit(_small())
+    assert est.n_iter_ == 3 and len(est.history_) == 5
+    assert [h["iteration"] for h in est.history_] == [1, 2, 3, 4, 5]
+
+
+def _stacked_refused(rank, world):
+    from rda_ext import fit_together
+
+    with pytest.raises(ValueError, match="runs on one process"):
+        fit_together([RobustAutoencoder(**_FIT)], _small())
+    return fit_together([RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=1, distributed=False)], _small())[0].n_iter_
+
+
+def test_fit_together_refuses_a_process_group_unless_told_to_fit_alone():
+    assert run_ranks(_stacked_refused, 2) == [1, 1]
+
+
+def test_an_explicit_gpu_index_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
+    from rda_ext.cli import main
+
+    np.save(tmp_path / "x.npy", _small())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.npz"), "--device", "cuda:1"]) == 2
+    assert "each rank takes the GPU of its LOCAL_RANK" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""A fit's result as a folder that every rank of a row-sharded fit writes its own rows into:
+``L.npy``, ``S.npy``, ``scores.npy``, ``labels.npy`` (all rows, in order) and ``result.json``
+(lam, threshold, history, the world size and the backend).
+
+The folder is whole or absent: it is built under a temporary name beside it (``.<name>.partial``,
+removed by the next run if a job died), each rank writes the bytes of its rows at their offset
+(``pwrite``: on a network file system a shared memory map would write back whole pages, a
+neighbour's rows at a shard boundary included), and rank 0 renames it into place only after
+every rank has synced its part."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from rda_ext.data.files import atomic_write
+
+RESULT_JSON = "result.json"
+
+
+def is_folder_target(path: str) -> bool:
+    """An ``--out`` ending in a path separator, or naming an existing folder, asks for a folder."""
+    return path.endswith(os.sep) or os.path.isdir(path)
+
+
+def check_folder_target(path: str) -> None:
+    """Fails early where the folder could not be put in place."""
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{path}: the folder {parent} is not writable")
+    if os.path.isdir(target) and os.listdir(target):
+        raise FileExistsError(f"{path}: the folder exists and is not empty; remove it or choose another --out")
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise FileExistsError(f"{path}: a file of that name exists (a folder was asked for by the trailing /)")
+
+
+def _partial(path: str) -> str:
+    target = os.path.abspath(path)
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.partial")
+
+
+def create(path: str, shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Rank 0: the temporary folder with each array allocated at its full shape."""
+    tmp = _partial(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, (shape, dtype) in shapes.items():
+        np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dtype, shape=shape).flush()
+
+
+def write_rows(path: str, start: int, arrays: dict[str, np.ndarray]) -> None:
+    """Every rank: its rows, from ``start``, into each array of the temporary folder."""
+    tmp = _partial(path)
+    for name, rows in arrays.items():
+        with open(os.path.join(tmp, f"{name}.npy"), "r+b") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = header(f)
+            if fortran or tuple(shape[1:]) != rows.shape[1:]:
+                raise ValueError(f"{f.name}: not the array this fit allocated")
+            row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+            data = np.ascontiguousarray(rows, dtype=dtype).tobytes()
+            offset = f.tell() + start * row_bytes
+            while data:
+                written = os.pwrite(f.fileno(), data, offset)
+                data, offset = data[written:], offset + written
+            os.fsync(f.fileno())
+
+
+def finish(path: str, meta: dict) -> None:
+    """Rank 0, after every rank's ``write_rows``: result.json, then the folder into place."""
+    tmp = _partial(path)
+    text = json.dumps(meta, indent=1).encode()
+    atomic_write(os.path.join(tmp, RESULT_JSON), lambda f: f.write(text))
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        os.rmdir(target)  # empty (checked before the fit); rename cannot replace a folder
+    os.rename(tmp, target)

@@ -1,0 +1,174 @@
+"""What the ranks of a row-sharded fit exchange: each collective is named after what it reduces.
+
+A fit whose rows are split over the processes of a ``torch.distributed`` group needs few numbers
+from the other ranks: sums and extremes of a few values, the column norms of "l21_cols" (d
+numbers), the three convergence norms, and order statistics over all groups (the contamination
+threshold, the score quantile). The order statistics are found by a radix selection over the
+float bit patterns, a histogram of 2**16 counts per round: exact, and no rank ever gathers
+another's values (an l1 fit selects among n x d entries).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rda_ext.solver.loop import survivors_of, threshold_between
+
+# Bits of the float pattern resolved per round of the selection: 2 rounds for float32 data,
+# 4 for float64, each an all-reduce of 2**16 int64 counts (512 KiB) and one pass over the values.
+DIGIT_BITS = 16
+# Values binned at once: bounds the temporaries of a selection over a large shard.
+SELECT_CHUNK = 1 << 24
+
+_BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+         torch.bfloat16: torch.int16}
+
+
+def row_group(distributed) -> RowGroup | None:
+    """The row group of a fit with the estimator's ``distributed`` parameter: the default process
+    group where one is initialised ("auto", True), None for a single-process fit."""
+    active = dist.is_available() and dist.is_initialized()
+    if distributed is True and not active:
+        raise ValueError("distributed=True needs an initialised torch.distributed process group "
+                         "(torch.distributed.init_process_group, or a launch with torchrun)")
+    return RowGroup() if active and distributed is not False else None
+
+
+def agreed(ranks: RowGroup | None, fn):
+    """``fn()``, where an exception on any rank is raised on every rank (a ValueError with the
+    lowest failing rank's message on the others), so that no rank waits alone in a collective."""
+    if ranks is None:
+        return fn()
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - exchanged, then raised again
+        error = e
+    message = ranks.first_error(error)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ValueError(message)
+    return result
+
+
+class RowGroup:
+    """This process's place in a row-sharded fit: the process group, its rank and size, and the
+    device collectives run on (the data's own with NCCL, the CPU with gloo)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self.backend = dist.get_backend(group)
+
+    def _on_wire(self, t: Tensor) -> Tensor:
+        if self.backend == "nccl":
+            return t if t.is_cuda else t.cuda()
+        return t.cpu()
+
+    def _reduce(self, t: Tensor, op) -> Tensor:
+        wire = self._on_wire(t).clone()
+        dist.all_reduce(wire, op=op, group=self.group)
+        return wire.to(t.device)
+
+    def sum(self, t: Tensor) -> Tensor:
+        """The sum over the ranks of ``t`` (the same shape on every rank), on ``t``'s device."""
+        return self._reduce(t, dist.ReduceOp.SUM)
+
+    def max(self, t: Tensor) -> Tensor:
+        return self._reduce(t, dist.ReduceOp.MAX)
+
+    def min(self, t: Tensor) -> Tensor:
+        return self._reduce(t, dist.ReduceOp.MIN)
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank."""
+        wire = self._on_wire(torch.tensor([value], dtype=torch.int64))
+        dist.broadcast(wire, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        return int(wire.item())
+
+    def rows_per_rank(self, n_local: int) -> list[int]:
+        """Every rank's number of rows, in rank order."""
+        counts = torch.zeros(self.size, dtype=torch.int64)
+        counts[self.rank] = n_local
+        return self.sum(counts).tolist()
+
+    def first_error(self, error: BaseException | None) -> str | None:
+        """The message of the lowest rank's error, on every rank (None where no rank has one): a
+        rank that fails alone would leave the others waiting in their next collective."""
+        messages: list[str | None] = [None] * self.size
+        dist.all_gather_object(messages, None if error is None else str(error), group=self.group)
+        return next((m for m in messages if m is not None), None)
+
+    # ------------------------------------------------------------------ norms
+    def norms(self, local: Tensor) -> Tensor:
+        """The l2 norms of groups whose entries are split over the ranks, from each rank's norms of
+        its part (float64; also the three convergence norms). Summed as squares relative to the
+        largest part, so that float64 norms beyond 1e154 do not overflow."""
+        local = local.double()
+        top = self.max(local)
+        unit = torch.where((top > 0) & top.isfinite(), top, torch.ones_like(top))
+        total = self.sum((local / unit).square())
+        return torch.where(top.isinf(), top, total.sqrt() * unit)
+
+    # ------------------------------------------------------------------ order statistics
+    def count(self, n_local: int) -> int:
+        return int(self.sum(torch.tensor(n_local, dtype=torch.int64)).item())
+
+    def kth_largest(self, values: Tensor, k: int) -> Tensor:
+        """The k-th largest (k >= 1) of the non-negative ``values`` of all ranks, exactly, as a
+        0-dim tensor of their dtype: a radix selection over their bit patterns (which sort as the
+        values do for numbers >= 0, +inf and NaN last), ``DIGIT_BITS`` per round."""
+        flat = values.reshape(-1)
+        bits_dtype = _BITS[flat.dtype]
+        width = torch.iinfo(bits_dtype).bits - 1  # the sign bit is 0
+        rounds = math.ceil(width / DIGIT_BITS)
+        prefix, bins = 0, 1 << DIGIT_BITS
+        for r in range(rounds):
+            shift = max(width - (r + 1) * DIGIT_BITS, 0)
+            span = width - r * DIGIT_BITS - shift  # bits this round resolves
+            counts = torch.zeros(bins, dtype=torch.int64, device=flat.device)
+            for start in range(0, flat.numel(), SELECT_CHUNK):
+                # The sign bit cleared: a NaN may carry one (and sorts last either way).
+                b = flat[start : start + SELECT_CHUNK].contiguous().view(bits_dtype).long() & ((1 << width) - 1)
+                if r:
+                    b = b[(b >> (shift + span)) == prefix]
+                counts += torch.bincount((b >> shift) & ((1 << span) - 1), minlength=bins)
+            counts = self.sum(counts).cpu()
+            above = counts.flip(0).cumsum(0)  # above[i]: values whose digit >= bins - 1 - i
+            i = int(torch.searchsorted(above, k))
+            digit = bins - 1 - i
+            k -= int(above[i] - counts[digit])
+            prefix = (prefix << span) | digit
+        return torch.tensor(prefix, dtype=bits_dtype).view(flat.dtype)
+
+    def survival_threshold(self, values: Tensor, fraction: float) -> float:
+        """``loop.survival_threshold`` over the values of all ranks (the same number, to the bit)."""
+        total = self.count(values.numel())
+        survivors = survivors_of(total, fraction)
+        lowest_kept = self.kth_largest(values, survivors + 1)  # the largest shrunk value
+        if not survivors:
+            return threshold_between(lowest_kept, None)
+        flat = values.reshape(-1)
+        above = flat[flat > lowest_kept]
+        if self.count(above.numel()) >= survivors:  # else the smallest survivor ties with it
+            floor = torch.full((), math.inf, dtype=torch.float64)
+            smallest = self.min(above.min().double().cpu() if above.numel() else floor).to(flat.dtype)
+        else:
+            smallest = lowest_kept
+        return threshold_between(lowest_kept, smallest)
+
+    def quantile(self, values: Tensor, q: float) -> float:
+        """``numpy.quantile(all values, q)`` (linear interpolation) for values >= 0."""
+        total = self.count(values.numel())
+        pos = q * (total - 1)
+        k = math.floor(pos)
+        lo = self.kth_largest(values, total - k)
+        hi = self.kth_largest(values, total - k - 1) if k + 1 < total else lo
+        return float(np.quantile(np.array([float(lo), float(hi)]), pos - k))

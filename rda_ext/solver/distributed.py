@@ -1,0 +1,79 @@
+"""RDA on row shards: each rank of a ``torch.distributed`` group holds its rows of X, L, S and
+LS_prev; the autoencoder is replicated and trained with DistributedDataParallel.
+
+What is local and what is global, per penalty (``RowGroup`` does the exchanges):
+- "l21_rows" and "l1": the proximal step is row-local; lam from ``contamination`` is an order
+  statistic over all rows' norms or all entries, found by a distributed selection (no rank
+  gathers another's values).
+- "l21_cols": each column's norm spans all ranks: the ranks' partial column norms (d numbers) are
+  combined before any rank shrinks; every rank then holds all d norms and chooses lam alone.
+- c1, c2: each rank's three convergence norms (``convergence_step(norms=True)``) are combined,
+  then divided.
+- Training: every rank runs the same number of steps per epoch (the most any rank's rows need at
+  ``batch_size``), so that a shard a row shorter never leaves a gradient all-reduce waiting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rda_ext import ops
+from rda_ext.solver.collectives import RowGroup
+from rda_ext.solver.loop import RDASolver
+
+
+class DistributedRDASolver(RDASolver):
+    """``RDASolver`` over this rank's rows. ``model`` is the bare network (DistributedDataParallel
+    broadcasts rank 0's weights); the history's numbers are global and the same on every rank.
+    Without a model (None) it runs only the proximal step, on an ``L`` the caller sets."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, X: Tensor, S: Tensor, LS_prev: Tensor,
+                 *, ranks: RowGroup, **kwargs):
+        super().__init__(model, optimizer, X, S, LS_prev, **kwargs)
+        self.ranks = ranks
+        rows = ranks.rows_per_rank(X.shape[0])
+        self.steps_per_epoch = max(math.ceil(r / self.batch_size) for r in rows)
+        self._ddp = None
+
+    @property
+    def training_model(self) -> nn.Module:
+        """The network wrapped for training, on first use (after a checkpoint's weights are loaded:
+        the wrapper broadcasts rank 0's)."""
+        if self._ddp is None:
+            device_ids = [self.X.device.index] if self.X.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=device_ids, process_group=self.ranks.group)
+        return self._ddp
+
+    def training_stats(self, train_loss: Tensor, recon_sq: Tensor) -> tuple[Tensor, Tensor]:
+        total = self.ranks.sum(torch.stack([train_loss, recon_sq]))
+        return total[0] / self.ranks.size, total[1]
+
+    def residual_norms(self) -> Tensor | None:
+        norms = super().residual_norms()
+        if self.group_dim == 0:  # "all-reduce of the partial column norms"
+            return self.ranks.norms(norms).to(norms.dtype)
+        return norms
+
+    def contamination_lam(self) -> float:
+        if self.group_dim == 0:  # every rank holds all column norms
+            return super().contamination_lam()
+        values = self.norms if self.norms is not None else torch.sub(self.X, self.L, out=self.S).abs_()
+        lam = self.ranks.survival_threshold(values, self.contamination)
+        if not math.isfinite(lam):
+            self._diverged("the residual X - AE(X - S), whose quantile gives lam,", math.nan, math.nan)
+        return lam
+
+    def penalty_stats(self, lam: float) -> list[Tensor]:
+        stats = super().penalty_stats(lam)
+        if self.group_dim == 0:  # from the global column norms: the same on every rank
+            return stats
+        return list(self.ranks.sum(torch.stack(stats)))
+
+    def convergence(self) -> Tensor:
+        norms = self.ranks.norms(ops.convergence_step(self.X, self.L, self.S, self.LS_prev, norms=True))
+        scale = torch.where(norms[0] > 0, norms[0], torch.ones_like(norms[0]))  # plain norms where X is 0
+        return norms[1:] / scale
