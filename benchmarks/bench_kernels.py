@@ -90,6 +90,11 @@ def ops(rows: int, cols: int) -> list[Op]:
            lambda X, L, n, out: rda_ext.shrink_residual(X, L, lc, "l21_cols", norms=n, out=out),
            extra=lambda X, L: (rda_ext.group_norms(X, 0, minus=L),)),
         Op("convergence_step", 4, 20, rda_ext.ops.convergence_step, reference.convergence_step),
+        # The three norms instead of the two ratios: what each rank of a row-sharded fit computes.
+        Op("convergence norms", 4, 16, lambda X, L, S, P: rda_ext.convergence(X, L, S, P, norms=True),
+           lambda X, L, S, P: reference.convergence(X, L, S, P, True)),
+        Op("convergence_step norms", 4, 20, lambda X, L, S, P: rda_ext.ops.convergence_step(X, L, S, P, norms=True),
+           lambda X, L, S, P: reference.convergence_step(X, L, S, P, True)),
     ]
 
 
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/kernels-<device>.json)")
+    parser.add_argument("--ops", help="comma-separated op names to run (default: all)")
     args = parser.parse_args()
     device = args.device
     timer = Timer(device)
@@ -158,6 +164,8 @@ def main() -> None:
         n_sets = max(1, min(64, math.ceil(rotation_bytes / set_bytes)))
         repeats = max(10, min(50, int(2e9 / (set_bytes * 4))))
         for op in ops(rows, COLS):
+            if args.ops and op.name not in args.ops.split(","):
+                continue
             arg_sets = [
                 tuple(torch.randn(rows, COLS, generator=gen, device=device) for _ in range(op.operands))
                 for _ in range(n_sets)
