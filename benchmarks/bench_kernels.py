@@ -7,6 +7,7 @@ the copy bandwidth measured here, first) and the speed-up over the eager referen
 fresh random normals; small sizes rotate through enough input sets to overflow the caches.
 
     python benchmarks/bench_kernels.py [--quick] [--device cpu|cuda] [--out FILE.json]
+        [--ops "convergence,convergence norms"] [--rows 334,5350] [--no-compile]
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/kernels-<device>.json)")
     parser.add_argument("--ops", help="comma-separated op names to run (default: all)")
+    parser.add_argument("--rows", help="comma-separated row counts of 784 columns instead of the mode's sizes")
     args = parser.parse_args()
     device = args.device
     timer = Timer(device)
@@ -148,6 +150,8 @@ def main() -> None:
     row_counts = [334, 5350, 65536] if args.quick else [334, 5350, 65536, 342392]
     if device == "cuda" and not args.quick:
         row_counts.append(1369568)  # 4 GB
+    if args.rows:
+        row_counts = [int(r) for r in args.rows.split(",")]
     bw = copy_bandwidth(device, timer)
     print(f"device {device}: {machine(device)}")
     print(f"measured copy bandwidth: {bw / 1e9:.2f} GB/s (read + write)\n")

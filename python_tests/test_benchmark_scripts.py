@@ -1,5 +1,5 @@
-"""Smoke tests of the benchmark scripts that the suite can afford: the proximal-step, trainer,
-lambda-path and distributed benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
+"""Smoke tests of the benchmark scripts that the suite can afford: the kernel, proximal-step,
+trainer, lambda-path and distributed benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
 
 import gzip
 import json
@@ -73,6 +73,19 @@ def test_path_benchmark_compares_the_parallel_path_with_separate_fits(tmp_path):
     for r in result["per_lam"]:
         # A parallel fit is its separate fit (same seed, to rounding): the same rows flagged.
         assert r["flagged_parallel"] == r["flagged_separate"] and r["overlap"] == 1.0
+
+
+def test_kernel_benchmark_times_the_chosen_ops_against_the_reference(tmp_path):
+    ops = "convergence,convergence norms"
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kernels.py"), "--rows", "334", "--no-compile",
+                          "--ops", ops, "--out", str(tmp_path / "k.json")], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert result["copy_bandwidth_gb_s"] > 0 and result["machine"]["cpu"]
+    assert [(r["op"], r["shape"]) for r in result["results"]] == [(op, [334, 784]) for op in ops.split(",")]
+    for r in result["results"]:
+        assert r["speedup_vs_eager"] == pytest.approx(r["eager_reference_s"] / r["ours_s"])
+        assert r["fraction_of_bandwidth_floor"] > 0 and r["compiled_reference_s"] is None
 
 
 def test_distributed_benchmark_times_one_and_two_processes_and_counts_the_bytes(tmp_path):
