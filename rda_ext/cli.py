@@ -386,8 +386,8 @@ def _model_of_all_rows(est, rows: dict):
 
 
 def _write_folder(args, est, history: np.ndarray, ranks: RowGroup | None) -> None:
-    """--out DIR/: each rank writes its rows into the folder's memory-mapped arrays; rank 0 puts
-    the folder in place once all have."""
+    """--out DIR/: each rank writes its rows into the folder's arrays; rank 0 puts the folder in
+    place once all have."""
     mine = _fitted_rows(est)
     counts = [len(est.L_)] if ranks is None else ranks.rows_per_rank(len(est.L_))
     rank = 0 if ranks is None else ranks.rank

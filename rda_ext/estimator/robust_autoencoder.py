@@ -239,7 +239,6 @@ class RobustAutoencoder(SklearnProtocol):
                 if ranks.min(found) != ranks.max(found):
                     raise ValueError(f"checkpoint {self.checkpoint}: the ranks found different states in it; it must "
                                      "be one folder that every rank reads and writes (a shared file system)")
-            done = 0
             if saved:
                 solver.norms = solver.residual_norms()  # those of the restored last step
                 done, history = len(saved) - len(history), saved

@@ -152,17 +152,17 @@ class RowGroup:
         """``loop.survival_threshold`` over the values of all ranks (the same number, to the bit)."""
         total = self.count(values.numel())
         survivors = survivors_of(total, fraction)
-        lowest_kept = self.kth_largest(values, survivors + 1)  # the largest shrunk value
+        largest_shrunk = self.kth_largest(values, survivors + 1)
         if not survivors:
-            return threshold_between(lowest_kept, None)
+            return threshold_between(largest_shrunk, None)
         flat = values.reshape(-1)
-        above = flat[flat > lowest_kept]
+        above = flat[flat > largest_shrunk]
         if self.count(above.numel()) >= survivors:  # else the smallest survivor ties with it
             floor = torch.full((), math.inf, dtype=torch.float64)
             smallest = self.min(above.min().double().cpu() if above.numel() else floor).to(flat.dtype)
         else:
-            smallest = lowest_kept
-        return threshold_between(lowest_kept, smallest)
+            smallest = largest_shrunk
+        return threshold_between(largest_shrunk, smallest)
 
     def quantile(self, values: Tensor, q: float) -> float:
         """``numpy.quantile(all values, q)`` (linear interpolation) for values >= 0."""

@@ -58,14 +58,10 @@ class DistributedRDASolver(RDASolver):
             return self.ranks.norms(norms).to(norms.dtype)
         return norms
 
-    def contamination_lam(self) -> float:
+    def survival_threshold(self, norms: Tensor) -> float:
         if self.group_dim == 0:  # every rank holds all column norms
-            return super().contamination_lam()
-        values = self.norms if self.norms is not None else torch.sub(self.X, self.L, out=self.S).abs_()
-        lam = self.ranks.survival_threshold(values, self.contamination)
-        if not math.isfinite(lam):
-            self._diverged("the residual X - AE(X - S), whose quantile gives lam,", math.nan, math.nan)
-        return lam
+            return super().survival_threshold(norms)
+        return self.ranks.survival_threshold(norms, self.contamination)
 
     def penalty_stats(self, lam: float) -> list[Tensor]:
         stats = super().penalty_stats(lam)

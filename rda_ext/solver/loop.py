@@ -180,10 +180,14 @@ class RDASolver:
         norms = self.norms
         if norms is None:
             norms = torch.sub(self.X, self.L, out=self.S).abs_()
-        lam = survival_threshold(norms, self.contamination)
+        lam = self.survival_threshold(norms)
         if not math.isfinite(lam):
             self._diverged("the residual X - AE(X - S), whose quantile gives lam,", math.nan, math.nan)
         return lam
+
+    def survival_threshold(self, norms: Tensor) -> float:
+        """``survival_threshold`` over all groups (a row-sharded solver selects over every rank's)."""
+        return survival_threshold(norms, self.contamination)
 
     def _diverged(self, what: str, loss: float, recon: float):
         raise TrainingDiverged(

@@ -136,9 +136,9 @@ def train_epochs(
     the ranks of a row-sharded fit must all step together."""
     if graphed is not None and (target is not None or loss_fn is not None):
         raise ValueError("a graphed step trains an autoencoder's own loss: no target or loss_fn with it")
-    n = data.shape[0]
-    if steps is not None and graphed is not None:
+    if graphed is not None and steps is not None:
         raise ValueError("a graphed step trains full batches: no steps with it")
+    n = data.shape[0]
     total = torch.zeros((), dtype=torch.float64, device=data.device)
     batches = []
     model.train()
