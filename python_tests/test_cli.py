@@ -42,8 +42,10 @@ def assert_user_error(code, err, message):
 
 
 def test_fit_then_score(tmp_path, capsys, data):
+    """With the paper's score: the norm of the residual, and lam as the threshold."""
     code, out, err = run_main(capsys, "fit", tmp_path / "X.npy", "--contamination", "0.05",
-                              "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt", *FAST)
+                              "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt", *FAST,
+                              "--outlier-score", "residual")
     assert code == 0 and "rows flagged" in out
     with np.load(tmp_path / "r.npz") as r:
         assert r["L"].shape == r["S"].shape == data.shape
@@ -159,9 +161,10 @@ def test_demo_runs_the_paper_experiment(tmp_path):
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["n_outliers"] == 27 and report["n_rows"] == 527
     rda = report["methods"]["RDA (l21_rows)"]
-    # As many rows flagged as there are outliers: precision, recall and F1 are one number, a count of 27.
-    assert rda["n_flagged"] == 27 and rda["precision"] == rda["recall"] == rda["f1"]
-    assert rda["f1"] * 27 == pytest.approx(round(rda["f1"] * 27), abs=1e-9)
+    # The rows above the (1 - 0.052) quantile of 527 scores, as for the autoencoders: 28, 27 of them outliers at most.
+    assert rda["n_flagged"] == report["methods"]["plain autoencoder"]["n_flagged"] == 28
+    assert rda["precision"] * 28 == pytest.approx(rda["recall"] * 27, abs=1e-9)
+    assert "autoencoder, RDA's score" in report["methods"]
     # A detector that learned the digit, not chance: the outliers rank high.
     assert rda["auroc"] > 0.85
 
@@ -183,7 +186,7 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
             "--output-activation", "linear", "--no-tied-weights", "--preprocessing", "standardize", "--tol", "0.125",
             "--device", "cpu",
             "--dtype", "float64", "--precision", "auto", "--cuda-graphs", "--seed", "11", "-v",
-            "--checkpoint", str(tmp_path / "ck")]
+            "--checkpoint", str(tmp_path / "ck"), "--outlier-score", "residual"]
     with pytest.raises(ZeroDivisionError):
         cli.main(["fit", str(tmp_path / "X.npy"), "--out", str(tmp_path / "r.npz"), *args])
     assert seen == dict(
@@ -191,7 +194,7 @@ def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
         lr=0.5, optimizer="sgd", activation="relu", output_activation="linear", tied_weights=False,
         preprocessing="standardize", tol=0.125,
         warm_start=False, device="cpu", dtype="float64", precision="auto", cuda_graphs=True, random_state=11,
-        verbose=True, distributed="auto", checkpoint=str(tmp_path / "ck"),
+        verbose=True, distributed="auto", checkpoint=str(tmp_path / "ck"), outlier_score="residual",
     )
 
 
@@ -256,8 +259,10 @@ def test_fit_writes_the_estimators_exact_results(tmp_path, capsys, data, how):
         np.testing.assert_array_equal(r["S"], est.S_)
         np.testing.assert_array_equal(r["scores"], est.decision_scores_)
         assert float(r["lam"]) == est.lam_ and float(r["threshold"]) == est.threshold_
-        # The labels are the non-zero rows of S, and the history its rows in HISTORY_KEYS order.
-        np.testing.assert_array_equal(r["labels"], (r["S"] != 0).any(axis=1).astype(np.int64))
+        # The labels are the rows above the threshold (the default score's quantile), and the
+        # history its rows in HISTORY_KEYS order.
+        np.testing.assert_array_equal(r["labels"], est.labels_)
+        np.testing.assert_array_equal(r["labels"], (r["scores"] > float(r["threshold"])).astype(np.int64))
         assert list(r["history_columns"]) == list(HISTORY_KEYS)
         expected = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_])
         seconds = list(HISTORY_KEYS).index("seconds")
@@ -275,7 +280,7 @@ def test_fit_writes_the_estimators_exact_results(tmp_path, capsys, data, how):
 
 def test_score_writes_the_norms_of_the_residual_of_the_saved_network(tmp_path, capsys, data):
     assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt",
-                    *FAST)[0] == 0
+                    *FAST, "--outlier-score", "residual")[0] == 0
     model = RobustAutoencoder.load(tmp_path / "m.pt")
     new = data[::-1] * 0.9
     np.save(tmp_path / "new.npy", new)
@@ -289,6 +294,19 @@ def test_score_writes_the_norms_of_the_residual_of_the_saved_network(tmp_path, c
         flagged = int(s["labels"].sum())
     assert out.strip().splitlines()[-1] == (f"{len(new)} rows scored ({new.shape[1]} features read from {tmp_path / 'new.npy'}), "
                            f"{flagged} above the threshold {model.threshold_:.6g} -> {tmp_path / 's.npz'}")
+
+
+def test_score_writes_the_saved_models_default_score(tmp_path, capsys, data):
+    assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt",
+                    *FAST)[0] == 0
+    model = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert model.outlier_score == "residual+code"
+    new = data[::-1] * 0.9
+    np.save(tmp_path / "new.npy", new)
+    assert run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "new.npy", "--out", tmp_path / "s.npz")[0] == 0
+    with np.load(tmp_path / "s.npz") as s, np.load(tmp_path / "r.npz") as r:
+        np.testing.assert_array_equal(s["scores"], model.decision_function(new))
+        np.testing.assert_array_equal(s["labels"], (s["scores"] > float(r["threshold"])).astype(np.int64))
 
 
 @pytest.mark.parametrize("existing", [False, True])

@@ -139,6 +139,35 @@ def test_the_distributed_selection_is_exact():
         assert all(r[i][2:] == ranks[0][i][2:] for r in ranks)
 
 
+def _score_data(seed):
+    gen = torch.Generator().manual_seed(seed)
+    X, L = (torch.rand(53, 11, generator=gen, dtype=torch.float64) for _ in range(2))
+    return X, L, torch.randn(11, 3, generator=gen, dtype=torch.float64), torch.rand(53, generator=gen) < 0.8
+
+
+_SCORE_SHARDS = ((0, 25), (25, 25), (25, 53))  # rank 1 holds no rows
+
+
+def _score_statistics(rank, world, seed):
+    from rda_ext.estimator import scoring
+
+    X, L, W, reference = _score_data(seed)
+    lo, hi = _SCORE_SHARDS[rank]
+    return scoring.fit_statistics(X[lo:hi], lambda s, x: L[lo + s : lo + s + len(x)], lambda x: torch.sigmoid(x @ W),
+                                  reference[lo:hi], RowGroup())
+
+
+def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows():
+    from rda_ext.estimator import scoring
+
+    seed = _seed()
+    X, L, W, reference = _score_data(seed)
+    want = scoring.fit_statistics(X, lambda s, x: L[s : s + len(x)], lambda x: torch.sigmoid(x @ W), reference)
+    for got in run_ranks(_score_statistics, 3, seed):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 def _mnist_subset():
     X, y = load_mnist_5k()
     return make_outlier_set(X, y, nominal=4, fraction=0.05, seed=0)

@@ -65,8 +65,9 @@ def test_contamination_flags_the_expected_fraction(seed):
 
 
 def test_l21_rows_labels_are_the_nonzero_rows_of_S(seed):
+    """With the paper's score."""
     X, _ = planted(seed)
-    est = RobustAutoencoder(lam=0.8, random_state=seed, **SMALL).fit(X)
+    est = RobustAutoencoder(lam=0.8, random_state=seed, outlier_score="residual", **SMALL).fit(X)
     assert est.threshold_ == est.lam_ == 0.8
     nonzero = np.abs(est.S_).sum(1) > 0
     assert np.array_equal(est.labels_, nonzero.astype(int))
@@ -193,7 +194,7 @@ def test_warm_start_continues(seed):
 
 def test_lambda_path(seed):
     X, is_out = planted(seed)
-    path = lambda_path(X, [0.5, 2.0, 1.0], random_state=seed, **SMALL)
+    path = lambda_path(X, [0.5, 2.0, 1.0], random_state=seed, outlier_score="residual", **SMALL)
     assert [r["lam"] for r in path] == [2.0, 1.0, 0.5]
     flagged = [r["n_flagged"] for r in path]
     assert flagged == sorted(flagged) and flagged[-1] > flagged[0]

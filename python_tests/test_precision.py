@@ -23,7 +23,8 @@ def seed(gen):
 
 def test_bfloat16_computes_the_network_in_bfloat16_and_keeps_the_rest_float32(seed):
     X, _ = planted(seed, n=120, d=20)
-    est = RobustAutoencoder(precision="bfloat16", lam=0.9, random_state=seed, tol=0, **SMALL).fit(X)
+    est = RobustAutoencoder(precision="bfloat16", lam=0.9, random_state=seed, tol=0, outlier_score="residual",
+                            **SMALL).fit(X)
     assert est.L_.dtype == est.S_.dtype == np.float32
     assert all(p.dtype == torch.float32 for p in est.model_.parameters())
     assert all(v.dtype == torch.float32 for s in est._optim.state.values() for k, v in s.items() if k != "step")

@@ -75,7 +75,7 @@ def test_auto_scales_only_data_outside_the_unit_interval():
 def test_the_fit_runs_on_scaled_data_and_answers_in_xs_units(seed, penalty, preprocessing):
     X = table(seed)
     est = RobustAutoencoder(penalty=penalty, contamination=0.1, random_state=seed, preprocessing=preprocessing,
-                            **FAST).fit(X)
+                            outlier_score="residual", **FAST).fit(X)
     c, s = est.center_, est.scale_
     if preprocessing == "auto":  # minmax: [0, 1] on the training rows, hence a sigmoid output
         np.testing.assert_array_equal(c, X.min(0))

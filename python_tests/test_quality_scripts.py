@@ -50,8 +50,9 @@ def test_the_results_page_shows_the_tables_of_the_committed_full_runs():
 def test_the_results_page_shows_the_sweep_tables_of_the_committed_runs():
     page = (QUALITY.parent / "RESULTS.md").read_text()
     rows = tables(RESULTS / "sweep-amd-epyc-2t.json", RESULTS / "sweep-extra-amd-epyc-2t.json")
-    # Two data sets, then the extra run's two (the MNIST subset and Fashion-MNIST at its size).
-    assert sum(row.startswith("| IsolationForest |") for row in rows) == 4
+    # Two data sets, then the extra run's two (the MNIST subset and Fashion-MNIST at its size), each
+    # with the table of its cells and the table of the defaults' score and its parts.
+    assert sum(row.startswith("| IsolationForest |") for row in rows) == 8
     missing = [row for row in rows if row not in page]
     assert not missing, missing
 
@@ -104,4 +105,7 @@ def test_sweep_quick_fits_every_cell_once_and_resumes_from_its_log(tmp_path):
     again, log_again = sweep()
     assert log_again == log and again["summary"] == first["summary"]
     rows = tables(next(tmp_path.glob("sweep-*-quick.json")))
-    assert rows[2].startswith("| IsolationForest |") and len(rows) == 3 + len(cells)
+    assert rows[2].startswith("| IsolationForest |") and rows[3 + len(cells)].startswith("| class |")
+    # The defaults' cell keeps the parts of its score, and the autoencoder scored the same way.
+    parts = rows[rows.index("| score | F1 | AUROC |"):]
+    assert len(parts) == 2 + 1 + 6 and parts[-1].startswith("| autoencoder, residual+code |")

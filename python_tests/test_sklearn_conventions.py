@@ -30,6 +30,12 @@ EXPECTED_FAILURES = {
         "differently when the rows come in another order (seen: 1 ulp in 1 of 80 values), while "
         "the check compares with rtol 1e-7"
     ),
+    "check_methods_subset_invariance": (
+        "decision_function's default score holds the Mahalanobis distance of that float32 code: the "
+        "last-bit difference of a product over fewer rows, multiplied by the inverse covariance of "
+        "the code, shows at about 1e-5 (seen: 7e-6 in 1 of 20 rows), while the check compares with "
+        "rtol 1e-7; with outlier_score=\"residual\" the check passes"
+    ),
 }
 
 

@@ -29,6 +29,7 @@ CHOICES = {
     "output_activation": ("auto", *ACTIVATIONS),
     "precision": PRECISIONS,
     "preprocessing": ("auto", "none", "minmax", "standardize"),
+    "outlier_score": ("residual+code", "residual"),
 }
 
 

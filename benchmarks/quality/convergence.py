@@ -40,7 +40,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for lam in lams:
         est = RobustAutoencoder(lam=lam, hidden=HIDDEN, outer_iter=outer, inner_epochs=10, batch_size=64, tol=0,
-                                device=args.device, random_state=0).fit(X)
+                                outlier_score="residual", device=args.device, random_state=0).fit(X)
         xs, ys = staircase(est.history_)
         ax.plot(xs, ys, drawstyle="steps-post", label=f"lam {lam:g} ({est.labels_.sum()} rows in S)")
         runs[str(lam)] = est.history_

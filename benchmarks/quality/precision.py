@@ -32,7 +32,7 @@ def outlier_cell(X, y, seed, precision, device) -> dict:
     t = time.perf_counter()
     est = RobustAutoencoder(penalty="l21_rows", contamination=float(is_out.mean()), hidden=OUTLIER_HIDDEN,
                             outer_iter=EPOCHS_SMALL[0], inner_epochs=EPOCHS_SMALL[1], batch_size=64,
-                            device=device, random_state=seed, precision=precision).fit(Xm)
+                            outlier_score="residual", device=device, random_state=seed, precision=precision).fit(Xm)
     return dict(seed=seed, precision=precision, f1=precision_recall_f1(is_out, est.labels_)[2],
                 auroc=roc_auc(is_out, est.decision_scores_), seconds=time.perf_counter() - t)
 

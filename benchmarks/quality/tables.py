@@ -117,6 +117,28 @@ def sweep(result: dict) -> str:
         default = default_cell(result["cells"])
         if default is not None:
             out.append(sweep_per_class(name, default, result["runs"]))
+            if len(cells[default]) > 3:  # the parts of the defaults' score, beside the config
+                out.append(score_parts(name, default, cells))
+    return "\n".join(out)
+
+
+# How the two methods every cell has read in the defaults' cell, whose score is "residual+code".
+_DEFAULT_METHODS = {"RDA": "RDA, residual+code (the defaults)", "autoencoder": "autoencoder, residual norm"}
+
+
+def score_parts(name: str, cell: str, cells: dict) -> str:
+    """The defaults' score, its two terms alone, RDA's residual norm from the same fits and the
+    plain autoencoder scored both ways: mean F1 / AUROC over the instances."""
+    iso = cells["IsolationForest"]
+    out = [f"**{name}, the defaults' score and its parts ({cell}; F1 from the top contamination fraction of each "
+           "score)**\n", "| score | F1 | AUROC |", "| --- | ---: | ---: |",
+           f"| IsolationForest | {iso['f1']['mean']:.3f} ± {iso['f1']['sd']:.3f} | "
+           f"{iso['auroc']['mean']:.3f} ± {iso['auroc']['sd']:.3f} |"]
+    for method, r in cells[cell].items():
+        if method != "config":
+            out.append(f"| {_DEFAULT_METHODS.get(method, method)} | {r['f1']['mean']:.3f} ± {r['f1']['sd']:.3f} | "
+                       f"{r['auroc']['mean']:.3f} ± {r['auroc']['sd']:.3f} |")
+    out.append("")
     return "\n".join(out)
 
 

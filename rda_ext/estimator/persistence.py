@@ -26,7 +26,8 @@ _FITTED_KEYS = (*_FITTED_SCALARS, "decision_scores_", "labels_", "batch_seed")
 _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
 # Parameters added since the format was fixed, with the value in effect in files written before them.
 _ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs": False, "distributed": "auto",
-                 "checkpoint": None}
+                 "checkpoint": None, "outlier_score": "residual"}
+_SCORE_KEYS = ("residual_scale_", "code_center_", "code_precision_")  # with outlier_score="residual+code" only
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 
@@ -58,7 +59,7 @@ def model_writer(est, *, data: bool):
     fitted["labels_"] = torch.from_numpy(np.ascontiguousarray(est.labels_))
     fitted["batch_seed"] = plain(est._batch_seed)
     fitted["output_activation_"] = est.model_.architecture[2]
-    for key in ("center_", "scale_"):
+    for key in ("center_", "scale_", *_SCORE_KEYS):
         value = getattr(est, key)
         fitted[key] = None if value is None else torch.from_numpy(np.array(value, dtype=np.float64))
     if data:
@@ -246,6 +247,7 @@ def _build(cls, state: dict, params: dict, device):
         if not bool((scale > 0).all()):
             raise _Invalid("scale_ has entries <= 0")
     est.center_, est.scale_ = (None, None) if center is None else (center.numpy(), scale.numpy())
+    est.residual_scale_, est.code_center_, est.code_precision_ = _score_statistics(est, fitted, d, sizes[-1])
     for key in _FITTED_SCALARS:
         setattr(est, key, fitted[key])
     est._batch_seed = fitted["batch_seed"]
@@ -255,6 +257,24 @@ def _build(cls, state: dict, params: dict, device):
     if present:
         est.L_, est.S_ = (t.numpy() if fitted["input"] == "numpy" else t for t in (fitted["L_"], fitted["S_"]))
     return est
+
+
+def _score_statistics(est, fitted: dict, d: int, k: int) -> tuple:
+    """The "residual+code" statistics of the file, checked (None each with outlier_score="residual")."""
+    if est.outlier_score == "residual":
+        return None, None, None
+    shapes = {"residual_scale_": (d,), "code_center_": (k,), "code_precision_": (k, k)}
+    out = []
+    for key, shape in shapes.items():
+        t = fitted.get(key)
+        if not (isinstance(t, torch.Tensor) and tuple(t.shape) == shape and t.dtype == torch.float64
+                and bool(torch.isfinite(t).all())):
+            raise _Invalid(f"{key} is not a finite float64 tensor of shape {shape}, which "
+                           f"outlier_score={est.outlier_score!r} needs")
+        out.append(t.numpy())
+    if not bool((fitted["residual_scale_"] > 0).all()):
+        raise _Invalid("residual_scale_ has entries <= 0")
+    return tuple(out)
 
 
 def _checked_weights(weights, expected: dict) -> dict:

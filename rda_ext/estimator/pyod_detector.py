@@ -39,11 +39,11 @@ class RDADetector(BaseDetector):
     Fitted attributes
     -----------------
     estimator_ : the fitted ``RobustAutoencoder``.
-    decision_scores_ : ``estimator_.decision_scores_``, the norm of each training row of X - L.
+    decision_scores_ : ``estimator_.decision_scores_``, the estimator's ``outlier_score`` of each training row.
     threshold_, labels_ : PyOD's, from the scores and ``contamination``: the top
-        ``contamination`` fraction of the training scores is labelled 1. For the "l21_rows"
-        penalty this may differ slightly from ``estimator_.labels_``, which marks the rows
-        where S is non-zero.
+        ``contamination`` fraction of the training scores is labelled 1. This may differ slightly
+        from ``estimator_.labels_`` (its own quantile; with outlier_score="residual" and "l21_rows", the
+        rows where S is non-zero).
     """
 
     def __init__(self, estimator: RobustAutoencoder | None = None, contamination: float = 0.1) -> None:
@@ -66,7 +66,7 @@ class RDADetector(BaseDetector):
         return self
 
     def decision_function(self, X: ArrayLike | torch.Tensor) -> np.ndarray:
-        """Outlier score of each row of X (float64 numpy): the norm of its row of X - AE(X)."""
+        """Outlier score of each row of X (float64 numpy): the estimator's ``decision_function``."""
         check_is_fitted(self, "estimator_")
         scores = self.estimator_.decision_function(X)
         # PyOD scales and compares scores with numpy, also for a tensor X (which may be on a GPU).

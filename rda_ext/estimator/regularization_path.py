@@ -32,7 +32,9 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     Returns one dict per lam, in decreasing order of lam: ``lam``, ``decision_scores``,
     ``labels``, ``n_flagged``, ``n_nonzero`` (non-zero groups of S), ``nonzero_groups`` (a
     boolean numpy mask of the rows or columns where S is non-zero; None for "l1") and
-    ``history``."""
+    ``history``. ``labels`` follow the ``score``: with outlier_score="residual" and "l21_rows" they are S's
+    non-zero rows; with the default "residual+code" the top ``contamination`` fraction of the
+    scores at every lam, so that along a path S's rows are read from ``nonzero_groups``."""
     if "lam" in params:
         raise ValueError("pass the lam values as lams, not lam=")
     values = [float(v) for v in np.atleast_1d(np.asarray(lams, dtype=np.float64))]

@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rda_ext import ops
+from rda_ext.estimator import scoring
 from rda_ext.estimator.persistence import load_model, save_model
 from rda_ext.estimator.preprocessing import (
     in_unit_interval,
@@ -108,6 +109,12 @@ class RobustAutoencoder(SklearnProtocol):
         (weights, optimizer, S and L of every rank, the batch generators, the history) is written
         there, whole or not at all; a fit started again with the same data and parameters (e.g. a
         job that torchrun --max-restarts restarts) resumes from the last complete iteration.
+    outlier_score : the outlier score of a row (rda_ext.estimator.scoring): "residual+code" (default)
+        adds, each scaled to about 1 on a typical row, the mean squared residual x - L with every
+        feature divided by its residual scale, and the squared Mahalanobis distance of the row's
+        hidden code, both measured on the rows whose residual norm is at most the (1 -
+        contamination) quantile; "residual" is the norm of x - L, the paper's detector. The
+        default was chosen from the label-free sweep (benchmarks/RESULTS.md).
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
@@ -117,9 +124,13 @@ class RobustAutoencoder(SklearnProtocol):
     -----------------
     L_, S_ : the decomposition of the training X, of X's type (numpy array or tensor), dtype and
         device.
-    decision_scores_ : numpy, the outlier score of each training row: the norm of its row of X - L.
-    threshold_, labels_ : rows scoring above ``threshold_`` have label 1. For "l21_rows",
-        ``threshold_ = lam_``, so ``labels_`` marks exactly the rows where S is non-zero.
+    decision_scores_ : numpy, the ``outlier_score`` of each training row (its residual is its row of X - L).
+    threshold_, labels_ : rows scoring above ``threshold_`` have label 1. ``threshold_`` is the (1 -
+        contamination) quantile of the training scores; with outlier_score="residual" and "l21_rows" it is
+        ``lam_``, so that ``labels_`` marks exactly the rows where S is non-zero.
+    residual_scale_, code_center_, code_precision_ : numpy float64, the statistics of the
+        "residual+code" score (sigma per feature, mu and the pseudo-inverse covariance of the
+        code), in the network's input space; None with outlier_score="residual".
     lam_ : the lam of the last proximal step.  n_iter_ : outer iterations run.
     history_ : one dict per outer iteration with ``HISTORY_KEYS``: lam, mean training loss of the
         last inner epoch, recon_error ||L_in - AE(L_in)||_F, objective recon_error + lam *
@@ -150,6 +161,7 @@ class RobustAutoencoder(SklearnProtocol):
         cuda_graphs=False,
         distributed="auto",
         checkpoint=None,
+        outlier_score="residual+code",
         random_state=None,
         verbose=False,
     ):
@@ -174,6 +186,7 @@ class RobustAutoencoder(SklearnProtocol):
         self.cuda_graphs = cuda_graphs
         self.distributed = distributed
         self.checkpoint = checkpoint
+        self.outlier_score = outlier_score
         self.random_state = random_state
         self.verbose = verbose
 
@@ -326,17 +339,26 @@ class RobustAutoencoder(SklearnProtocol):
         network's input space, which ``scaling`` maps back to X's units)."""
         L_out = like_input(unscale_rows(solver.L, scaling), X)
         S_out = like_input(unscale_rows(solver.S, scaling, center=False), X)
-        scores = solver.row_scores().to(torch.float64).cpu().numpy()
+        residuals = solver.row_scores().to(torch.float64)
         lam_ = history[-1]["lam"]
-        if self.penalty == "l21_rows":
+        statistics = None
+        if self.outlier_score == "residual+code":
+            L, encode = solver.L, self._network(model.encode, model)
+
+            def reconstruct(start: int, x: Tensor) -> Tensor:
+                return L[start : start + x.shape[0]]
+
+            reference = residuals <= self._top_quantile(residuals, ranks)
+            statistics = scoring.fit_statistics(solver.X, reconstruct, encode, reference, ranks)
+            scores = scoring.row_scores(solver.X, reconstruct, encode, statistics)
+        else:
+            scores = residuals
+        if self.outlier_score == "residual" and self.penalty == "l21_rows":
             threshold = lam_
             labels = solver.nonzero_groups(lam_).cpu().numpy().astype(np.int64)  # the non-zero rows of S
-        elif ranks is None:
-            threshold = float(np.quantile(scores, 1.0 - self.contamination))
-            labels = (scores > threshold).astype(np.int64)
-        else:  # a quantile over all ranks' rows
-            threshold = ranks.quantile(torch.from_numpy(scores), 1.0 - self.contamination)
-            labels = (scores > threshold).astype(np.int64)
+        else:
+            threshold = self._top_quantile(scores, ranks)
+            labels = (scores > threshold).cpu().numpy().astype(np.int64)
 
         self.model_, self._optim = model.eval(), optim
         self._batch_seed = batch_seed + 1  # a warm-started fit draws new batch orders
@@ -346,17 +368,31 @@ class RobustAutoencoder(SklearnProtocol):
         self.lam_ = lam_
         self.L_, self.S_ = L_out, S_out
         self.center_, self.scale_ = (None, None) if scaling is None else (t.cpu().numpy() for t in scaling)
-        self.decision_scores_ = scores
+        self.decision_scores_ = scores.cpu().numpy()
         self.threshold_, self.labels_ = threshold, labels
+        self.residual_scale_, self.code_center_, self.code_precision_ = (
+            (None,) * 3 if statistics is None else (t.cpu().numpy() for t in statistics))
         return self
+
+    def _top_quantile(self, values: Tensor, ranks: RowGroup | None) -> float:
+        """The (1 - contamination) quantile of the scores ``values`` (>= 0) of all ranks' rows."""
+        if ranks is None:
+            return float(np.quantile(values.cpu().numpy(), 1.0 - self.contamination))
+        return ranks.quantile(values, 1.0 - self.contamination)
 
     # ---------------------------------------------------------------- new data
     def decision_function(self, X):
-        """Outlier score of each row of X (data never seen in fit works): the norm of its row of
-        X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
+        """Outlier score of each row of X (data never seen in fit works): the ``outlier_score`` with the
+        residual X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
         Xt = self._check_new(X)
         network = self._network(self.model_)
-        scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
+        if self.residual_scale_ is None:
+            scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
+        else:
+            statistics = tuple(torch.from_numpy(t).to(Xt.device)
+                               for t in (self.residual_scale_, self.code_center_, self.code_precision_))
+            scores = scoring.row_scores(Xt, lambda start, x: network(x), self._network(self.model_.encode),
+                                        statistics).to(Xt.dtype)
         return vector_like_input(scores, X)
 
     def predict(self, X):
@@ -395,9 +431,10 @@ class RobustAutoencoder(SklearnProtocol):
             )
         return scale_rows(Xt, self._scaling_on(p.device))
 
-    def _network(self, fn):
-        """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype."""
-        p = next(self.model_.parameters())
+    def _network(self, fn, model: DeepAutoencoder | None = None):
+        """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype (that
+        of ``model``, by default the fitted one)."""
+        p = next((self.model_ if model is None else model).parameters())
         amp = resolve_precision(self.precision, p.device, p.dtype)
 
         def run(x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rda_ext import ops
+from rda_ext.estimator import scoring
 from rda_ext.solver import survival_threshold
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.training import make_optimizer, map_chunks, train_epochs
@@ -29,13 +30,24 @@ def _row_errors(model, data: Tensor) -> np.ndarray:
 
 
 def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3, activation="sigmoid",
-                       device="auto", seed=0) -> np.ndarray:
+                       device="auto", seed=0, outlier_score="residual", contamination=None) -> np.ndarray:
     """A plain autoencoder (RDA's network: tied weights, sigmoid output) trained on X itself; the
-    score of a row is the norm of its reconstruction error."""
+    score of a row is the norm of its reconstruction error, or with outlier_score="residual+code" RDA's
+    default score (rda_ext.estimator.scoring), its reference rows the (1 - contamination) fraction
+    with the smallest errors."""
     data, init, batches = _setup(X, device, seed)
     model = DeepAutoencoder((data.shape[1], *hidden), activation, generator=init).to(data.device)
     train_epochs(model, make_optimizer(model, "adam", lr), data, epochs, batch_size, batches)
-    return _row_errors(model, data)
+    errors = _row_errors(model, data)
+    if outlier_score == "residual":
+        return errors
+    reference = torch.from_numpy(errors <= np.quantile(errors, 1 - contamination)).to(data.device)
+
+    def reconstruct(start: int, x: Tensor) -> Tensor:
+        return model(x)
+
+    statistics = scoring.fit_statistics(data, reconstruct, model.encode, reference)
+    return scoring.row_scores(data, reconstruct, model.encode, statistics).cpu().numpy()
 
 
 class VariationalAutoencoder(nn.Module):

@@ -1,0 +1,93 @@
+"""The outlier score of a row, from a fitted decomposition.
+
+"residual" is the norm of the row's residual r = x - L, the paper's detector (for "l21_rows" its
+threshold is lam, and the rows above it are those where S is non-zero). "residual+code" (the
+default) reads the residual and the hidden code z = encode(x) as a Gaussian model of the rows the
+fit keeps:
+
+    score = mean_j (r_j / sigma_j)^2  +  (z - mu)' Sigma^+ (z - mu) / k
+
+The reference rows are those whose residual norm is at most the (1 - contamination) quantile
+(with "l21_rows" and lam from contamination, about the rows S leaves at zero). sigma_j is the root
+mean square of residual column j over them, floored at ``RESIDUAL_FLOOR`` times the mean sigma so
+that a feature that never varies (an image's border) cannot dominate; mu and Sigma are the mean
+and covariance of their codes, Sigma^+ its pseudo-inverse, k the code width. Each term is about 1
+on a reference row. The first term finds rows the network cannot reconstruct, each feature
+measured at the scale it is reconstructed at; the second finds rows reconstructed from a code
+unlike the reference rows' codes. The label-free sweep (benchmarks/RESULTS.md) measures each term
+alone and the plain autoencoder scored the same way.
+
+The statistics are sums over rows, so that a row-sharded fit all-reduces them; everything is
+computed in float64 over chunks of rows, never a second n x d matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from rda_ext.solver.collectives import RowGroup
+from rda_ext.solver.training import CHUNK_ROWS
+
+RESIDUAL_FLOOR = 0.1
+
+Reconstruct = Callable[[int, Tensor], Tensor]  # (first row, rows of X) -> their L
+Encode = Callable[[Tensor], Tensor]  # rows of X -> their codes
+Statistics = tuple[Tensor, Tensor, Tensor]  # sigma, mu, Sigma^+
+
+
+def _parts(X: Tensor, reconstruct: Reconstruct, encode: Encode) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        x = X[start : start + CHUNK_ROWS]
+        yield (slice(start, start + x.shape[0]), (x - reconstruct(start, x)).to(torch.float64),
+               encode(x).to(torch.float64))
+
+
+@torch.no_grad()
+def fit_statistics(X: Tensor, reconstruct: Reconstruct, encode: Encode, reference: Tensor,
+                   ranks: RowGroup | None = None) -> Statistics:
+    """(sigma (d,), mu (k,), Sigma^+ (k, k)), float64 on X's device, from the rows of X where
+    ``reference`` is True (over all ranks' rows when ``ranks`` is given). Two passes: the
+    covariance is summed about the mean, which a code unit of small variance needs."""
+    d, k = X.shape[1], encode(X[:0]).shape[1]
+    sums = torch.zeros(d + k + 1, dtype=torch.float64, device=X.device)
+    for rows, r, z in _parts(X, reconstruct, encode):
+        keep = reference[rows]
+        sums[:d] += r[keep].square().sum(0)
+        sums[d:-1] += z[keep].sum(0)
+        sums[-1] += keep.sum()
+    if ranks is not None:
+        sums = ranks.sum(sums)  # squared residuals, codes and the count of the reference rows
+    count = sums[-1].clamp(min=1)
+    rms = (sums[:d] / count).sqrt()
+    sigma = (rms + RESIDUAL_FLOOR * rms.mean()).clamp(min=torch.finfo(torch.float64).tiny)
+    mu = sums[d:-1] / count
+    scatter = torch.zeros(k, k, dtype=torch.float64, device=X.device)
+    for rows, _, z in _parts(X, reconstruct, encode):
+        dz = z[reference[rows]] - mu
+        scatter += dz.T @ dz
+    if ranks is not None:
+        scatter = ranks.sum(scatter)  # the reference rows' code products about mu
+    return sigma, mu, torch.linalg.pinv(scatter / count, hermitian=True)
+
+
+@torch.no_grad()
+def score_terms(X: Tensor, reconstruct: Reconstruct, encode: Encode, statistics: Statistics) -> tuple[Tensor, Tensor]:
+    """The residual term and the code term of each row's "residual+code" score (float64), under
+    ``fit_statistics``' numbers."""
+    sigma, mu, precision = statistics
+    residual = torch.empty(X.shape[0], dtype=torch.float64, device=X.device)
+    code = torch.empty_like(residual)
+    for rows, r, z in _parts(X, reconstruct, encode):
+        dz = z - mu
+        residual[rows] = (r / sigma).square().mean(1)
+        code[rows] = ((dz @ precision) * dz).sum(1) / mu.shape[0]
+    return residual, code.clamp_(min=0)  # a code on a degenerate axis of Sigma may round below 0
+
+
+def row_scores(X: Tensor, reconstruct: Reconstruct, encode: Encode, statistics: Statistics) -> Tensor:
+    """The "residual+code" score of each row of X (float64) under ``fit_statistics``' numbers."""
+    residual, code = score_terms(X, reconstruct, encode, statistics)
+    return residual + code
