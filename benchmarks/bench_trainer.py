@@ -146,8 +146,8 @@ def main() -> None:
         amp = resolve_precision(precision, resolve_device(args.device), torch.float32)
         for graphs in (False, True) if args.device == "cuda" else (False,):
             est = RobustAutoencoder(hidden=HIDDEN, penalty="l21_rows", lam=lam, lr=lr, tied_weights=False, tol=1e-7,
-                                    device=args.device, random_state=seed, precision=precision, cuda_graphs=graphs,
-                                    **common).fit(X)
+                                    outlier_score="residual", device=args.device, random_state=seed,
+                                    precision=precision, cuda_graphs=graphs, **common).fit(X)
             runs[f"rda_ext {precision}{' + CUDA graphs' if graphs else ''}"] = report(
                 [h["seconds"] for h in est.history_], "bfloat16" if amp is not None else "float32",
                 est.decision_scores_)

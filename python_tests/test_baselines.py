@@ -36,3 +36,15 @@ def test_rcae(data):
     assert none.sum() == 0
     with pytest.raises(ValueError, match="exactly one of lam and contamination"):
         rcae(X, lam=1.0, contamination=0.1)
+
+
+def test_autoencoder_scores_with_rdas_score_find_planted_outliers_and_check_their_arguments(data):
+    X, is_out = data
+    scores = autoencoder_scores(X, hidden=(16, 4), epochs=30, batch_size=32, lr=1e-2, outlier_score="residual+code",
+                                contamination=0.05)
+    assert scores.shape == (len(X),) and np.isfinite(scores).all()
+    assert roc_auc(is_out, scores) > 0.9
+    with pytest.raises(ValueError, match="outlier_score must be"):
+        autoencoder_scores(X, epochs=1, outlier_score="cosine")
+    with pytest.raises(ValueError, match="needs a contamination"):
+        autoencoder_scores(X, epochs=1, outlier_score="residual+code")

@@ -136,20 +136,48 @@ def test_a_saved_model_scores_new_rows_alike(seed, tmp_path):
     np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
 
 
-def test_a_model_file_without_the_statistics_is_refused(seed, tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("code_precision_", torch.zeros(3, 3, dtype=torch.float64), "code_precision_ is not a finite float64 tensor"),
+    ("code_center_", torch.full((4,), float("nan"), dtype=torch.float64), "code_center_ is not a finite"),
+    ("code_center_", torch.zeros(4, dtype=torch.float32), "code_center_ is not a finite float64"),
+    ("residual_scale_", None, "residual_scale_ is not a finite float64 tensor"),
+    ("residual_scale_", torch.zeros(30, dtype=torch.float64), "residual_scale_ has entries <= 0"),
+])
+def test_a_model_file_with_broken_statistics_is_refused(seed, tmp_path, key, value, message):
     X, _ = planted(seed)
     est = RobustAutoencoder(contamination=0.05, random_state=seed, **SMALL).fit(X)
     est.save(tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
-    state["fitted"]["code_precision_"] = torch.zeros(3, 3, dtype=torch.float64)
+    state["fitted"][key] = value
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="code_precision_ is not a finite float64 tensor of shape"):
+    with pytest.raises(ValueError, match=message):
         RobustAutoencoder.load(tmp_path / "bad.pt")
-    state["fitted"]["code_precision_"] = torch.from_numpy(est.code_precision_)
-    del state["fitted"]["residual_scale_"]
-    torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="residual_scale_"):
-        RobustAutoencoder.load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("fitted, then", [("residual+code", "residual"), ("residual", "residual+code")])
+def test_the_fit_not_the_parameter_decides_how_a_saved_model_scores(seed, tmp_path, fitted, then):
+    """set_params after fit changes the next fit, not this one: the model file keeps its scoring."""
+    X, _ = planted(seed)
+    est = RobustAutoencoder(contamination=0.05, random_state=seed, outlier_score=fitted, **SMALL).fit(X)
+    scores = est.decision_function(X)
+    est.set_params(outlier_score=then)
+    np.testing.assert_array_equal(est.decision_function(X), scores)
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.outlier_score == then
+    np.testing.assert_array_equal(back.decision_function(X), scores)
+
+
+def test_a_checkpoint_resumes_under_another_score(seed, tmp_path):
+    """The score is computed after the last iteration: a resumed fit may change it."""
+    X, _ = planted(seed)
+    params = dict(contamination=0.05, random_state=seed, checkpoint=tmp_path / "ck", **SMALL)
+    whole = RobustAutoencoder(**{**params, "checkpoint": None}).fit(X)
+    RobustAutoencoder(**{**params, "outer_iter": 3}).fit(X)
+    resumed = RobustAutoencoder(**params, outlier_score="residual").fit(X)
+    np.testing.assert_array_equal(resumed.S_, whole.S_)
+    assert resumed.residual_scale_ is None and resumed.threshold_ == resumed.lam_
+    np.testing.assert_allclose(resumed.decision_scores_, np.linalg.norm(X - resumed.L_, axis=1), rtol=1e-5)
 
 
 def test_an_unknown_score_is_refused_by_name():

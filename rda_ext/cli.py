@@ -212,7 +212,6 @@ def _inner_epochs(text: str) -> str | int:
 _VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str, "checkpoint": str,  # default None tells no type
                 "inner_epochs": _inner_epochs}
 _OPTION_CHOICES = {**CHOICES, "dtype": tuple(DTYPES)}
-_EITHER = ("lam", "contamination")  # lam fixes the threshold that contamination would choose
 
 
 def _estimator_parameters() -> list[inspect.Parameter]:
@@ -230,7 +229,6 @@ def _parameter_help() -> dict[str, str]:
 
 def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
     helps = _parameter_help()
-    either = parser.add_mutually_exclusive_group()
     for p in _estimator_parameters():
         default = p.default
         kwargs = dict(dest=p.name, default=default, help=f"{helps[p.name]} (default: {default!r})".replace("%", "%%"))
@@ -243,7 +241,7 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
         if p.name in _OPTION_CHOICES:
             kwargs["choices"] = _OPTION_CHOICES[p.name]
         flags = _OPTION_FLAGS.get(p.name, ("--" + p.name.replace("_", "-"),))
-        (either if p.name in _EITHER else parser).add_argument(*flags, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ _DATA_KEYS = ("L_", "S_", "input")  # present only when saved with data=True
 # Parameters added since the format was fixed, with the value in effect in files written before them.
 _ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs": False, "distributed": "auto",
                  "checkpoint": None, "outlier_score": "residual"}
-_SCORE_KEYS = ("residual_scale_", "code_center_", "code_precision_")  # with outlier_score="residual+code" only
+_SCORE_KEYS = ("residual_scale_", "code_center_", "code_precision_")  # None unless scored by "residual+code"
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
 
 
@@ -247,7 +247,7 @@ def _build(cls, state: dict, params: dict, device):
         if not bool((scale > 0).all()):
             raise _Invalid("scale_ has entries <= 0")
     est.center_, est.scale_ = (None, None) if center is None else (center.numpy(), scale.numpy())
-    est.residual_scale_, est.code_center_, est.code_precision_ = _score_statistics(est, fitted, d, sizes[-1])
+    est.residual_scale_, est.code_center_, est.code_precision_ = _score_statistics(fitted, d, sizes[-1])
     for key in _FITTED_SCALARS:
         setattr(est, key, fitted[key])
     est._batch_seed = fitted["batch_seed"]
@@ -259,18 +259,20 @@ def _build(cls, state: dict, params: dict, device):
     return est
 
 
-def _score_statistics(est, fitted: dict, d: int, k: int) -> tuple:
-    """The "residual+code" statistics of the file, checked (None each with outlier_score="residual")."""
-    if est.outlier_score == "residual":
-        return None, None, None
+def _score_statistics(fitted: dict, d: int, k: int) -> tuple:
+    """The "residual+code" statistics of the file, checked: all three, or None each (a fit scored
+    by the residual norm, or a file from before them). What the fit stored decides, not the
+    parameter, which set_params may have changed since."""
     shapes = {"residual_scale_": (d,), "code_center_": (k,), "code_precision_": (k, k)}
+    present = [key for key in shapes if fitted.get(key) is not None]
+    if not present:
+        return None, None, None
     out = []
     for key, shape in shapes.items():
         t = fitted.get(key)
         if not (isinstance(t, torch.Tensor) and tuple(t.shape) == shape and t.dtype == torch.float64
                 and bool(torch.isfinite(t).all())):
-            raise _Invalid(f"{key} is not a finite float64 tensor of shape {shape}, which "
-                           f"outlier_score={est.outlier_score!r} needs")
+            raise _Invalid(f"{key} is not a finite float64 tensor of shape {shape} (saved with {', '.join(present)})")
         out.append(t.numpy())
     if not bool((fitted["residual_scale_"] > 0).all()):
         raise _Invalid("residual_scale_ has entries <= 0")

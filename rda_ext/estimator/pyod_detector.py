@@ -68,8 +68,8 @@ class RDADetector(BaseDetector):
     def decision_function(self, X: ArrayLike | torch.Tensor) -> np.ndarray:
         """Outlier score of each row of X (float64 numpy): the estimator's ``decision_function``."""
         check_is_fitted(self, "estimator_")
-        scores = self.estimator_.decision_function(X)
-        # PyOD scales and compares scores with numpy, also for a tensor X (which may be on a GPU).
-        if isinstance(scores, torch.Tensor):
-            scores = scores.detach().to(torch.float64).cpu().numpy()
-        return scores
+        # PyOD scales and compares scores with numpy, also for a tensor X (which may be on a GPU):
+        # scored as numpy, a tensor's rows get the float64 scores its numpy copy gets.
+        if isinstance(X, torch.Tensor):
+            X = X.detach().to("cpu", torch.float64).numpy()
+        return self.estimator_.decision_function(X)

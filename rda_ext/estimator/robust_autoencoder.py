@@ -63,8 +63,10 @@ class RobustAutoencoder(SklearnProtocol):
         outer iteration from ``contamination``.
     contamination : fraction of groups (rows, columns or entries) expected to be anomalous, in
         (0, 0.5). Without ``lam``, lam is set at every outer iteration to the quantile of the
-        residual group norms that lets about this fraction of groups survive the shrinkage. For
-        "l1" and "l21_cols" it also sets ``threshold_`` (a quantile of the training scores).
+        residual group norms that lets about this fraction of groups survive the shrinkage. With
+        or without ``lam``, it also sets ``threshold_`` (the quantile of the training scores that
+        flags this fraction of the rows; with outlier_score="residual", "l21_rows" takes lam) and
+        the reference rows of the "residual+code" score.
     outer_iter : the most outer iterations (autoencoder training, then the proximal step).
     inner_epochs : epochs of autoencoder training per outer iteration, or "auto" (default): the
         fewest whole epochs that make at least 50 minibatch steps (1 epoch from 6,400 rows at batch
@@ -110,7 +112,7 @@ class RobustAutoencoder(SklearnProtocol):
         there, whole or not at all; a fit started again with the same data and parameters (e.g. a
         job that torchrun --max-restarts restarts) resumes from the last complete iteration.
     outlier_score : the outlier score of a row (rda_ext.estimator.scoring): "residual+code" (default)
-        adds, each scaled to about 1 on a typical row, the mean squared residual x - L with every
+        adds, each scaled to at most about 1 on a typical row, the mean squared residual x - L with every
         feature divided by its residual scale, and the squared Mahalanobis distance of the row's
         hidden code, both measured on the rows whose residual norm is at most the (1 -
         contamination) quantile; "residual" is the norm of x - L, the paper's detector. The
@@ -241,9 +243,11 @@ class RobustAutoencoder(SklearnProtocol):
         store = None
         if self.checkpoint is not None:
             # A restarted job may run longer or stop at another tol, and each rank has its own device;
-            # the restored state replaces what random_state draws. Anything else must match.
+            # the restored state replaces what random_state draws; the score is computed after the
+            # last iteration. Anything else must match.
             params = {k: repr(v) for k, v in self.get_params().items()
-                      if k not in ("outer_iter", "tol", "verbose", "checkpoint", "device", "random_state")}
+                      if k not in ("outer_iter", "tol", "verbose", "checkpoint", "device", "random_state",
+                                   "outlier_score")}
             identity = dict(params=params, rows=n_all, warm=len(history), data=data_identity(Xt))
             store = Checkpoint(self.checkpoint, ranks, identity)
             saved = agreed(ranks, lambda: store.resume(solver, batches))
@@ -392,7 +396,9 @@ class RobustAutoencoder(SklearnProtocol):
             statistics = tuple(torch.from_numpy(t).to(Xt.device)
                                for t in (self.residual_scale_, self.code_center_, self.code_precision_))
             scores = scoring.row_scores(Xt, lambda start, x: network(x), self._network(self.model_.encode),
-                                        statistics).to(Xt.dtype)
+                                        statistics)
+            if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
+                scores = scores.to(Xt.dtype)
         return vector_like_input(scores, X)
 
     def predict(self, X):

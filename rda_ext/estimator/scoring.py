@@ -11,11 +11,12 @@ The reference rows are those whose residual norm is at most the (1 - contaminati
 (with "l21_rows" and lam from contamination, about the rows S leaves at zero). sigma_j is the root
 mean square of residual column j over them, floored at ``RESIDUAL_FLOOR`` times the mean sigma so
 that a feature that never varies (an image's border) cannot dominate; mu and Sigma are the mean
-and covariance of their codes, Sigma^+ its pseudo-inverse, k the code width. Each term is about 1
-on a reference row. The first term finds rows the network cannot reconstruct, each feature
-measured at the scale it is reconstructed at; the second finds rows reconstructed from a code
-unlike the reference rows' codes. The label-free sweep (benchmarks/RESULTS.md) measures each term
-alone and the plain autoencoder scored the same way.
+and covariance of their codes, Sigma^+ its pseudo-inverse, k the code width. On the reference
+rows the code term averages 1 (rank(Sigma) / k) and the residual term a little less (the floor).
+The first term finds rows the network cannot reconstruct, each feature measured at the scale it
+is reconstructed at; the second finds rows reconstructed from a code unlike the reference rows'
+codes. The label-free sweep (benchmarks/RESULTS.md) measures each term alone and the plain
+autoencoder scored the same way.
 
 The statistics are sums over rows, so that a row-sharded fit all-reduces them; everything is
 computed in float64 over chunks of rows, never a second n x d matrix.
@@ -52,18 +53,22 @@ def fit_statistics(X: Tensor, reconstruct: Reconstruct, encode: Encode, referenc
     ``reference`` is True (over all ranks' rows when ``ranks`` is given). Two passes: the
     covariance is summed about the mean, which a code unit of small variance needs."""
     d, k = X.shape[1], encode(X[:0]).shape[1]
-    sums = torch.zeros(d + k + 1, dtype=torch.float64, device=X.device)
+    sums = torch.zeros(d + k + 2, dtype=torch.float64, device=X.device)
     for rows, r, z in _parts(X, reconstruct, encode):
         keep = reference[rows]
         sums[:d] += r[keep].square().sum(0)
-        sums[d:-1] += z[keep].sum(0)
+        sums[d : d + k] += z[keep].sum(0)
+        sums[-2] += X[rows][keep].to(torch.float64).square().sum()
         sums[-1] += keep.sum()
     if ranks is not None:
-        sums = ranks.sum(sums)  # squared residuals, codes and the count of the reference rows
+        sums = ranks.sum(sums)  # squared residuals, codes, squared entries and the count of the reference rows
     count = sums[-1].clamp(min=1)
     rms = (sums[:d] / count).sqrt()
-    sigma = (rms + RESIDUAL_FLOOR * rms.mean()).clamp(min=torch.finfo(torch.float64).tiny)
-    mu = sums[d:-1] / count
+    # Residuals below X's rounding are no scale: a network that reconstructs the reference rows
+    # exactly must not divide by zero.
+    rounding = torch.finfo(X.dtype).eps * (sums[-2] / (count * d)).sqrt()
+    sigma = (rms + RESIDUAL_FLOOR * rms.mean()).clamp(min=max(float(rounding), torch.finfo(torch.float64).tiny))
+    mu = sums[d : d + k] / count
     scatter = torch.zeros(k, k, dtype=torch.float64, device=X.device)
     for rows, _, z in _parts(X, reconstruct, encode):
         dz = z[reference[rows]] - mu

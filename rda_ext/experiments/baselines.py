@@ -35,6 +35,10 @@ def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3,
     score of a row is the norm of its reconstruction error, or with outlier_score="residual+code" RDA's
     default score (rda_ext.estimator.scoring), its reference rows the (1 - contamination) fraction
     with the smallest errors."""
+    if outlier_score not in ("residual", "residual+code"):
+        raise ValueError(f'outlier_score must be "residual" or "residual+code", got {outlier_score!r}')
+    if outlier_score == "residual+code" and not (contamination is not None and 0 < contamination < 0.5):
+        raise ValueError(f'outlier_score="residual+code" needs a contamination in (0, 0.5), got {contamination!r}')
     data, init, batches = _setup(X, device, seed)
     model = DeepAutoencoder((data.shape[1], *hidden), activation, generator=init).to(data.device)
     train_epochs(model, make_optimizer(model, "adam", lr), data, epochs, batch_size, batches)

@@ -216,7 +216,7 @@ class RDASolver:
         return ops.convergence_step(self.X, self.L, self.S, self.LS_prev)
 
     def row_scores(self) -> Tensor:
-        """The outlier score of each row: the norm of its row of X - L (for "l21_rows" the residual
+        """The norm of each row of X - L, the "residual" outlier score (for "l21_rows" the residual
         norms of the last proximal step, already at hand)."""
         if self.group_dim == 1 and self.norms is not None:
             return self.norms
