@@ -153,8 +153,7 @@ def _score_statistics(rank, world, seed):
 
     X, L, W, reference = _score_data(seed)
     lo, hi = _SCORE_SHARDS[rank]
-    return scoring.fit_statistics(X[lo:hi], lambda s, x: L[lo + s : lo + s + len(x)], lambda x: torch.sigmoid(x @ W),
-                                  reference[lo:hi], RowGroup())
+    return scoring.fit_statistics(X[lo:hi], L[lo:hi], torch.sigmoid(X[lo:hi] @ W), reference[lo:hi], RowGroup())
 
 
 def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows():
@@ -162,7 +161,7 @@ def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows():
 
     seed = _seed()
     X, L, W, reference = _score_data(seed)
-    want = scoring.fit_statistics(X, lambda s, x: L[s : s + len(x)], lambda x: torch.sigmoid(x @ W), reference)
+    want = scoring.fit_statistics(X, L, torch.sigmoid(X @ W), reference)
     for got in run_ranks(_score_statistics, 3, seed):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

@@ -37,23 +37,18 @@ def test_statistics_and_scores_match_the_definition_in_float64(seed, chunk, monk
     L = torch.rand(n, d, generator=gen, dtype=torch.float64)
     W = torch.randn(d, k, generator=gen, dtype=torch.float64)
     reference = torch.rand(n, generator=gen) < 0.8
+    Z = torch.sigmoid(X @ W)
 
-    def reconstruct(start, x):
-        return L[start : start + len(x)]
-
-    def encode(x):
-        return torch.sigmoid(x @ W)
-
-    stats = scoring.fit_statistics(X, reconstruct, encode, reference)
-    scores = scoring.row_scores(X, reconstruct, encode, stats)
-    want, (sigma, mu, precision) = by_definition((X - L).numpy(), encode(X).numpy(), reference.numpy())
+    stats = scoring.fit_statistics(X, L, Z, reference)
+    scores = scoring.row_scores(X, L, Z, stats)
+    want, (sigma, mu, precision) = by_definition((X - L).numpy(), Z.numpy(), reference.numpy())
     for got, ref in zip(stats, (sigma, mu, precision)):
         assert got.dtype == torch.float64
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(scores.numpy(), want, rtol=1e-9)
-    residual, code = scoring.score_terms(X, reconstruct, encode, stats)
+    residual, code = scoring.score_terms(X, L, Z, stats)
     np.testing.assert_allclose((residual + code).numpy(), want, rtol=1e-12)
-    # Each term is about 1 on the reference rows, by construction.
+    # On the reference rows the code term averages 1 and the residual term a little less (the floor).
     assert residual[reference].mean() < 1 and code[reference].mean() == pytest.approx(1, rel=1e-9)
 
 
@@ -61,8 +56,7 @@ def test_a_feature_that_never_varies_is_floored_and_a_constant_code_adds_nothing
     X = torch.zeros(20, 4, dtype=torch.float64)
     X[:, 0] = torch.linspace(0, 1, 20)
     L = torch.zeros_like(X)  # residual: column 0 only
-    stats = scoring.fit_statistics(X, lambda s, x: L[s : s + len(x)], lambda x: torch.ones(len(x), 2, dtype=x.dtype),
-                                   torch.ones(20, dtype=torch.bool))
+    stats = scoring.fit_statistics(X, L, torch.ones(20, 2, dtype=X.dtype), torch.ones(20, dtype=torch.bool))
     sigma, mu, precision = stats
     rms = X[:, 0].square().mean().sqrt()
     floor = scoring.RESIDUAL_FLOOR * rms / 4  # of the mean root mean square over the 4 columns
@@ -70,8 +64,7 @@ def test_a_feature_that_never_varies_is_floored_and_a_constant_code_adds_nothing
     assert torch.all(precision == 0) and torch.equal(mu, torch.ones(2, dtype=torch.float64))
     new = torch.zeros(1, 4, dtype=torch.float64)
     new[0, 3] = 0.5  # a stray value where the data never varies counts, but at the floored scale
-    score = scoring.row_scores(new, lambda s, x: torch.zeros_like(x), lambda x: torch.ones(len(x), 2, dtype=x.dtype),
-                               stats)
+    score = scoring.row_scores(new, torch.zeros_like(new), torch.ones(1, 2, dtype=new.dtype), stats)
     assert torch.isfinite(score).all() and score.item() > 0
 
 

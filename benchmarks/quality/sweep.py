@@ -7,9 +7,9 @@ labels; F1 of the flagged rows and AUROC of the scores.
 
 Data set instances (training splits only): Fashion-MNIST, each class nominal in turn plus 5% rows
 of the other classes (6,316 rows), and the MNIST subset shipped with the package, each digit nominal
-plus 5% others (527 rows); 3 seeds each (a seed draws the mixture and initialises the networks).
+plus 5% others (526 rows); 3 seeds each (a seed draws the mixture and initialises the networks).
 ``fashion500`` is Fashion-MNIST cut to the MNIST subset's size (500 training images per class, drawn
-once with a fixed seed): the same construction gives 527 rows, so that the size of a data set and its
+once with a fixed seed): the same construction gives 526 rows, so that the size of a data set and its
 kind can be told apart.
 The grid scores rows by the paper's residual norm. The defaults' cell uses the "residual+code" score
 (rda_ext.estimator.scoring) and also records what it is made of: each of its two terms alone, the
@@ -145,10 +145,8 @@ def fit_cell(config: dict, X, is_out, seed, device) -> tuple[dict, dict[str, np.
 def score_parts(est, X, config, epochs, seed, device) -> dict[str, np.ndarray]:
     """What the "residual+code" score is made of: each of its two terms alone, RDA's residual norm
     (the paper's score) from the same fit, and the plain autoencoder's errors scored the same way."""
-    L = torch.as_tensor(est.L_)
     statistics = tuple(torch.from_numpy(t) for t in (est.residual_scale_, est.code_center_, est.code_precision_))
-    residual, code = score_terms(torch.as_tensor(X), lambda start, x: L[start : start + len(x)], est.transform,
-                                 statistics)
+    residual, code = score_terms(*(torch.as_tensor(a) for a in (X, est.L_, est.transform(X))), statistics)
     ae = autoencoder_scores(X, hidden=config["hidden"], epochs=epochs, batch_size=config["batch_size"],
                             lr=config["lr"], device=device, seed=seed, outlier_score="residual+code",
                             contamination=float(est.contamination))

@@ -192,17 +192,22 @@ def _cell_error(path: str, line: int, row: list[str], auto_first: bool) -> CsvEr
     raise AssertionError("unreachable: a cell failed float() but each parses")
 
 
+def check_parent(name: str) -> None:
+    """Fails where the folder that would hold ``name`` (a file, or a folder) is missing or read-only."""
+    directory = os.path.dirname(os.path.abspath(name))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{name}: the folder {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{name}: the folder {directory} is not writable")
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Fails early, before a long computation, if ``path`` could not be written, or is an
     existing read-only file: like ``cp`` without ``-f``, a file without write permission is not
     replaced. (A file with no write bit at all is refused even for root, whom ``access`` lets
     write anything.)"""
     name = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(name))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{name}: the folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"{name}: the folder {directory} is not writable")
+    check_parent(name)
     if os.path.isdir(name):
         raise IsADirectoryError(f"{name} is a folder")
     if os.path.exists(name):

@@ -16,7 +16,7 @@ import shutil
 
 import numpy as np
 
-from rda_ext.data.files import atomic_write
+from rda_ext.data.files import atomic_write, check_parent
 
 RESULT_JSON = "result.json"
 
@@ -28,12 +28,8 @@ def is_folder_target(path: str) -> bool:
 
 def check_folder_target(path: str) -> None:
     """Fails early where the folder could not be put in place."""
+    check_parent(path)
     target = os.path.abspath(path)
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"{path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"{path}: the folder {parent} is not writable")
     if os.path.isdir(target) and os.listdir(target):
         raise FileExistsError(f"{path}: the folder exists and is not empty; remove it or choose another --out")
     if os.path.exists(target) and not os.path.isdir(target):

@@ -347,14 +347,10 @@ class RobustAutoencoder(SklearnProtocol):
         lam_ = history[-1]["lam"]
         statistics = None
         if self.outlier_score == "residual+code":
-            L, encode = solver.L, self._network(model.encode, model)
-
-            def reconstruct(start: int, x: Tensor) -> Tensor:
-                return L[start : start + x.shape[0]]
-
+            codes = map_chunks(self._network(model.encode, model), solver.X)
             reference = residuals <= self._top_quantile(residuals, ranks)
-            statistics = scoring.fit_statistics(solver.X, reconstruct, encode, reference, ranks)
-            scores = scoring.row_scores(solver.X, reconstruct, encode, statistics)
+            statistics = scoring.fit_statistics(solver.X, solver.L, codes, reference, ranks)
+            scores = scoring.row_scores(solver.X, solver.L, codes, statistics)
         else:
             scores = residuals
         if self.outlier_score == "residual" and self.penalty == "l21_rows":
@@ -389,14 +385,19 @@ class RobustAutoencoder(SklearnProtocol):
         """Outlier score of each row of X (data never seen in fit works): the ``outlier_score`` with the
         residual X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
         Xt = self._check_new(X)
-        network = self._network(self.model_)
         if self.residual_scale_ is None:
+            network = self._network(self.model_)
             scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
         else:
             statistics = tuple(torch.from_numpy(t).to(Xt.device)
                                for t in (self.residual_scale_, self.code_center_, self.code_precision_))
-            scores = scoring.row_scores(Xt, lambda start, x: network(x), self._network(self.model_.encode),
-                                        statistics)
+            encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
+
+            def score(x: Tensor) -> Tensor:
+                code = encode(x)  # once: the reconstruction decodes it
+                return scoring.row_scores(x, decode(code), code, statistics)
+
+            scores = map_chunks(score, Xt)
             if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
                 scores = scores.to(Xt.dtype)
         return vector_like_input(scores, X)

@@ -18,13 +18,14 @@ is reconstructed at; the second finds rows reconstructed from a code unlike the 
 codes. The label-free sweep (benchmarks/RESULTS.md) measures each term alone and the plain
 autoencoder scored the same way.
 
-The statistics are sums over rows, so that a row-sharded fit all-reduces them; everything is
-computed in float64 over chunks of rows, never a second n x d matrix.
+The statistics are sums over rows, so that a row-sharded fit all-reduces them. They and the
+scores are computed in float64 over chunks of rows, never a second n x d matrix; the caller
+computes the codes (n x k) once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -34,31 +35,29 @@ from rda_ext.solver.training import CHUNK_ROWS
 
 RESIDUAL_FLOOR = 0.1
 
-Reconstruct = Callable[[int, Tensor], Tensor]  # (first row, rows of X) -> their L
-Encode = Callable[[Tensor], Tensor]  # rows of X -> their codes
 Statistics = tuple[Tensor, Tensor, Tensor]  # sigma, mu, Sigma^+
 
 
-def _parts(X: Tensor, reconstruct: Reconstruct, encode: Encode) -> Iterator[tuple[slice, Tensor, Tensor]]:
+def _chunks(X: Tensor, L: Tensor, Z: Tensor) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+    """(rows, x, residual x - L, code) over row chunks, the residual and code in float64."""
     for start in range(0, X.shape[0], CHUNK_ROWS):
-        x = X[start : start + CHUNK_ROWS]
-        yield (slice(start, start + x.shape[0]), (x - reconstruct(start, x)).to(torch.float64),
-               encode(x).to(torch.float64))
+        rows = slice(start, start + CHUNK_ROWS)
+        x = X[rows]
+        yield rows, x, (x - L[rows]).to(torch.float64), Z[rows].to(torch.float64)
 
 
 @torch.no_grad()
-def fit_statistics(X: Tensor, reconstruct: Reconstruct, encode: Encode, reference: Tensor,
-                   ranks: RowGroup | None = None) -> Statistics:
-    """(sigma (d,), mu (k,), Sigma^+ (k, k)), float64 on X's device, from the rows of X where
-    ``reference`` is True (over all ranks' rows when ``ranks`` is given). Two passes: the
-    covariance is summed about the mean, which a code unit of small variance needs."""
-    d, k = X.shape[1], encode(X[:0]).shape[1]
+def fit_statistics(X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, ranks: RowGroup | None = None) -> Statistics:
+    """(sigma (d,), mu (k,), Sigma^+ (k, k)), float64 on X's device, from the rows of X (with their
+    reconstruction L and code Z) where ``reference`` is True, over all ranks' rows when ``ranks``
+    is given. The covariance is summed about the mean, which a code unit of small variance needs."""
+    d, k = X.shape[1], Z.shape[1]
     sums = torch.zeros(d + k + 2, dtype=torch.float64, device=X.device)
-    for rows, r, z in _parts(X, reconstruct, encode):
+    for rows, x, r, z in _chunks(X, L, Z):
         keep = reference[rows]
         sums[:d] += r[keep].square().sum(0)
         sums[d : d + k] += z[keep].sum(0)
-        sums[-2] += X[rows][keep].to(torch.float64).square().sum()
+        sums[-2] += x[keep].to(torch.float64).square().sum()
         sums[-1] += keep.sum()
     if ranks is not None:
         sums = ranks.sum(sums)  # squared residuals, codes, squared entries and the count of the reference rows
@@ -70,8 +69,9 @@ def fit_statistics(X: Tensor, reconstruct: Reconstruct, encode: Encode, referenc
     sigma = (rms + RESIDUAL_FLOOR * rms.mean()).clamp(min=max(float(rounding), torch.finfo(torch.float64).tiny))
     mu = sums[d : d + k] / count
     scatter = torch.zeros(k, k, dtype=torch.float64, device=X.device)
-    for rows, _, z in _parts(X, reconstruct, encode):
-        dz = z[reference[rows]] - mu
+    for start in range(0, Z.shape[0], CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        dz = Z[rows][reference[rows]].to(torch.float64) - mu
         scatter += dz.T @ dz
     if ranks is not None:
         scatter = ranks.sum(scatter)  # the reference rows' code products about mu
@@ -79,20 +79,20 @@ def fit_statistics(X: Tensor, reconstruct: Reconstruct, encode: Encode, referenc
 
 
 @torch.no_grad()
-def score_terms(X: Tensor, reconstruct: Reconstruct, encode: Encode, statistics: Statistics) -> tuple[Tensor, Tensor]:
-    """The residual term and the code term of each row's "residual+code" score (float64), under
-    ``fit_statistics``' numbers."""
+def score_terms(X: Tensor, L: Tensor, Z: Tensor, statistics: Statistics) -> tuple[Tensor, Tensor]:
+    """The residual term and the code term of the "residual+code" score (float64) of each row of X,
+    with its reconstruction L and code Z, under ``fit_statistics``' numbers."""
     sigma, mu, precision = statistics
     residual = torch.empty(X.shape[0], dtype=torch.float64, device=X.device)
     code = torch.empty_like(residual)
-    for rows, r, z in _parts(X, reconstruct, encode):
+    for rows, _, r, z in _chunks(X, L, Z):
         dz = z - mu
         residual[rows] = (r / sigma).square().mean(1)
         code[rows] = ((dz @ precision) * dz).sum(1) / mu.shape[0]
     return residual, code.clamp_(min=0)  # a code on a degenerate axis of Sigma may round below 0
 
 
-def row_scores(X: Tensor, reconstruct: Reconstruct, encode: Encode, statistics: Statistics) -> Tensor:
-    """The "residual+code" score of each row of X (float64) under ``fit_statistics``' numbers."""
-    residual, code = score_terms(X, reconstruct, encode, statistics)
+def row_scores(X: Tensor, L: Tensor, Z: Tensor, statistics: Statistics) -> Tensor:
+    """The "residual+code" score of each row of X (float64), with its reconstruction L and code Z."""
+    residual, code = score_terms(X, L, Z, statistics)
     return residual + code

@@ -46,12 +46,10 @@ def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3,
     if outlier_score == "residual":
         return errors
     reference = torch.from_numpy(errors <= np.quantile(errors, 1 - contamination)).to(data.device)
-
-    def reconstruct(start: int, x: Tensor) -> Tensor:
-        return model(x)
-
-    statistics = scoring.fit_statistics(data, reconstruct, model.encode, reference)
-    return scoring.row_scores(data, reconstruct, model.encode, statistics).cpu().numpy()
+    codes = map_chunks(model.encode, data)
+    recon = map_chunks(model.decode, codes)
+    statistics = scoring.fit_statistics(data, recon, codes, reference)
+    return scoring.row_scores(data, recon, codes, statistics).cpu().numpy()
 
 
 class VariationalAutoencoder(nn.Module):
