@@ -296,12 +296,12 @@ def test_pid_alive_asks_without_signalling(tmp_path):
 
 
 def test_signals_wait_until_the_renames_are_done():
-    from rda_ext.data.files import _signals_held
+    from rda_ext.data.files import signals_held
 
     got = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
     try:
-        with _signals_held():
+        with signals_held():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.1)
             assert got == []

@@ -142,24 +142,29 @@ def test_a_job_killed_for_good_leaves_no_output(mnist, tmp_path):
     assert _iterations_done(checkpoint) >= 2  # what a new job would resume from
 
 
-@pytest.mark.parametrize("fault", ["nan_in_rank_1", "no_file"])
+@pytest.mark.parametrize("fault", ["nan_in_rank_1", "no_file", "out_is_the_input"])
 def test_bad_input_on_one_rank_stops_every_rank_with_one_line_and_status_2(mnist, tmp_path, fault):
     X = np.load(mnist)
     path = str(tmp_path / "x.npy")
     if fault == "nan_in_rank_1":
         X[-1, 3] = np.nan  # in the last rows: only rank 1 reads them
+    if fault != "no_file":
         np.save(path, X)
+    out = str(tmp_path / ".." / tmp_path.name / "x.npy") if fault == "out_is_the_input" else str(tmp_path / "r.npz")
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "rda_ext", "fit", path, "--out", str(tmp_path / "r.npz"), *FIT],
+    procs = [subprocess.Popen([sys.executable, "-m", "rda_ext", "fit", path, "--out", out, *FIT],
                               env=torchrun_env(rank, 2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True, cwd=tmp_path) for rank in range(2)]
     results = [_wait(p) for p in procs]
-    expected = "X contains NaN or infinite values" if fault == "nan_in_rank_1" else "no such file"
+    expected = {"nan_in_rank_1": "X contains NaN or infinite values", "no_file": "no such file",
+                "out_is_the_input": "is the same file as input"}[fault]
     for code, _, err in results:
         assert code == 2
         lines = [line for line in err.splitlines() if line.startswith("rda-ext:")]
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "r.npz").exists()
+    if fault == "out_is_the_input":
+        assert np.array_equal(np.load(path), X)
 
 
 def test_a_single_process_writes_the_folder_too_and_refuses_a_full_one(mnist, tmp_path, capsys):

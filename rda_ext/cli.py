@@ -21,14 +21,8 @@ import torch
 
 from rda_ext import __version__, build_info
 from rda_ext.data import result_folder
-from rda_ext.data.files import (
-    atomic_write,
-    atomic_write_all,
-    check_writable,
-    npz_writer,
-    read_matrix,
-    save_npz,
-)
+from rda_ext.data.files import atomic_write, atomic_write_all, npz_writer, read_matrix, save_npz
+from rda_ext.data.paths import check_paths
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.estimator.persistence import model_writer
 from rda_ext.solver import HISTORY_KEYS
@@ -259,8 +253,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _demo(args) -> int:
     from rda_ext.experiments.demo import run_demo
 
-    if args.json:
-        check_writable(args.json)
+    check_paths({}, {"--json": args.json})
     results = run_demo(seed=args.seed, device=args.device)
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
@@ -309,14 +302,12 @@ def _fit_rows(args, ranks: RowGroup | None) -> int:
         folder = bool(ranks.broadcast_int(int(folder)))
 
     def prepare():
-        if args.model and os.path.abspath(args.model) == os.path.abspath(args.out):
-            raise ValueError(f"--out and --model are the same file ({args.out}): the model would replace the result")
+        # Every path of the job at once, on every rank: a collision fails before the fit, not after.
         if folder:
             result_folder.check_folder_target(args.out)
-        else:
-            check_writable(args.out)
-        if args.model:
-            check_writable(args.model)
+        outputs = {"--out": None if folder else args.out, "--model": args.model}
+        check_paths({"input": args.input}, outputs, {"--out": args.out if folder else None,
+                                                     "--checkpoint": args.checkpoint})
         X, header = read_matrix(args.input, args.key, header=args.header, return_header=True,
                                 shard=None if ranks is None else (ranks.rank, ranks.size))
         return X, f"read from {args.input}" + ("" if header is None else f" (header: {'yes' if header else 'no'})")
@@ -390,21 +381,24 @@ def _write_folder(args, est, history: np.ndarray, ranks: RowGroup | None) -> Non
     counts = [len(est.L_)] if ranks is None else ranks.rows_per_rank(len(est.L_))
     rank = 0 if ranks is None else ranks.rank
     shapes = {k: ((sum(counts), *v.shape[1:]), v.dtype) for k, v in mine.items()}
-    agreed(ranks, lambda: result_folder.create(args.out, shapes) if rank == 0 else None)
-    agreed(ranks, lambda: result_folder.write_rows(args.out, sum(counts[:rank]), mine))
     meta = dict(lam=est.lam_, threshold=est.threshold_, history_columns=list(HISTORY_KEYS),
                 history=history.tolist(), rows=sum(counts), world_size=len(counts),
                 backend=None if ranks is None else ranks.backend)
+    try:
+        agreed(ranks, lambda: result_folder.create(args.out, shapes) if rank == 0 else None)
+        agreed(ranks, lambda: result_folder.write_rows(args.out, sum(counts[:rank]), mine))
+        rows = _gather_rows(est, ranks, ("scores", "labels")) if args.model else None
 
-    rows = _gather_rows(est, ranks, ("scores", "labels")) if args.model else None
+        def finish():
+            if rank == 0:  # the model and the folder together, all or none
+                model = [(args.model, _model_of_all_rows(est, rows))] if args.model else []
+                result_folder.finish(args.out, meta, model)
 
-    def finish():
+        agreed(ranks, finish)
+    except BaseException:  # an interrupt too: nothing of this run stays behind
         if rank == 0:
-            if args.model:
-                atomic_write(args.model, _model_of_all_rows(est, rows))
-            result_folder.finish(args.out, meta)
-
-    agreed(ranks, finish)
+            result_folder.discard(args.out)
+        raise
 
 
 def _fitted_rows(est) -> dict:
@@ -415,7 +409,7 @@ def _no_warning(*args, **kwargs):
     """Ranks other than 0 keep quiet: rank 0 says it once for the job."""
 
 def _score(args) -> int:
-    check_writable(args.out)
+    check_paths({"model": args.model, "input": args.input}, {"--out": args.out})
     est = RobustAutoencoder.load(args.model, device=args.device)
     X, source = _read_input(args)
     scores = est.decision_function(X)

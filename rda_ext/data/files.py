@@ -5,12 +5,16 @@ from __future__ import annotations
 import array
 import contextlib
 import csv
+import math
 import os
+import re
 import shutil
 import signal
 import stat
 import threading
+import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -19,15 +23,17 @@ FORMATS = (".npy", ".npz", ".csv")
 
 def read_matrix(
     path: str | os.PathLike, key: str | None = None, header: bool | None = None, *, return_header: bool = False,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None, allow_special: bool = False,
 ):
     """A numeric matrix (rows = instances) from ``.npy``, ``.npz`` (the array named ``key``, which
     may be left out when the file holds one array) or ``.csv``. Arrays of images (n, h, w) become
     (n, h * w).
 
     A ``.csv`` file is UTF-8 text (a byte order mark is allowed), comma-separated, LF or CRLF line
-    ends, blank lines allowed only at the end; cells may have spaces around them and may be quoted.
-    ``header`` says whether its first line is a header to skip: ``True``, ``False``, or ``None``
+    ends, blank lines allowed only at the end; cells may have spaces or tabs around them and may be
+    quoted. A number is a plain decimal one in ASCII: an optional sign, digits with an optional
+    point, an optional exponent (``-1.5e-3``, ``.5``, ``7.``), or a spelling of inf or nan that
+    ``float`` takes; not ``1_000`` nor the digits of other scripts. ``header`` says whether its first line is a header to skip: ``True``, ``False``, or ``None``
     (default) to decide by the rule that the first line is a header if none of its cells is a
     number; a first line that mixes numbers and text is an error (say which with ``header``). Every
     other fault (empty file, no data rows, rows of unequal length, an empty or non-numeric cell) is
@@ -37,7 +43,15 @@ def read_matrix(
     ``header_skipped`` is ``None`` for ``.npy`` and ``.npz`` files.
 
     ``shard=(rank, world)``: only that rank's rows (``row_range``); a ``.npy`` file is then read
-    through a memory map, so that only those rows are ever loaded."""
+    through a memory map, so that only those rows are ever loaded. Fewer rows than ranks is an
+    error (on every rank alike), as is a matrix with no rows or no features.
+
+    Only a regular file (or a symlink to one) is read: a folder is an ``IsADirectoryError``, a
+    FIFO, device or socket a ``ValueError`` (reading /dev/zero would never end, nor would opening
+    a FIFO that nobody writes to), unless ``allow_special=True``: then it is read as a stream,
+    never memory-mapped, except an ``.npz``, which must still be a regular file (a zip archive is
+    read by seeking). A line of a ``.csv`` file (or a row spanning lines through a quoted line
+    end) may have at most ``CSV_LINE_LIMIT`` characters, whatever the file."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
@@ -46,32 +60,30 @@ def read_matrix(
         raise ValueError(f"header must be None, True or False, got {header!r}")
     if header is not None and ext != ".csv":
         raise ValueError(f"{path}: a header line (header={header}, --header/--no-header) applies to .csv files only")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    if key is not None and ext != ".npz":
+        raise ValueError(f"{path}: an array name (key={key!r}, --key) applies to .npz files only")
+    regular = _check_input(path, ext, allow_special)
     skipped = None
     try:
         if ext == ".npy":
-            a = np.load(path, allow_pickle=False, mmap_mode="r" if shard else None)
+            a = _read_npy(path, stream=not regular, mmap=shard is not None)
         elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if key is None:
-                    if len(z.files) != 1:
-                        raise ValueError(f"it holds the arrays {', '.join(z.files) or '(none)'}: choose one with --key")
-                    key = z.files[0]
-                if key not in z.files:
-                    raise ValueError(f"it has no array {key!r} (it holds {', '.join(z.files)})")
-                a = z[key]
+            a = _read_npz(path, key)
         else:
             a, skipped = _read_csv(path, header)
     except CsvError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, tokenize.TokenError) as e:
         raise ValueError(f"{path}: cannot read: {e}") from e
     a = _supported(path, a)
     if a.ndim < 2:
         raise ValueError(f"{path}: expected a matrix (rows = instances, columns = features), got shape {a.shape}")
+    if len(a) == 0:
+        raise ValueError(f"{path}: no rows (shape {a.shape})")
+    if 0 in a.shape[1:]:
+        raise ValueError(f"{path}: no features (shape {a.shape})")
     if shard is not None:
-        start, stop = row_range(len(a), *shard)
+        start, stop = _shard_rows(path, len(a), shard)
         try:
             a = np.array(a[start:stop])  # from a memory map: reads these rows only
         except (OSError, ValueError) as e:
@@ -84,6 +96,145 @@ def row_range(n: int, rank: int, world: int) -> tuple[int, int]:
     """The rows [start, stop) of ``rank`` when ``n`` rows are split over ``world`` ranks in
     order, as evenly as they go (the shard sizes differ by at most one row)."""
     return n * rank // world, n * (rank + 1) // world
+
+
+def _shard_rows(path: str, n: int, shard) -> tuple[int, int]:
+    """``row_range`` of ``shard``, refused on every rank alike where some rank would get no rows,
+    so that all of them fail with the same message."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard={tuple(shard)}: expected (rank, world) with 0 <= rank < world")
+    if n < world:
+        empty = [r for r in range(world) if row_range(n, r, world)[0] == row_range(n, r, world)[1]]
+        shown = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
+        which = f"rank {shown}" if len(empty) == 1 else f"{len(empty)} ranks ({shown})"
+        raise ValueError(
+            f"{path}: {n} rows cannot be split over {world} ranks: {which} would have none; run at most {n}"
+        )
+    return row_range(n, rank, world)
+
+
+def _check_input(path: str, ext: str, allow_special: bool) -> bool:
+    """Whether ``path`` is a regular file; fails where it is missing or cannot be read as one.
+    ``os.stat``, not ``open``: opening a FIFO blocks until someone writes to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    if stat.S_ISREG(mode):
+        return True
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path}: a folder, not a file")
+    target = os.path.realpath(path)
+    what = f"not a regular file but {kind_of(mode)}" + (f" ({target})" if target != os.path.abspath(path) else "")
+    if not allow_special:
+        raise ValueError(f"{path}: {what}; only regular files are read")
+    if ext == ".npz":
+        raise ValueError(f"{path}: {what}; an .npz file must be a regular file (a zip archive is read by seeking)")
+    return False
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first entry, or an empty archive
+
+
+def _not_npy(head: bytes) -> str:
+    """Why a file (or an .npz member) starting with ``head`` is not an .npy array."""
+    if not head:
+        return "it is empty"
+    if head.startswith(_ZIP_MAGICS):
+        return "it is a zip archive (an .npz file?)"
+    return f"it does not start with the .npy magic string {_NPY_MAGIC!r}"
+
+
+class _Prefixed:
+    """``head`` then the rest of the stream ``f``. Only ``read``: numpy then reads in chunks,
+    where with a real file it would seek."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if 0 <= n <= len(self.head):
+            data, self.head = self.head[:n], self.head[n:]
+            return data
+        data, self.head = self.head, b""
+        return data + self.f.read(-1 if n < 0 else n - len(data))
+
+
+def _check_npy_size(f, size: int) -> None:
+    """Fails where the header of the .npy array that ``f`` starts with declares more data than
+    the ``size`` bytes of the whole (a file, an .npz member) hold: numpy would allocate the
+    declared size before reading, and a damaged shape can ask for terabytes."""
+    fmt = np.lib.format
+    read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+    if read_header is None:  # version 3.0 (rare): left to numpy
+        return
+    try:
+        shape, _, dtype = read_header(f)
+    except tokenize.TokenError as e:  # from numpy's parse of a damaged header
+        raise ValueError(f"cannot parse the header ({e.args[0] if e.args else e})") from None
+    if dtype.hasobject:  # numpy refuses it (allow_pickle=False) with its own message
+        return
+    if any(n < 0 for n in shape):
+        raise ValueError(f"the header declares a negative shape {shape}")
+    need, held = math.prod(shape) * dtype.itemsize, max(size - f.tell(), 0)
+    if need > held:
+        raise ValueError(f"truncated: the header declares an array of shape {shape} and dtype {dtype}, "
+                         f"{need} bytes, but {held} bytes follow it")
+
+
+def _read_npy(path: str, stream: bool, mmap: bool) -> np.ndarray:
+    # The magic string first: without it np.load takes the file for a pickle ("allow_pickle=True")
+    # or, for a zip archive, returns an NpzFile.
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            raise ValueError(f"not an .npy file: {_not_npy(head)}")
+        if stream:
+            return np.lib.format.read_array(_Prefixed(head, f), allow_pickle=False)
+        f.seek(0)
+        _check_npy_size(f, os.fstat(f.fileno()).st_size)
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
+def _read_npz(path: str, key: str | None) -> np.ndarray:
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if not head.startswith(_ZIP_MAGICS):
+        why = ("it is empty" if not head else "it is an .npy file" if head == _NPY_MAGIC
+               else f"it does not start with the signature of a zip archive {_ZIP_MAGICS[0]!r}")
+        raise ValueError(f"not an .npz file (a zip archive of .npy files): {why}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, NotImplementedError) as e:  # NotImplementedError: "zip file version 9.8"
+        raise ValueError(f"a damaged or truncated zip archive ({e})") from e
+    with z:
+        if key is None:
+            if not z.files:
+                raise ValueError("it holds no arrays")
+            if len(z.files) != 1:
+                raise ValueError(f"it holds the arrays {', '.join(z.files)}: choose one with --key")
+            key = z.files[0]
+        if key not in z.files:
+            raise ValueError(f"it has no array {key!r} (it holds {', '.join(z.files) or 'none'})")
+        member = key if key in z.zip.namelist() else key + ".npy"
+        try:
+            # The member's magic string first: without it numpy returns the member's bytes, all of
+            # them, whatever their size.
+            with z.zip.open(member) as m:
+                head = m.read(len(_NPY_MAGIC))
+            if head != _NPY_MAGIC:
+                raise ValueError(_not_npy(head))
+            with z.zip.open(member) as m:
+                _check_npy_size(m, z.zip.getinfo(member).file_size)
+            return z[key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+                tokenize.TokenError) as e:
+            # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method.
+            raise ValueError(f"the member {member} is not a valid .npy array: {e}") from e
 
 
 def _supported(path: str, a: np.ndarray) -> np.ndarray:
@@ -104,12 +255,60 @@ class CsvError(ValueError):
     """A fault in a ``.csv`` file; the message names the file (and the line and column)."""
 
 
+# The most characters of a line of a .csv file (or of a row whose quoted cells span lines):
+# without a bound, a file with no line end (a symlink to /dev/zero, a sparse file) is read into
+# memory until the system kills the process. A row of a million cells fits several times over.
+CSV_LINE_LIMIT = 16 * 1024 * 1024
+
+# A plain decimal number, as CSV users write them, and the inf/nan spellings float() takes:
+# float() alone would also take '1_000', other scripts' digits ('٣', '１') and Unicode spaces.
+_NUMBER = re.compile(r"[ \t]*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))[ \t]*",
+                     re.ASCII)  # else (?i) takes 'ınf' (a dotless i) for inf
+
+
 def _is_number(cell: str) -> bool:
+    return _NUMBER.fullmatch(cell) is not None
+
+
+def _float_would_take(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:
         return False
     return True
+
+
+class _Lines:
+    """The lines of ``f`` for ``csv.reader``, none read whole past ``CSV_LINE_LIMIT`` characters;
+    ``row_done`` after each row read, so that a row spanning lines is bounded too."""
+
+    def __init__(self, f, path: str):
+        self.f, self.path, self.line, self.first, self.chars = f, path, 0, 0, 0
+
+    def __iter__(self):
+        return self
+
+    def row_done(self) -> None:
+        self.chars = 0
+
+    def __next__(self) -> str:
+        limit = CSV_LINE_LIMIT
+        # Two more: a line of the limit and its CRLF is read whole, so that a cut cannot fall
+        # between CR and LF (the LF would read as a blank line).
+        text = self.f.readline(limit + 2)
+        if not text:
+            raise StopIteration
+        self.line += 1
+        if not self.chars:
+            self.first = self.line
+        self.chars += len(text.rstrip("\r\n")) or 1  # or 1: a blank line inside a quoted cell
+        if self.chars > limit:
+            if self.first == self.line:
+                raise CsvError(f"{self.path}: line {self.line} is longer than {limit} characters, the bound on a "
+                               f"line of a .csv file")
+            raise CsvError(f"{self.path}: lines {self.first} to {self.line}, one row (a quoted cell spans lines), "
+                           f"are longer than {limit} characters, the bound on a row of a .csv file")
+        return text
 
 
 def _show(cell: str) -> str:
@@ -137,8 +336,10 @@ def _read_csv(path: str, header: bool | None) -> tuple[np.ndarray, bool]:
     head = None  # the cells of the header line, if one was skipped
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=",", quotechar='"', skipinitialspace=True, strict=False)
+            lines = _Lines(f, path)
+            reader = csv.reader(lines, delimiter=",", quotechar='"', skipinitialspace=True, strict=False)
             for row in reader:
+                lines.row_done()
                 line = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     blank = blank or line
@@ -157,10 +358,9 @@ def _read_csv(path: str, header: bool | None) -> tuple[np.ndarray, bool]:
                     raise CsvError(
                         f"{path}: line {line} has {_cells(len(row))}, {what} has {width}{_separator_hint(row)}"
                     )
-                try:
-                    values.extend(map(float, row))
-                except ValueError:
-                    raise _cell_error(path, line, row, auto_first=header is None and width is None) from None
+                if not all(map(_is_number, row)):
+                    raise _cell_error(path, line, row, auto_first=header is None and width is None)
+                values.extend(map(float, row))
                 if width is None:
                     width, first = len(row), line
                 n_rows += 1
@@ -183,35 +383,56 @@ def _cell_error(path: str, line: int, row: list[str], auto_first: bool) -> CsvEr
         where = f"{path}: line {line}, column {column}"
         if not cell.strip():
             return CsvError(f"{where}: empty cell (a missing value)")
+        what = f"{_show(cell.strip())} is not a number"
+        if _float_would_take(cell):
+            what = (f"{_show(cell.strip())} is not a plain decimal number (ASCII digits 0-9, an optional sign, "
+                    f"point and exponent; no '_')")
         if auto_first:
             return CsvError(
-                f"{where}: {_show(cell.strip())} is not a number but other cells of the line are, so it is neither "
+                f"{where}: {what} but other cells of the line are, so it is neither "
                 f"a header nor data: say which with header=True/False (rda-ext: --header/--no-header)"
             )
-        return CsvError(f"{where}: {_show(cell.strip())} is not a number{_separator_hint([cell])}")
-    raise AssertionError("unreachable: a cell failed float() but each parses")
+        return CsvError(f"{where}: {what}{_separator_hint([cell])}")
+    raise AssertionError("unreachable: a cell is not a number but each is")
 
 
 def check_parent(name: str) -> None:
-    """Fails where the folder that would hold ``name`` (a file, or a folder) is missing or read-only."""
-    directory = os.path.dirname(os.path.abspath(name))
+    """Fails where the folder that would hold ``name`` (a file, or a folder; a symlink's target)
+    is missing or read-only."""
+    directory = os.path.dirname(os.path.realpath(name))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{name}: the folder {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"{name}: the folder {directory} is not writable")
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def kind_of(mode: int) -> str:
+    """What a file of ``os.stat`` mode ``mode`` is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_writable(path: str | os.PathLike, label: str | None = None) -> None:
     """Fails early, before a long computation, if ``path`` could not be written, or is an
     existing read-only file: like ``cp`` without ``-f``, a file without write permission is not
     replaced. (A file with no write bit at all is refused even for root, whom ``access`` lets
-    write anything.)"""
+    write anything.) Anything else that exists under that name (a FIFO, a device such as
+    /dev/null, a socket) is refused too: the file written is renamed over the name, which would
+    replace it. A symlink is followed: the file it names is replaced, the link stays.
+    ``label``: how the caller named the path (e.g. ``--out``), for the message."""
     name = os.fspath(path)
     check_parent(name)
     if os.path.isdir(name):
         raise IsADirectoryError(f"{name} is a folder")
     if os.path.exists(name):
         mode = os.stat(name).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileExistsError(f"{label + ' ' if label else ''}{name} exists and is {kind_of(mode)}, not a "
+                                  "regular file: only a regular file is replaced")
         if not os.access(name, os.W_OK) or not mode & 0o222:
             raise PermissionError(
                 f"{name}: the file exists and is read-only (mode {stat.filemode(mode)}); "
@@ -242,6 +463,11 @@ def _umask() -> int:
             os.umask(mask)
             _umask_cache.append(mask)
         return _umask_cache[0]
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file of ``atomic_write``."""
+    return name.startswith(_TMP_PREFIX)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -330,21 +556,22 @@ def atomic_write_all(files) -> None:
     files = [(os.fspath(path), write) for path, write in files]
     for path, _ in files:
         check_writable(path)
+    files = [(os.path.realpath(path), write) for path, write in files]  # a symlink stays, its file is replaced
     staged: list[str] = []
     try:
         for path, write in files:
-            staged.append(_stage(path, write))
-        with _signals_held():
+            staged.append(stage(path, write))
+        with signals_held():
             for tmp, (path, _) in zip(staged, files):
                 os.replace(tmp, path)
     except BaseException:
         for tmp in staged:  # those already renamed are gone from their temporary names
-            _unlink(tmp)
+            unlink_quietly(tmp)
         raise
 
 
 @contextlib.contextmanager
-def _signals_held():
+def signals_held():
     """SIGINT and SIGTERM that arrive in the block are delivered after it. (A signal mask would
     not do: the kernel hands a process's signal to any thread that does not block it, such as
     torch's workers, and Python runs its handler in the main thread at once.)"""
@@ -366,7 +593,7 @@ def _signals_held():
             signal.raise_signal(sig)
 
 
-def _stage(path: str, write) -> str:
+def stage(path: str, write) -> str:
     """The data of ``write`` in a complete file beside ``path``; returns its temporary name."""
     directory = os.path.dirname(os.path.abspath(path))
     _remove_stale_temps(directory)
@@ -393,12 +620,12 @@ def _write_named(directory: str, write) -> str:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
     except BaseException:
-        _unlink(tmp)
+        unlink_quietly(tmp)
         raise
     return tmp
 
 
-def _unlink(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

@@ -3,10 +3,11 @@
 (lam, threshold, history, the world size and the backend).
 
 The folder is whole or absent: it is built under a temporary name beside it (``.<name>.partial``,
-removed by the next run if a job died), each rank writes the bytes of its rows at their offset
-(``pwrite``: on a network file system a shared memory map would write back whole pages, a
-neighbour's rows at a shard boundary included), and rank 0 renames it into place only after
-every rank has synced its part."""
+removed by rank 0 when the write fails or is interrupted, and by the next run if a job was
+killed), each rank writes the bytes of its rows at their offset (``pwrite``: on a network file
+system a shared memory map would write back whole pages, a neighbour's rows at a shard boundary
+included), and rank 0 renames it into place only after every rank has synced its part. A
+symlink to an empty folder is followed: the folder it names is the one replaced."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import shutil
 
 import numpy as np
 
-from rda_ext.data.files import atomic_write, check_parent
+from rda_ext.data.files import atomic_write, check_parent, signals_held, stage, unlink_quietly
 
 RESULT_JSON = "result.json"
 
@@ -29,15 +30,19 @@ def is_folder_target(path: str) -> bool:
 def check_folder_target(path: str) -> None:
     """Fails early where the folder could not be put in place."""
     check_parent(path)
-    target = os.path.abspath(path)
+    target = _target(path)
     if os.path.isdir(target) and os.listdir(target):
         raise FileExistsError(f"{path}: the folder exists and is not empty; remove it or choose another --out")
     if os.path.exists(target) and not os.path.isdir(target):
         raise FileExistsError(f"{path}: a file of that name exists (a folder was asked for by the trailing /)")
 
 
+def _target(path: str) -> str:
+    return os.path.realpath(path)
+
+
 def _partial(path: str) -> str:
-    target = os.path.abspath(path)
+    target = _target(path)
     return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.partial")
 
 
@@ -69,12 +74,34 @@ def write_rows(path: str, start: int, arrays: dict[str, np.ndarray]) -> None:
             os.fsync(f.fileno())
 
 
-def finish(path: str, meta: dict) -> None:
-    """Rank 0, after every rank's ``write_rows``: result.json, then the folder into place."""
+def finish(path: str, meta: dict, files=()) -> None:
+    """Rank 0, after every rank's ``write_rows``: result.json, then the folder into place, with
+    ``files`` (``(path, write)`` pairs, e.g. the model file) all or none: each is complete under a
+    temporary name before the folder moves, and a failure after it removes the folder again."""
     tmp = _partial(path)
     text = json.dumps(meta, indent=1).encode()
     atomic_write(os.path.join(tmp, RESULT_JSON), lambda f: f.write(text))
-    target = os.path.abspath(path)
-    if os.path.isdir(target):
-        os.rmdir(target)  # empty (checked before the fit); rename cannot replace a folder
-    os.rename(tmp, target)
+    target = _target(path)
+    staged = []
+    try:
+        for name, write in files:
+            staged.append((stage(os.path.realpath(name), write), os.path.realpath(name)))
+        with signals_held():
+            if os.path.isdir(target):
+                os.rmdir(target)  # empty (checked before the fit); rename cannot replace a folder
+            os.rename(tmp, target)
+            try:
+                for staged_name, name in staged:
+                    os.replace(staged_name, name)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+    except BaseException:
+        for staged_name, _ in staged:
+            unlink_quietly(staged_name)
+        raise
+
+
+def discard(path: str) -> None:
+    """Rank 0, when the write failed: removes the temporary folder."""
+    shutil.rmtree(_partial(path), ignore_errors=True)

@@ -8,32 +8,54 @@ file of a dead process, which a rank on another node would be) and
 ``latest.json``, which names the last iteration whose files are all written. Each file is
 written whole or not at all; ``latest.json`` moves on only after every rank has written its
 part, and the older iterations are removed after that, so the directory always holds one
-complete state. LS_prev is not stored: after an iteration it is exactly L + S, and L is.
-Files are read with ``weights_only=True``.
+complete state. Only entries of exactly this layout are ever removed: anything else in the
+directory is left as it is. LS_prev is not stored: after an iteration it is exactly L + S, and L is.
+
+A state is taken up only by the fit it was written for: the parameters, the number of rows and,
+per rank, a fingerprint of the bytes of the rows the network sees must all match. Every part is
+read with ``weights_only=True`` and checked (keys, types, shapes, dtypes, finiteness) before
+anything of it is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import torch
 from torch import Tensor
 
-from rda_ext.data.files import atomic_write
+from rda_ext.data.files import atomic_write, is_temporary
+from rda_ext.data.fingerprint import fingerprint
+from rda_ext.data.state_files import (
+    InvalidState,
+    check_dict,
+    check_history,
+    check_int,
+    check_tensor,
+    check_weights,
+    load_state,
+)
 from rda_ext.solver.collectives import RowGroup, agreed
-from rda_ext.solver.loop import RDASolver
+from rda_ext.solver.loop import HISTORY_KEYS, RDASolver
 
 LATEST = "latest.json"
+SHARED = "shared.pt"
+STATE = "state.pt"
+_ITERATION = re.compile(r"iter-\d{6,}")
+_RANK = re.compile(r"rank-\d+")
 
 
 class Checkpoint:
-    """``directory`` for one fit; ``identity``: what must match for a resume (the parameters and
-    the data's shape and sums, per rank), so that a state is never resumed by another fit."""
+    """``directory`` for one fit; ``identity``: what must match for a resume (the parameters, the
+    rows and ``data_identity`` of each rank's rows), so that a state is never resumed by another fit."""
 
     def __init__(self, directory, ranks: RowGroup | None, identity: dict):
         self.directory = os.fspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"checkpoint {self.directory} exists and is not a directory")
         self.ranks = ranks
         self.rank = ranks.rank if ranks else 0
         self.size = ranks.size if ranks else 1
@@ -53,20 +75,20 @@ class Checkpoint:
         def write_part():
             os.makedirs(self._part(folder), exist_ok=True)
             own = dict(identity=self.identity, L=solver.L.cpu(), S=solver.S.cpu(), generator=generator.get_state())
-            atomic_write(os.path.join(self._part(folder), "state.pt"), lambda f: torch.save(own, f))
+            atomic_write(os.path.join(self._part(folder), STATE), lambda f: torch.save(own, f))
             if self.rank == 0:
                 shared = dict(identity=_shared(self.identity), model=solver.model.state_dict(),
                               optimizer=solver.optimizer.state_dict(), history=history, world_size=self.size)
-                atomic_write(os.path.join(folder, "shared.pt"), lambda f: torch.save(shared, f))
+                atomic_write(os.path.join(folder, SHARED), lambda f: torch.save(shared, f))
 
         def move_on():
             if self.rank != 0:
                 return
             latest = json.dumps({"iteration": iteration, "world_size": self.size}).encode()
             atomic_write(os.path.join(self.directory, LATEST), lambda f: f.write(latest))
-            for name in os.listdir(self.directory):
-                if name.startswith("iter-") and name != os.path.basename(folder):
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            for entry in os.scandir(self.directory):
+                if entry.path != folder and _written_here(entry):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
         # Each step on every rank before the next: every part on disk before latest.json names it.
         agreed(self.ranks, write_part)
@@ -78,45 +100,140 @@ class Checkpoint:
         caller then recomputes the group norms of the last step (a collective for "l21_cols")."""
         try:
             with open(os.path.join(self.directory, LATEST), "rb") as f:
-                latest = json.loads(f.read())
+                text = f.read()
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise ValueError(f"checkpoint {self.directory}: {LATEST} is unreadable ({e})") from None
-        if latest.get("world_size") != self.size:
-            raise ValueError(
-                f"checkpoint {self.directory} was written by {latest.get('world_size')} processes, this fit runs on "
-                f"{self.size}: resume with as many, or use another directory"
-            )
-        folder = self._folder(int(latest["iteration"]))
-        shared = _load(os.path.join(folder, "shared.pt"))
-        own = _load(os.path.join(self._part(folder), "state.pt"))
-        if own["identity"] != self.identity or shared["identity"] != _shared(self.identity):
-            raise ValueError(
-                f"checkpoint {self.directory} holds the state of another fit (other parameters or data): "
-                "remove it, or choose another directory"
-            )
+        where = LATEST
+        try:
+            latest = _latest(text)
+            if latest["world_size"] != self.size:
+                raise ValueError(
+                    f"checkpoint {self.directory} was written by {latest['world_size']} processes, this fit runs on "
+                    f"{self.size}: resume with as many, or use another directory"
+                )
+            folder = self._folder(latest["iteration"])
+            where = os.path.relpath(os.path.join(folder, SHARED), self.directory)
+            shared = check_dict(load_state(os.path.join(folder, SHARED)), "its content",
+                                ("identity", "model", "optimizer", "history", "world_size"))
+            self._check_identity(shared["identity"], _shared(self.identity))
+            where = os.path.relpath(os.path.join(self._part(folder), STATE), self.directory)
+            own = check_dict(load_state(os.path.join(self._part(folder), STATE)), "its content",
+                             ("identity", "L", "S", "generator"))
+            self._check_identity(own["identity"], self.identity)
+            where = os.path.relpath(os.path.join(folder, SHARED), self.directory)
+            _check_shared(shared, solver, latest)
+            where = os.path.relpath(os.path.join(self._part(folder), STATE), self.directory)
+            for key in ("L", "S"):
+                check_tensor(own[key], key, shape=solver.L.shape, dtype=solver.L.dtype)
+            check_tensor(own["generator"], "generator", dtype=torch.uint8, finite=False)
+            state = generator.get_state()
+            try:
+                generator.set_state(own["generator"])
+            except (RuntimeError, TypeError, ValueError):
+                raise InvalidState("generator is not the state of a torch generator") from None
+            where = os.path.relpath(os.path.join(folder, SHARED), self.directory)
+            try:
+                solver.optimizer.load_state_dict(shared["optimizer"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                generator.set_state(state)
+                raise InvalidState(f"the optimizer's state does not fit this network ({e})") from None
+        except FileNotFoundError as e:
+            raise ValueError(f"checkpoint {self.directory}: {LATEST} names a state that is not there "
+                             f"({e.filename}): remove the directory, or choose another") from None
+        except InvalidState as e:
+            raise ValueError(f"checkpoint {self.directory} is not a valid checkpoint ({where}: {e}): remove it, "
+                             "or choose another directory") from None
         solver.model.load_state_dict(shared["model"])
-        solver.optimizer.load_state_dict(shared["optimizer"])
         for mine, saved in ((solver.L, own["L"]), (solver.S, own["S"])):
             mine.copy_(saved)
         torch.add(solver.L, solver.S, out=solver.LS_prev)
-        generator.set_state(own["generator"])
         return shared["history"]
+
+    def _check_identity(self, saved, expected: dict) -> None:
+        if saved == expected:
+            return
+        if not isinstance(saved, dict):
+            raise InvalidState(f"its identity is a {type(saved).__name__}, not a dict")
+        what = []
+        params, own = saved.get("params"), expected["params"]
+        if params != own:
+            names = sorted(set(own) | set(params)) if isinstance(params, dict) else ["?"]
+            what.append("parameters (" + ", ".join(n for n in names if not isinstance(params, dict)
+                                                     or params.get(n) != own.get(n)) + ")")
+        if saved.get("rows") != expected["rows"]:
+            what.append(f"number of rows ({saved.get('rows')} there, {expected['rows']} here)")
+        if saved.get("warm") != expected["warm"]:
+            what.append("warm start")
+        if "data" in expected and saved.get("data") != expected["data"]:
+            rank = f" of rank {self.rank}" if self.size > 1 else ""
+            what.append(f"data{rank} (other values, or the same in another order of rows or columns)")
+        raise ValueError(
+            f"checkpoint {self.directory} holds the state of another fit, which differs in its "
+            f"{', '.join(what) or 'identity'}: remove it, or choose another directory"
+        )
 
 
 def data_identity(X: Tensor) -> dict:
-    """The shape and two float64 sums of a rank's X: a resume on other data is refused."""
-    return dict(shape=list(X.shape), sum=float(X.sum(dtype=torch.float64)),
-                norm=float(torch.linalg.vector_norm(X, dtype=torch.float64)))
+    """What identifies a rank's rows: their shape, dtype and the fingerprint of their bytes."""
+    return dict(shape=list(X.shape), dtype=str(X.dtype), fingerprint=fingerprint(X))
 
 
 def _shared(identity: dict) -> dict:
     return {k: v for k, v in identity.items() if k != "data"}
 
 
-def _load(path: str) -> dict:
+def _latest(text: bytes) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ValueError(f"checkpoint file {path} is unreadable ({e})") from None
+        latest = json.loads(text)
+    except ValueError as e:
+        raise InvalidState(f"not JSON ({e})") from None
+    check_dict(latest, "its content", ("iteration", "world_size"))
+    check_int(latest["iteration"], "iteration", 1)
+    check_int(latest["world_size"], "world_size", 1)
+    return latest
+
+
+def _check_shared(shared: dict, solver: RDASolver, latest: dict) -> None:
+    """The network's weights, the optimizer's state and the history of ``shared.pt``."""
+    if shared["world_size"] != latest["world_size"]:
+        raise InvalidState(f"world_size is {shared['world_size']!r}, {LATEST} says {latest['world_size']}")
+    expected = solver.model.state_dict()
+    check_weights(shared["model"], expected, "model")
+    for key, want in expected.items():
+        if shared["model"][key].dtype != want.dtype:
+            raise InvalidState(f"weight {key!r} has dtype {shared['model'][key].dtype}, not {want.dtype}")
+    history = check_history(shared["history"], HISTORY_KEYS)
+    if len(history) != latest["iteration"]:
+        raise InvalidState(f"the history has {len(history)} iterations, {LATEST} says {latest['iteration']}")
+    optimizer = check_dict(shared["optimizer"], "optimizer", ("state", "param_groups"))
+    params = [p for group in solver.optimizer.param_groups for p in group["params"]]
+    state = check_dict(optimizer["state"], "optimizer state")
+    for index, values in state.items():
+        if not (isinstance(index, int) and 0 <= index < len(params)):
+            raise InvalidState(f"the optimizer's state names parameter {index!r} of {len(params)}")
+        for name, value in check_dict(values, f"optimizer state {index}").items():
+            if isinstance(value, Tensor) and value.numel() != 1:  # a step count is one number
+                check_tensor(value, f"optimizer state {index} {name!r}", shape=params[index].shape,
+                             dtype=params[index].dtype)
+            elif isinstance(value, Tensor):
+                check_tensor(value, f"optimizer state {index} {name!r}")
+
+
+def _written_here(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is an iteration folder of this layout and holds nothing else (a user's
+    ``iter-notes/``, or a folder with a file of theirs in it, is not)."""
+    if not (_ITERATION.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+        return False
+    for item in os.scandir(entry.path):
+        if item.name == SHARED or is_temporary(item.name):
+            if not item.is_file(follow_symlinks=False):
+                return False
+        elif _RANK.fullmatch(item.name) and item.is_dir(follow_symlinks=False):
+            if any(not (f.name == STATE or is_temporary(f.name)) or not f.is_file(follow_symlinks=False)
+                   for f in os.scandir(item.path)):
+                return False
+        else:
+            return False
+    return True
