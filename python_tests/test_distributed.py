@@ -244,7 +244,7 @@ def test_a_checkpoint_is_refused_by_another_fit_and_kept_whole(tmp_path):
     again = RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=3, checkpoint=ck).fit(_small())
     assert longer.n_iter_ == again.n_iter_ == 3 and np.array_equal(longer.S_, again.S_)
     (ck / "latest.json").write_text("{")
-    with pytest.raises(ValueError, match="latest.json is unreadable"):
+    with pytest.raises(ValueError, match=r"not a valid checkpoint \(latest.json: not JSON"):
         RobustAutoencoder(**_FIT, hidden=(3,), checkpoint=ck).fit(_small())
     (ck / "latest.json").write_text('{"iteration": 3, "world_size": 4}')
     with pytest.raises(ValueError, match="written by 4 processes, this fit runs on 1"):
@@ -321,3 +321,104 @@ def test_an_explicit_gpu_index_is_refused_under_torchrun(tmp_path, monkeypatch, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.npz"), "--device", "cuda:1"]) == 2
     assert "each rank takes the GPU of its LOCAL_RANK" in capsys.readouterr().err
+
+
+# ---- ranks that disagree: the same error on every rank instead of a hang --------------------------
+
+_TINY = dict(hidden=(3,), outer_iter=1, inner_epochs=1, batch_size=8, device="cpu", random_state=0)
+
+# (what rank 0 and rank 1 change of _TINY, what the error names, rank 0's value, rank 1's value).
+# "X" changes the rows a rank passes; everything else is a parameter.
+_DISAGREEMENTS = [
+    ({}, {"X": "narrow"}, "the width of X (columns)", "5", "4"),
+    ({"hidden": (8, 3)}, {"hidden": [4]}, "hidden", "(8, 3)", "(4,)"),
+    ({}, {"outlier_score": "residual"}, "outlier_score", "'residual+code'", "'residual'"),
+    ({}, {"penalty": "l1"}, "penalty", "'l21_rows'", "'l1'"),
+    ({}, {"outer_iter": 2}, "outer_iter", "1", "2"),
+    ({}, {"outer_iter": 0}, "outer_iter", "1", "0"),  # invalid on one rank only: no rank checks alone
+    ({"dtype": None}, {"dtype": "float64"}, "dtype", "None", "'float64'"),
+    ({}, {"lam": 0.5}, "lam", "None", "0.5"),
+    ({}, {"contamination": 0.2}, "contamination", "0.1", "0.2"),
+    ({"preprocessing": "none"}, {"preprocessing": "minmax"}, "preprocessing", "'none'", "'minmax'"),
+    ({}, {"batch_size": 16}, "batch_size", "8", "16"),
+    ({}, {"lr": 0.01}, "lr", "0.001", "0.01"),
+    ({}, {"tol": 0}, "tol", "1e-07", "0"),
+    ({}, {"random_state": 1}, "random_state", "0", "1"),
+    ({}, {"random_state": None}, "random_state", "0", "None"),  # only rank 1 would join a broadcast
+    ({"checkpoint": "ck"}, {}, "checkpoint", "'ck'", "None"),
+    ({}, {"distributed": True}, "distributed", "'auto'", "True"),
+]
+
+
+def _disagreeing(rank, world):
+    X = np.random.default_rng(rank).random((30, 5)).astype(np.float32)
+    out = []
+    cases = [c[rank] for c in _DISAGREEMENTS]
+    cases += [{"device": "tpu"} if rank else {},  # may differ, but fails its check on rank 1 alone
+              {"X": "empty"} if rank else {},
+              {"hidden": (4,), "penalty": "l1"} if rank else {}]
+    for change in cases:
+        params = {**_TINY, **change}
+        rows = {"narrow": X[:, :4], "empty": X[:0]}.get(params.pop("X", None), X)
+        try:
+            RobustAutoencoder(**params).fit(rows)
+            out.append(None)
+        except ValueError as e:
+            out.append(str(e))
+    return out
+
+
+def test_ranks_that_disagree_all_raise_the_same_error_naming_it():
+    ranks = run_ranks(_disagreeing, 2)
+    assert ranks[0] == ranks[1]  # the same message on both ranks, case by case
+    messages = ranks[0]
+    for (_, _, name, mine, theirs), message in zip(_DISAGREEMENTS, messages):
+        assert message is not None and message.startswith(
+            f"the ranks disagree on {name}: rank 0 has {mine}, rank 1 has {theirs} ("), message
+    device, empty, several = messages[len(_DISAGREEMENTS):]
+    assert device.startswith("device must be")
+    assert "0 sample(s)" in empty
+    assert "disagree on hidden: rank 0 has (3,), rank 1 has (4,); on penalty: rank 0 has 'l21_rows'" in several
+
+
+def _differing_but_allowed(rank, world, tmp):
+    if rank == 0:
+        os.mkdir(f"{tmp}/ck")
+    else:
+        os.symlink(f"{tmp}/ck", f"{tmp}/link")  # the same folder at another path
+    torch.distributed.barrier()
+    X = np.random.default_rng(rank).random((30 + rank, 5))
+    allowed = [dict(verbose=False, random_state=None, checkpoint=f"{tmp}/ck", dtype="float32"),
+               dict(verbose=True, random_state=np.random.default_rng(7), checkpoint=f"{tmp}/link", dtype=None,
+                    device="auto" if not torch.cuda.is_available() else "cpu")][rank]
+    est = RobustAutoencoder(**{**_TINY, "outer_iter": 2, **allowed}).fit(X if rank else X.astype(np.float32))
+    return dict(n_iter=est.n_iter_, history=[{k: v for k, v in h.items() if k != "seconds"} for h in est.history_],
+                weights=est.model_.state_dict(), rows=len(est.labels_))
+
+
+def test_ranks_may_differ_in_device_verbose_checkpoint_path_and_a_drawn_seed(tmp_path):
+    first, second = run_ranks(_differing_but_allowed, 2, str(tmp_path))
+    assert first["n_iter"] == second["n_iter"] == 2 and (first["rows"], second["rows"]) == (30, 31)
+    assert first["history"] == second["history"]
+    assert all(torch.equal(v, second["weights"][k]) for k, v in first["weights"].items())
+    assert "latest.json" in os.listdir(tmp_path / "ck")
+
+
+def test_what_the_ranks_compare_of_a_parameter():
+    from rda_ext.solver.collectives import _parameter_description, _ranks_text
+
+    def same(name, a, b):
+        return _parameter_description(name, a)[0] == _parameter_description(name, b)[0]
+
+    # Values that act alike pass; values that the checks tell apart, or that take other steps, do not.
+    assert same("hidden", (8, 3), [8, np.int64(3)]) and not same("hidden", (8, 3), (8, 4))
+    assert same("dtype", None, "float32") and same("dtype", torch.float64, "float64")
+    assert not same("dtype", None, "float64")
+    assert not same("outer_iter", 3, 3.0) and not same("tied_weights", True, 1)
+    assert same("lr", np.float64(0.01), 0.01) and not same("lr", np.float32(0.01), 0.01)
+    assert same("random_state", None, np.random.default_rng(1)) and same("random_state", np.int64(4), 4)
+    assert not same("random_state", 0, None) and not same("random_state", 0, 1)
+    assert same("checkpoint", "/a/ck", os.path.join("b", "ck")) and not same("checkpoint", "/a/ck", None)
+    assert _parameter_description("hidden", [8, np.int64(3)])[1] == "(8, 3)"
+    assert [_ranks_text(r) for r in ([1], [0, 1], [0, 2], [0, 1, 2, 3, 5, 7, 8])] == \
+        ["rank 1", "ranks 0, 1", "ranks 0, 2", "ranks 0-3, 5, 7, 8"]

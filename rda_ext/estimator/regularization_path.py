@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import os
+import re
+from collections import Counter
+
 import numpy as np
+import torch
 
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder, _initial_seed
 from rda_ext.estimator.stacked_fit import fit_together
 from rda_ext.ops import GROUP_DIM
+from rda_ext.solver.collectives import row_group
 from rda_ext.validation import to_cpu
+
+# The checkpoint subfolder of the i-th fit of a path (in the order of the fits, decreasing lam):
+# "lam-<i>-<lam>", the lam as Python's repr of the float, which reads back to the same number.
+_LAM_FOLDER = re.compile(r"lam-(\d+)-(.+)")
 
 
 def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None = None, warm_inner_epochs: int = 1,
@@ -34,20 +45,40 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     boolean numpy mask of the rows or columns where S is non-zero; None for "l1") and
     ``history``. ``labels`` follow the ``score``: with outlier_score="residual" and "l21_rows" they are S's
     non-zero rows; with the default "residual+code" the top ``contamination`` fraction of the
-    scores at every lam, so that along a path S's rows are read from ``nonzero_groups``."""
+    scores at every lam, so that along a path S's rows are read from ``nonzero_groups``.
+
+    ``lams`` is a number or a 1-D list, tuple or array of distinct finite numbers >= 0, in any
+    order (a value given twice is refused rather than fitted twice or dropped: one result per lam).
+
+    ``checkpoint=DIR`` checkpoints each lam's fit in a folder of its own, ``DIR/lam-<i>-<lam>``
+    (i: its place in the path, 0 for the largest lam), so that the same call again, after an
+    interruption or not, resumes every fit from its folder: finished ones return their result at
+    once, the interrupted one continues from its last complete outer iteration. Since each fit
+    starts from the previous one, DIR is refused if it holds the folder of another path (another
+    lam at some place i); a path that extends a previous one by smaller lams continues it. Not
+    with ``parallel=True``: ``fit_together`` fits all lams in one run and keeps no checkpoint.
+
+    A path runs on one process: with a ``torch.distributed`` process group initialised it is
+    refused, unless ``distributed=False`` asks each rank to fit its own rows alone."""
     if "lam" in params:
         raise ValueError("pass the lam values as lams, not lam=")
-    values = [float(v) for v in np.atleast_1d(np.asarray(lams, dtype=np.float64))]
-    if not values:
-        raise ValueError("lams must hold at least one value")
-    ordered = sorted(set(values), reverse=True)
+    ordered = sorted(_lam_values(lams), reverse=True)
+    RobustAutoencoder(**params)._check_params()
+    checkpoint = params.pop("checkpoint", None)
     if parallel:
-        RobustAutoencoder(**params)._check_params()
+        if checkpoint is not None:
+            raise ValueError("lambda_path(parallel=True) does not checkpoint (fit_together fits every lam in one "
+                             "run and keeps no state to resume): pass checkpoint=None, or parallel=False to "
+                             "checkpoint each lam's fit")
         # One seed for all (None or a numpy generator draws it once): the fits differ in lam only.
         params["random_state"] = _initial_seed(params.get("random_state"))
         fits = fit_together([RobustAutoencoder(**params, lam=lam) for lam in ordered], X)
         return [_result(est, est.history_) for est in fits]
     est = RobustAutoencoder(**params)
+    if row_group(est.distributed) is not None:
+        raise ValueError("lambda_path runs on one process: with a torch.distributed process group initialised, "
+                         "pass distributed=False to fit each rank's rows alone")
+    folders = [None] * len(ordered) if checkpoint is None else _lam_folders(checkpoint, ordered)
     first = dict(outer_iter=est.outer_iter, inner_epochs=est.inner_epochs)
     warm = dict(
         outer_iter=max(1, est.outer_iter // 4) if warm_outer_iter is None else warm_outer_iter,
@@ -55,10 +86,63 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     )
     results = []
     for i, lam in enumerate(ordered):
-        est.set_params(lam=lam, warm_start=i > 0, **(warm if i else first))
+        est.set_params(lam=lam, warm_start=i > 0, checkpoint=folders[i], **(warm if i else first))
         est.fit(X)
         results.append(_result(est, est.history_[-est.n_iter_ :]))
     return results
+
+
+def _lam_values(lams) -> list[float]:
+    """``lams`` as a list of floats, each error naming lams."""
+    what = "lams must be a number or a 1-D list, tuple or array of numbers"
+    if isinstance(lams, torch.Tensor):
+        lams = lams.detach().cpu().numpy()
+    if _is_number(lams):
+        values = [lams]
+    elif isinstance(lams, np.ndarray):
+        if lams.ndim > 1:
+            raise ValueError(f"{what}, got an array of shape {lams.shape}")
+        values = list(lams.reshape(-1))  # numpy scalars, checked one by one below
+    elif isinstance(lams, (list, tuple, range)):
+        values = list(lams)
+    else:
+        hint = " (a generator or iterator is read once: pass list(lams))" if hasattr(lams, "__next__") else ""
+        raise ValueError(f"{what}, got {type(lams).__name__} {lams!r}{hint}")
+    if not values:
+        raise ValueError("lams must hold at least one value")
+    for v in values:
+        if isinstance(v, (list, tuple, np.ndarray, torch.Tensor)):
+            raise ValueError(f"{what}, got a nested sequence ({v!r} in it)")
+        if not _is_number(v):
+            raise ValueError(f"lams must hold numbers, got {v!r} ({type(v).__name__}) in it")
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"lams must hold finite numbers >= 0 (a lam is a proximal threshold), got {v!r}")
+    values = [float(v) for v in values]
+    twice = [v for v, count in Counter(values).items() if count > 1]
+    if twice:
+        raise ValueError(f"lams holds {', '.join(map(repr, twice))} more than once: each lam is fitted once "
+                         "(one result per lam), pass distinct values")
+    return values
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _lam_folders(checkpoint, ordered: list[float]) -> list[str]:
+    """The checkpoint folder of each fit of the path, after checking that ``checkpoint`` holds no
+    folder of another path: each fit starts from the previous one's state, which a folder of the
+    same lam at the same place but after other lams would not hold."""
+    root = os.fspath(checkpoint)
+    names = [f"lam-{i}-{lam!r}" for i, lam in enumerate(ordered)]
+    if os.path.isdir(root):
+        for entry in sorted(os.listdir(root)):
+            m = _LAM_FOLDER.fullmatch(entry)
+            if m and int(m[1]) < len(names) and entry != names[int(m[1])]:
+                raise ValueError(f"checkpoint {root} holds the fits of another lam path ({entry}, where this path's "
+                                 f"fit {m[1]} is {names[int(m[1])]}): each fit starts from the previous one, so "
+                                 "each path needs a folder of its own")
+    return [os.path.join(root, name) for name in names]
 
 
 def _result(est: RobustAutoencoder, run: list[dict]) -> dict:

@@ -11,6 +11,7 @@ another's values (an l1 fit selects among n x d entries).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -55,6 +56,88 @@ def agreed(ranks: RowGroup | None, fn):
     if message is not None:
         raise ValueError(message)
     return result
+
+
+# What may differ between the ranks' estimators of one fit, since each rank passes its own: the
+# device (each rank computes on its own, e.g. the GPU of its LOCAL_RANK) and verbose (only rank 0
+# shows progress). Two more differ in part: checkpoint's path (one shared folder may be mounted at
+# another path on each node; whether there is one must agree, since saving it takes collectives)
+# and a random_state that is not an integer (None, a RandomState or a Generator: rank 0's draw is
+# broadcast; an integer seeds each rank as it is, so integers must be equal, and every rank must
+# pass one or none, or only some join the broadcast). Everything else must be equal, parameters
+# added later included: the ranks of one fit run the same collectives in the same order only when
+# they take the same steps, and a parameter that changes no collective (lr) would still let the
+# replicas of the network drift apart.
+PER_RANK_PARAMETERS = ("device", "verbose")
+
+
+def agree_on_parameters(ranks: RowGroup | None, params: dict, check) -> None:
+    """Before the first collective of a fit: raises the same ValueError on every rank where the
+    ranks' estimator parameters ``params`` (``get_params()``) differ beyond what may differ per rank
+    (``PER_RANK_PARAMETERS``, checkpoint's path, a random_state that is not an integer), naming each
+    parameter and which ranks have which value. ``check()`` (the parameters' own checks, whose
+    outcome may differ by device) then runs on every rank, and its error is raised on every rank.
+    Nothing to agree on without a row group."""
+    if ranks is None:
+        return
+    error = None
+    try:
+        check()
+    except Exception as e:  # noqa: BLE001 - exchanged, then raised again
+        error = e
+    ranks.agree({name: _parameter_description(name, value) for name, value in params.items()
+                 if name not in PER_RANK_PARAMETERS}, error,
+                note="every rank's estimator must have the same parameters but device, verbose, checkpoint's "
+                     "path and a random_state that is not an integer")
+
+
+def agree_on_width(ranks: RowGroup | None, width: int) -> None:
+    """Raises the same ValueError on every rank where the ranks' rows have different numbers of
+    columns (their dtypes may differ: every rank converts its rows to the fit's dtype)."""
+    if ranks is not None:
+        ranks.agree({"the width of X (columns)": (repr(width), repr(width))},
+                    note="every rank passes its rows of the same columns")
+
+
+def _parameter_description(name: str, value) -> tuple[str, str]:
+    """What must be equal of a parameter's ``value`` (a key compared between ranks) and what the
+    error shows. Values that act alike compare equal ((8, 3) and [8, 3], 2 and numpy's 2, None and
+    "float32" as dtype); values that the checks tell apart do not (3 and 3.0, True and 1), so that
+    ranks passing the agreement also pass or fail the checks alike."""
+    shown = repr(_plain(value))
+    if name == "random_state" and (value is None or isinstance(value, (np.random.RandomState, np.random.Generator))):
+        return "drawn on rank 0", shown
+    if name == "checkpoint" and value is not None:
+        return "a folder", shown
+    if name == "dtype":
+        return ("float32" if value is None else str(value).removeprefix("torch.")), shown
+    return shown, shown
+
+
+def _plain(value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    """"rank 1", "ranks 0, 2" or "ranks 0-3, 5": runs of consecutive ranks as ranges."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    text = ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}-{b}" for a, b in runs)
+    return f"rank {text}" if len(ranks) == 1 else f"ranks {text}"
 
 
 class RowGroup:
@@ -105,6 +188,34 @@ class RowGroup:
         messages: list[str | None] = [None] * self.size
         dist.all_gather_object(messages, None if error is None else str(error), group=self.group)
         return next((m for m in messages if m is not None), None)
+
+    def agree(self, values: dict[str, tuple[str, str]], error: BaseException | None = None, *,
+              note: str = "") -> None:
+        """One all-gather of every rank's ``values`` (name -> (key, shown)) and error: where the
+        keys of a name differ, the same ValueError on every rank, naming each such name and which
+        ranks have which value (the shown one), followed by ``note``; else, where a rank has an
+        error, that error on it and a ValueError with the lowest failing rank's message on the
+        others."""
+        everyone: list = [None] * self.size
+        dist.all_gather_object(everyone, (values, None if error is None else str(error)), group=self.group)
+        names = list(dict.fromkeys(name for theirs, _ in everyone for name in theirs))
+        missing = ("", "nothing")
+        differ = []
+        for name in names:
+            groups: dict[str, list] = {}  # key -> (shown, ranks), in the order of the lowest rank
+            for rank, (theirs, _) in enumerate(everyone):
+                key, shown = theirs.get(name, missing)
+                groups.setdefault(key, [shown, []])[1].append(rank)
+            if len(groups) > 1:
+                differ.append(f"{name}: " + ", ".join(
+                    f"{_ranks_text(rs)} {'has' if len(rs) == 1 else 'have'} {shown}" for shown, rs in groups.values()))
+        if differ:
+            raise ValueError("the ranks disagree on " + "; on ".join(differ) + (f" ({note})" if note else ""))
+        if error is not None:
+            raise error
+        message = next((m for _, m in everyone if m is not None), None)
+        if message is not None:
+            raise ValueError(message)
 
     # ------------------------------------------------------------------ norms
     def norms(self, local: Tensor) -> Tensor:

@@ -11,6 +11,19 @@ What is local and what is global, per penalty (``RowGroup`` does the exchanges):
   then divided.
 - Training: every rank runs the same number of steps per epoch (the most any rank's rows need at
   ``batch_size``), so that a shard a row shorter never leaves a gradient all-reduce waiting.
+
+What the ranks must agree on: each rank passes its own estimator and rows, and ranks that take
+different steps would wait in different collectives (a hang, or gloo's "collective mismatch").
+Before its first collective a fit therefore all-gathers a short description of every rank's
+parameters (``collectives.agree_on_parameters``), then the number of columns of its rows
+(``agree_on_width``), and raises the same ValueError on every rank where they differ, naming the
+parameter and which ranks have which value. All parameters must be equal except ``device`` (each
+rank its own, e.g. the GPU of its LOCAL_RANK) and ``verbose`` (only rank 0 shows progress);
+``checkpoint`` may be another path to the same folder on each rank (set on all ranks or on none),
+and ``random_state`` may be None, a RandomState or a Generator on each rank (rank 0's draw is
+broadcast; an integer seed must be the same integer on every rank). The rows' dtype may differ
+(each rank converts them to the fit's dtype); a rank with no rows stops every rank with the error
+of an empty X. A rank whose ``distributed`` is False never joins and cannot be detected.
 """
 
 from __future__ import annotations
