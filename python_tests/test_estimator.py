@@ -1,3 +1,4 @@
+import copy
 import math
 import warnings
 
@@ -339,3 +340,80 @@ def test_at_most_one_host_sync_per_outer_iteration(seed):
     # final scores: the lower bound shows that the detector sees the syncs at all.
     assert est.n_iter_ <= len(syncs) <= est.n_iter_ + 4, [str(w.message) for w in syncs[:8]]
 
+
+
+# ---------------------------------------------------------------- what a warm start continues, and what not
+WARM = dict(hidden=(8, 3), outer_iter=2, inner_epochs=2, batch_size=16, lr=1e-2, device="cpu", precision="float32",
+            lam=0.5, penalty="l1")
+
+
+@pytest.mark.parametrize("fitted, then", [("auto", "minmax"), ("minmax", "standardize"), ("none", "auto"),
+                                          ("standardize", "none")])
+def test_a_warm_start_refuses_another_preprocessing_and_keeps_the_fit(seed, fitted, then):
+    X, _ = planted(seed, n=60, d=8)
+    X = X * 5 - 1  # outside [0, 1]: "auto" scales it
+    est = RobustAutoencoder(preprocessing=fitted, random_state=seed, **WARM).fit(X)
+    center, scores = est.center_, est.decision_scores_.copy()
+    est.set_params(warm_start=True, preprocessing=then)
+    with pytest.raises(ValueError) as e:
+        est.fit(X)
+    assert str(e.value) == (f'warm_start continues the fitted network, which was trained on X scaled by '
+                            f'preprocessing="{fitted}" (center_, scale_ stay with it), so preprocessing="{then}" '
+                            f'cannot apply: set preprocessing="{fitted}", or refit with warm_start=False')
+    assert est.center_ is center and np.array_equal(est.decision_scores_, scores)
+    # Even with a network of another shape, which would start afresh: the rule has no exception.
+    with pytest.raises(ValueError, match="^warm_start continues the fitted network"):
+        est.set_params(hidden=(5,)).fit(X)
+    est.set_params(warm_start=False).fit(X)
+    assert est._fit_preprocessing == then
+    est.set_params(warm_start=True, outer_iter=1).fit(X)  # the preprocessing it was fitted with
+    assert len(est.history_) == 3
+
+
+@pytest.mark.parametrize("change", [dict(hidden=(6, 3)), dict(activation="tanh"), dict(tied_weights=False),
+                                    dict(output_activation="linear"), "columns"])
+def test_a_warm_start_of_another_network_shape_is_a_fresh_fit(seed, change):
+    X, _ = planted(seed, n=60, d=8)
+    est = RobustAutoencoder(random_state=seed, warm_start=True, **WARM).fit(X)
+    if change == "columns":
+        change, X = {}, X[:, :6]
+    est.set_params(**change).fit(X)
+    cold = RobustAutoencoder(random_state=seed, **{**WARM, **change}).fit(X)
+    assert est.n_iter_ == len(est.history_) == WARM["outer_iter"]
+    np.testing.assert_array_equal(est.decision_scores_, cold.decision_scores_)
+
+
+def test_a_warm_start_continues_the_batch_order_whatever_random_state_says(seed):
+    X, _ = planted(seed, n=60, d=8)
+    a = RobustAutoencoder(random_state=seed, **WARM).fit(X)
+    b = RobustAutoencoder(random_state=seed, **WARM).fit(X)
+    a.set_params(warm_start=True).fit(X)
+    b.set_params(warm_start=True, random_state=seed + 1).fit(X)
+    np.testing.assert_array_equal(a.L_, b.L_)
+
+
+def test_a_warm_start_on_other_rows_of_the_same_shape_starts_s_from_zeros(seed):
+    """With inner_epochs=0 the network stays as it is and L = AE(X - S) for the S a warm start
+    begins with: S_ of the previous fit on the same X, zeros on the rows in another order."""
+    X, _ = planted(seed, n=60, d=8)
+    kw = dict(random_state=seed, preprocessing="none", **WARM)
+    fitted = RobustAutoencoder(**kw).fit(X)
+    assert np.abs(fitted.S_).sum() > 0
+    perm = np.random.default_rng(seed).permutation(len(X))
+    Xp = X[perm]
+    warm = dict(warm_start=True, inner_epochs=0, outer_iter=1)
+
+    other = copy.deepcopy(fitted).set_params(**warm).fit(Xp)
+    np.testing.assert_allclose(other.L_, fitted.reconstruct(Xp), rtol=1e-6, atol=1e-7)
+    # c2 of its first iteration is measured from zeros, not from the previous fit's L + S
+    assert other.history_[-1]["c2"] == pytest.approx(np.linalg.norm(other.L_ + other.S_) / np.linalg.norm(Xp),
+                                                     rel=1e-5)
+
+    same = copy.deepcopy(fitted).set_params(**warm).fit(X)
+    np.testing.assert_allclose(same.L_, fitted.reconstruct(X - fitted.S_), rtol=1e-6, atol=1e-7)
+    prev = fitted.L_ + fitted.S_
+    assert same.history_[-1]["c2"] == pytest.approx(
+        np.linalg.norm(prev - same.L_ - same.S_) / np.linalg.norm(X), rel=1e-5)
+    # The same values in another dtype are another input to the network.
+    other_dtype = copy.deepcopy(fitted).set_params(dtype="float64", **warm).fit(X)
+    np.testing.assert_allclose(other_dtype.L_, fitted.reconstruct(X), rtol=1e-5, atol=1e-6)

@@ -796,3 +796,82 @@ def test_a_file_of_an_odd_pickle_protocol_is_an_error_without_a_warning(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's note on the protocol would be an error here
         assert_clear_error(tmp_path / "odd.pt", "not a readable rda_ext model")
+
+
+# ---------------------------------------------------------------- what the fit ran with
+FIT_FACTS = ("precision", "preprocessing", "fingerprint")
+
+
+def test_the_fits_precision_preprocessing_and_data_are_saved_not_a_later_set_params(tmp_path):
+    data = X * 3 - 1  # outside [0, 1]: "auto" scales it
+    est = RobustAutoencoder(**TINY, precision="bfloat16", preprocessing="auto").fit(data)
+    est.set_params(precision="float32", preprocessing="minmax").save(tmp_path / "m.pt")
+    state = load_state(tmp_path / "m.pt")
+    assert state["params"]["precision"] == "float32" and state["params"]["preprocessing"] == "minmax"
+    assert state["fitted"]["precision"] == "bfloat16" and state["fitted"]["preprocessing"] == "auto"
+    assert state["fitted"]["fingerprint"] == est._fit_fingerprint
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert (back._fit_precision, back._fit_preprocessing, back._fit_fingerprint) == (
+        "bfloat16", "auto", est._fit_fingerprint)
+    np.testing.assert_array_equal(back.decision_function(data), est.decision_function(data))
+    with pytest.raises(ValueError, match='scaled by preprocessing="auto"'):
+        back.set_params(warm_start=True).fit(data)
+
+
+def warm_L(est: RobustAutoencoder, data) -> np.ndarray:
+    """L_ of one warm iteration that does not train: AE(X - S) for the S the warm start begins with."""
+    return copy.deepcopy(est).set_params(warm_start=True, inner_epochs=0, outer_iter=1).fit(data).L_
+
+
+def test_a_file_from_before_the_fit_facts_has_its_parameters_and_starts_s_from_zeros(tmp_path, model_file):
+    path, est = model_file
+    state = load_state(path)
+    for key in FIT_FACTS:
+        del state["fitted"][key]
+    state["params"]["precision"] = "float32"
+    write_state(tmp_path / "old.pt", state)
+    old = RobustAutoencoder.load(tmp_path / "old.pt")
+    assert (old._fit_precision, old._fit_preprocessing, old._fit_fingerprint) == ("float32", est.preprocessing, None)
+    # It cannot tell its data: S starts from zeros. A file that has the fingerprint goes on from its S.
+    np.testing.assert_allclose(warm_L(old, X), old.reconstruct(X), rtol=1e-6, atol=1e-7)
+    back = RobustAutoencoder.load(path)
+    np.testing.assert_allclose(warm_L(back, X), back.reconstruct(X - back.S_), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(back.reconstruct(X - back.S_), back.reconstruct(X), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("key, value, detail", [
+    ("precision", "half", "precision is 'half', not one of ('float32', 'bfloat16', 'auto')"),
+    ("precision", None, "precision is None, not one of ('float32', 'bfloat16', 'auto')"),
+    ("precision", True, "precision is True, not one of ('float32', 'bfloat16', 'auto')"),
+    ("preprocessing", "scale", "preprocessing is 'scale', not one of ('auto', 'none', 'minmax', 'standardize')"),
+    ("preprocessing", None, "preprocessing is None, not one of ('auto', 'none', 'minmax', 'standardize')"),
+    ("fingerprint", None, "fingerprint is None, not a hash in hexadecimal digits"),
+    ("fingerprint", "xyz", "fingerprint is 'xyz', not a hash in hexadecimal digits"),
+    ("fingerprint", 5, "fingerprint is 5, not a hash in hexadecimal digits"),
+])
+def test_each_fit_fact_wrong(tmp_path, model_file, key, value, detail):
+    state = load_state(model_file[0])
+    state["fitted"][key] = value
+    write_state(tmp_path / "m.pt", state)
+    message = assert_clear_error(tmp_path / "m.pt")
+    assert message == f"{str(tmp_path / 'm.pt')!r} is not a valid rda_ext model file: {detail}"
+
+
+def test_switches_given_as_numpy_bools_or_0_and_1_round_trip(tmp_path):
+    switches = dict(tied_weights=np.bool_(False), warm_start=1, cuda_graphs=np.int64(0), verbose=0)
+    est = RobustAutoencoder(**TINY, **switches).fit(X)
+    est.save(tmp_path / "m.pt")
+    saved = load_state(tmp_path / "m.pt")["params"]
+    assert [type(saved[k]) for k in switches] == [bool, int, int, int]
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.get_params() == est.get_params() and not back.model_.tied
+    assert_same_model(back, est)
+
+
+@pytest.mark.parametrize("name", ["tied_weights", "warm_start", "cuda_graphs", "verbose"])
+def test_a_file_with_a_switch_that_is_not_a_bool_is_refused(tmp_path, model_file, name):
+    state = load_state(model_file[0])
+    state["params"][name] = "no"
+    write_state(tmp_path / "m.pt", state)
+    message = assert_clear_error(tmp_path / "m.pt")
+    assert message.endswith(f"parameters invalid: {name} must be True or False, got 'no'")

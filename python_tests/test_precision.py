@@ -97,3 +97,37 @@ def test_the_precision_is_saved_with_the_model(tmp_path, seed):
     back = RobustAutoencoder.load(tmp_path / "m.pt")
     assert back.precision == "bfloat16"
     np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
+
+
+def outputs(est, X) -> list[np.ndarray]:
+    return [est.decision_function(X), est.predict(X), est.transform(X), est.reconstruct(X)]
+
+
+@pytest.mark.parametrize("fitted, then", [("float32", "bfloat16"), ("bfloat16", "float32"), ("auto", "bfloat16"),
+                                          ("auto", "float32")])
+def test_new_data_goes_through_the_network_in_the_fits_precision_until_the_next_fit(seed, fitted, then):
+    X, _ = planted(seed, n=80, d=12)
+    new = X[:20] * 0.9
+    est = RobustAutoencoder(precision=fitted, lam=0.9, random_state=seed, **SMALL).fit(X)
+    before = outputs(est, new)
+    est.set_params(precision=then)
+    for a, b in zip(outputs(est, new), before):
+        np.testing.assert_array_equal(a, b)
+    # The next fit runs in the new precision, and new data follows it.
+    est.fit(X)
+    amp = resolve_precision(then, CPU, torch.float32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+        recon = est.model_(torch.from_numpy(new)).float().numpy()
+    np.testing.assert_array_equal(est.reconstruct(new), recon)
+
+
+def test_a_model_file_keeps_the_precision_of_the_fit_not_of_a_later_set_params(tmp_path, seed):
+    X, _ = planted(seed, n=60, d=12)
+    est = RobustAutoencoder(precision="bfloat16", lam=0.9, random_state=seed, **SMALL).fit(X)
+    before = outputs(est, X)
+    est.set_params(precision="float32").save(tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["fitted"]["precision"] == "bfloat16"
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.precision == "float32"  # the parameter, for the next fit
+    for a, b in zip(outputs(back, X), before):
+        np.testing.assert_array_equal(a, b)

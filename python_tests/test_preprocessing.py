@@ -5,17 +5,23 @@ output_activation="auto" picks a sigmoid output for data in [0, 1] and a linear 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from rda_ext import RobustAutoencoder
+from rda_ext import RobustAutoencoder, TrainingDiverged
+from rda_ext.estimator import preprocessing as scaling_module
 from rda_ext.estimator.preprocessing import (
     IQR_PER_SD,
     column_quantile,
+    column_sd,
     resolve_output_activation,
     robust_scaling,
+    scale_rows,
     scaling_for,
+    unscale_rows,
 )
 
 FAST = dict(hidden=(6, 3), outer_iter=3, inner_epochs=3, batch_size=16, lr=1e-2, activation="elu", dtype="float64",
@@ -170,3 +176,161 @@ def test_the_scaling_is_saved_with_the_model(tmp_path, seed):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="missing key 'fitted.output_activation_'"):
         RobustAutoencoder.load(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------- columns near the ends of the dtype
+EXTREME = {np.float32: 3e38, np.float64: 1.7e308}
+
+
+def extreme_table(dtype, seed=0, n=60):
+    """Three columns spread over +-big (the largest finite magnitudes of the dtype) and an ordinary one."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (n, 4)) * EXTREME[dtype]
+    X[:, 3] = rng.uniform(0, 1, n)
+    return X.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_statistics_of_extreme_columns_are_finite_float64(dtype):
+    X = torch.from_numpy(extreme_table(dtype))
+    x = X.double().numpy()
+    for q in (0.25, 0.5, 0.75):
+        got = column_quantile(X, q).numpy()
+        assert np.isfinite(got).all() and (got >= x.min(0)).all() and (got <= x.max(0)).all()
+    m = np.abs(x).max(0)
+    np.testing.assert_allclose(column_sd(X).numpy(), (x / m).std(0) * m, rtol=1e-12)
+    if dtype == np.float32:  # float64 holds the statistics of float32 data, whatever its values
+        np.testing.assert_allclose(column_sd(X).numpy(), x.std(0), rtol=1e-12)
+        center, scale = scaling_for("minmax", X)
+        assert scale.tolist() == (x.max(0) - x.min(0)).tolist()
+    center, scale = scaling_for("standardize", X)
+    assert torch.isfinite(center).all() and torch.isfinite(scale).all() and (scale > 0).all()
+
+
+def test_a_column_without_middle_spread_at_the_ends_of_float64_is_scaled_by_its_finite_sd():
+    X = torch.zeros(10, 1, dtype=torch.float64)
+    X[0], X[1] = 1.7e308, -1.7e308  # IQR 0; the squares of the values overflow
+    _, scale = robust_scaling(X)
+    assert scale.item() == pytest.approx(np.sqrt(0.2) * 1.7e308, rel=1e-12)
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scaling_is_float64_arithmetic_rounded_once_the_same_in_chunks(monkeypatch, gen, dtype, center):
+    X = (torch.randn(37, 5, generator=gen, dtype=torch.float64) * 1e30).to(dtype)
+    scaling = (torch.randn(5, generator=gen, dtype=torch.float64) * 1e30,
+               torch.rand(5, generator=gen, dtype=torch.float64) * 1e20 + 1e19)
+    whole = scale_rows(X, scaling, center)
+    c, s = scaling
+    expected = (((X.double() - c) if center else X.double()) / s).to(dtype)
+    assert whole.dtype == dtype and torch.equal(whole, expected)
+    back = unscale_rows(whole, scaling, center)
+    assert torch.equal(back, ((whole.double() * s + c) if center else whole.double() * s).to(dtype))
+    monkeypatch.setattr(scaling_module, "CHUNK_ENTRIES", 12)  # rows of 5: two rows a chunk
+    assert len(scaling_module.row_chunks(X)) == 19
+    assert torch.equal(scale_rows(X, scaling, center), whole)
+    assert torch.equal(unscale_rows(whole, scaling, center), back)
+
+
+def test_scaling_near_the_ends_of_float64_does_not_overflow_on_the_way():
+    X = torch.tensor([[-1.7e308], [1.7e308]], dtype=torch.float64)
+    scaling = torch.tensor([3e307], dtype=torch.float64), torch.tensor([1e308], dtype=torch.float64)
+    scaled = scale_rows(X, scaling)  # X - center overflows, the scaled value does not
+    np.testing.assert_allclose(scaled.numpy().ravel(), [-2.0, 1.4], rtol=1e-15)
+    np.testing.assert_allclose(unscale_rows(scaled, scaling).numpy().ravel(), [-1.7e308, 1.7e308], rtol=1e-15)
+
+
+def assert_decomposes(est, X):
+    """L_ and S_ finite in X's dtype and, with lam 0, L_ + S_ = X to the rounding of the scaled data
+    (halved: the sum of two halves of float64's range overflows)."""
+    assert est.L_.dtype == est.S_.dtype == X.dtype
+    assert np.isfinite(est.L_).all() and np.isfinite(est.S_).all()
+    half = lambda a: a.astype(np.float64) / 2  # noqa: E731
+    fit_eps = np.finfo(np.float32 if est.dtype is None else np.float64).eps
+    atol = 8 * fit_eps * est.scale_ * (1 + np.abs((X.astype(np.float64) / 2 - est.center_ / 2) / est.scale_))
+    np.testing.assert_array_less(np.abs(half(est.L_) + half(est.S_) - half(X)), atol)
+
+
+EXTREME_FIT = dict(hidden=(4,), outer_iter=2, inner_epochs=2, batch_size=16, penalty="l1", lam=0.0, device="cpu",
+                   random_state=0, tol=0)
+
+
+@pytest.mark.parametrize("preprocessing", ["auto", "minmax", "standardize"])
+def test_float32_columns_near_its_ends_decompose_or_say_they_do_not_fit_float32(preprocessing):
+    """The scaling is finite, so is what the network sees; a residual X - L of such columns may
+    span twice float32's range: then S_ is refused in float32, and X as float64 (what the error
+    advises) decomposes."""
+    X = extreme_table(np.float32)
+    est = RobustAutoencoder(preprocessing=preprocessing, **EXTREME_FIT)
+    try:
+        est.fit(X)
+    except ValueError as e:
+        assert re.fullmatch(r"[LS]_ \(in X's units\) has values beyond the range of float32 in column [0-2]: pass X "
+                            r"as float64, or divide that column by a constant", str(e)), str(e)
+        assert not hasattr(est, "model_")
+        est.fit(X.astype(np.float64))  # the same values (a float32 fit), answered in float64
+        X = X.astype(np.float64)
+    assert np.isfinite(est.center_).all() and np.isfinite(est.scale_).all()
+    assert_decomposes(est, X)
+    assert np.isfinite(est.decision_function(X)).all() and np.isfinite(est.reconstruct(X)).all()
+
+
+@pytest.mark.parametrize("preprocessing", ["auto", "minmax"])
+def test_a_range_beyond_float64_is_refused_by_name(preprocessing):
+    X = extreme_table(np.float64)
+    label = 'preprocessing="auto" (here "minmax")' if preprocessing == "auto" else 'preprocessing="minmax"'
+    with pytest.raises(ValueError) as e:
+        RobustAutoencoder(preprocessing=preprocessing, dtype="float64", **EXTREME_FIT).fit(X)
+    lo, hi = X[:, 0].min(), X[:, 0].max()
+    assert str(e.value) == (f"{label} cannot scale column 0 of X: its range is beyond float64 (the column spans "
+                            f"[{lo:.6g}, {hi:.6g}]); divide X by a constant first")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float64_columns_near_its_ends_standardize_and_decompose_or_say_they_do_not_fit(seed):
+    X = extreme_table(np.float64, seed)
+    est = RobustAutoencoder(preprocessing="standardize", dtype="float64", **EXTREME_FIT)
+    try:
+        est.fit(X)
+    except ValueError as e:
+        assert re.fullmatch(r"[LS]_ \(in X's units\) has values beyond the range of float64 in column [0-2]: divide "
+                            r"that column by a constant", str(e)), str(e)
+        est.fit(X / 4)  # what the error advises
+        X = X / 4
+    assert_decomposes(est, X)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_preprocessing_extreme_columns_reach_the_network_as_they_are(dtype):
+    with pytest.raises(TrainingDiverged, match="scale X"):
+        RobustAutoencoder(preprocessing="none", dtype="float64" if dtype == np.float64 else None,
+                          **EXTREME_FIT).fit(extreme_table(dtype))
+
+
+def test_a_column_that_its_scale_takes_beyond_float32_is_refused_before_the_network_sees_it():
+    X = np.zeros((40, 3), np.float32)
+    X[:, 0] = np.linspace(0, 1e-30, 40)  # an IQR of about 5e-31
+    X[-1, 0] = 3e38
+    X[:, 1:] = np.random.default_rng(0).random((40, 2))
+    with pytest.raises(ValueError) as e:
+        RobustAutoencoder(preprocessing="standardize", **EXTREME_FIT).fit(X)
+    message = str(e.value)
+    assert message.startswith('column 0 of X is not finite in float32 once scaled by preprocessing="standardize" '
+                              "(center "), message
+    assert message.endswith('; the column spans [0, 3e+38]): divide the column by a constant, or fit in float64 '
+                            '(dtype="float64")'), message
+
+
+def test_new_rows_that_the_fitted_scaling_takes_beyond_the_dtype_are_refused():
+    X = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    X[:, 0] *= 1e-30  # a range of about 1e-30
+    est = RobustAutoencoder(preprocessing="minmax", **EXTREME_FIT).fit(X)
+    new = X[:5].copy()
+    new[2, 0] = 1e10
+    for method in (est.decision_function, est.predict, est.transform, est.reconstruct):
+        with pytest.raises(ValueError, match=r'^column 0 of X is not finite in float32 once scaled by the fitted '
+                                             r'scaling \(preprocessing="minmax"\) \(center '):
+            method(new)
+    est.set_params(warm_start=True)
+    with pytest.raises(ValueError, match=r'^column 0 of X is not finite in float32 once scaled by the fitted'):
+        est.fit(np.r_[X, new])

@@ -272,3 +272,45 @@ def test_fit_together_stops_at_tol_exactly_as_fit_does(seed):
     # Every fit converged before outer_iter: the joint run ends there.
     ests = fit_together([RobustAutoencoder(lam=0.0, random_state=seed, **{**EXACT, "outer_iter": 4, "tol": 1e-9})], X)
     assert ests[0].n_iter_ == 2
+
+
+@pytest.mark.parametrize("bad", ["x", None, 3, {"lam": 0.5}, RobustAutoencoder, torch.nn.Linear(2, 2)],
+                         ids=["str", "None", "int", "dict", "the-class", "module"])
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_fit_together_names_an_entry_that_is_not_an_estimator(bad, position):
+    ests = [RobustAutoencoder(**EXACT), RobustAutoencoder(**EXACT)]
+    ests.insert(position, bad)
+    with pytest.raises(TypeError) as e:
+        fit_together(ests, np.random.default_rng(0).random((20, 4)))
+    assert str(e.value) == f"estimators[{position}] is a {type(bad).__name__}, not a RobustAutoencoder"
+    assert not any(hasattr(est, "model_") for est in ests if isinstance(est, RobustAutoencoder))
+
+
+@pytest.mark.parametrize("estimators", [RobustAutoencoder(**EXACT), 3, None], ids=["an-estimator", "int", "None"])
+def test_fit_together_needs_a_list(estimators):
+    with pytest.raises(TypeError) as e:
+        fit_together(estimators, np.random.default_rng(0).random((20, 4)))
+    assert str(e.value) == f"estimators must be a list of RobustAutoencoders, got {type(estimators).__name__}"
+
+
+def test_fit_together_refuses_one_estimator_twice():
+    est = RobustAutoencoder(**EXACT)
+    with pytest.raises(ValueError) as e:
+        fit_together((RobustAutoencoder(**EXACT), est, est), np.random.default_rng(0).random((20, 4)))
+    assert str(e.value) == ("estimators[2] is estimators[1] again: pass separate estimators (e.g. sklearn.base.clone "
+                            "of one)")
+
+
+def test_fit_together_records_what_a_warm_start_and_new_data_depend_on(seed):
+    X, _ = planted(seed, n=60, d=10)
+    together = fit_together([RobustAutoencoder(lam=lam, random_state=seed, **EXACT) for lam in (0.3, 0.6)], X)
+    alone = RobustAutoencoder(lam=0.6, random_state=seed, **EXACT).fit(X)
+    est = together[1]
+    assert est._fit_fingerprint == alone._fit_fingerprint
+    assert est._fit_precision == alone._fit_precision and est._fit_preprocessing == alone._fit_preprocessing
+    # a warm start on the same X goes on from its S, as from the fit's
+    warm = dict(warm_start=True, inner_epochs=0, outer_iter=1)
+    est.set_params(**warm).fit(X)
+    np.testing.assert_allclose(est.history_[-1]["c2"], alone.set_params(**warm).fit(X).history_[-1]["c2"],
+                               rtol=1e-6)
+    assert est.history_[-1]["c2"] < 0.1

@@ -249,3 +249,101 @@ def test_auto_inner_epochs_fit_as_the_number_they_resolve_to():
     assert (a.L_ == b.L_).all() and (a.S_ == b.S_).all()
     c = RobustAutoencoder(inner_epochs=9, **kw).fit(X)
     assert not (c.L_ == b.L_).all()
+
+
+SWITCHES = ("tied_weights", "warm_start", "cuda_graphs", "verbose")
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False), 0, 1, np.int64(0), np.uint8(1)],
+                         ids=repr)
+def test_switches_take_bools_and_0_or_1(name, value):
+    check_params(params(**{name: value}))
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+@pytest.mark.parametrize("value", ["no", "yes", "False", "", None, 2, -1, np.int64(2), 0.0, 1.0, np.float64(1.0), 0.5,
+                                   [], [True], (False,)], ids=repr)
+def test_switches_refuse_anything_else_by_name(name, value):
+    """bool() would read "no" as True and None as False: each is an error naming the switch."""
+    with pytest.raises(ValueError) as e:
+        check_params(params(**{name: value}))
+    assert str(e.value) == f"{name} must be True or False, got {value!r}"
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_fit_refuses_a_string_switch(name):
+    with pytest.raises(ValueError, match=f"^{name} must be True or False, got 'no'$"):
+        RobustAutoencoder(**{name: "no"}, hidden=(2,), outer_iter=1, device="cpu").fit(np.zeros((4, 3)))
+
+
+SPARSE_LAYOUTS = {
+    "coo": lambda t: t.to_sparse(), "csr": lambda t: t.to_sparse_csr(), "csc": lambda t: t.to_sparse_csc(),
+    "bsr": lambda t: t.to_sparse_bsr((1, 1)), "bsc": lambda t: t.to_sparse_bsc((1, 1)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+@pytest.mark.parametrize("layout", SPARSE_LAYOUTS)
+def test_sparse_tensors_are_refused_by_name_in_every_layout(layout):
+    X = SPARSE_LAYOUTS[layout](torch.eye(3))
+    with pytest.raises(TypeError) as e:
+        as_matrix(X, "M", CPU, torch.float32)
+    assert str(e.value) == f"M is a sparse tensor ({X.layout}), which is not supported: pass a dense tensor (M.to_dense())"
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_fit_and_new_data_refuse_sparse_tensors(layout):
+    X = SPARSE_LAYOUTS[layout](torch.rand(8, 3))
+    est = RobustAutoencoder(hidden=(2,), outer_iter=1, inner_epochs=1, device="cpu", random_state=0)
+    with pytest.raises(TypeError, match=r"^X is a sparse tensor \(torch\.sparse_"):
+        est.fit(X)
+    est.fit(X.to_dense())
+    for method in (est.decision_function, est.predict, est.transform, est.reconstruct):
+        with pytest.raises(TypeError, match=r"^X is a sparse tensor \(torch\.sparse_"):
+            method(X)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_a_nested_tensor_is_refused_by_name():
+    X = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    with pytest.raises(TypeError) as e:
+        as_matrix(X, "M", CPU, torch.float32)
+    assert str(e.value) == "M is a nested tensor, which is not supported: pass a 2-D matrix (rows of one length)"
+
+
+NOT_A_MATRIX = "M must be a 2-D matrix (a numpy array, a tensor or a list of rows), got "
+RAGGED = "M must be a 2-D matrix (rows = instances, columns = features), but numpy cannot read this list as one: "
+
+
+@pytest.mark.parametrize("X, error, message", [
+    ([[1.0, 2.0], [3.0]], ValueError, RAGGED),
+    ([[1.0, [2.0]]], ValueError, RAGGED),
+    ({"a": [1.0, 2.0]}, TypeError, NOT_A_MATRIX + "an object of type dict"),
+    ({1.0, 2.0}, TypeError, NOT_A_MATRIX + "an object of type set"),
+    ("1,2;3,4", TypeError, NOT_A_MATRIX + "an object of type str"),
+    (b"12", TypeError, NOT_A_MATRIX + "an object of type bytes"),
+    (None, TypeError, NOT_A_MATRIX + "None"),
+    (3.5, TypeError, NOT_A_MATRIX + "an object of type float"),
+    ((row for row in [[1.0, 2.0]]), TypeError, NOT_A_MATRIX + "an object of type generator"),
+    (["a", "b"], ValueError, "M must be numeric, got dtype <U1"),
+    ([["1", "2"]], ValueError, "M must be numeric, got dtype <U1"),
+    (np.array([[1.0, {"a": 1}]], dtype=object), TypeError,
+     "M must be numeric, but its entries of dtype object are not all numbers ("),
+], ids=["ragged", "ragged-deeper", "dict", "set", "str", "bytes", "None", "number", "generator", "strings",
+        "strings-2d", "object-dict"])
+def test_what_is_not_a_matrix_is_named(X, error, message):
+    with pytest.raises(error) as e:
+        as_matrix(X, "M", CPU, torch.float32)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("X", [[[1.0, 2.0], [3.0]], {"a": [1.0]}, None, "abc"], ids=["ragged", "dict", "None", "str"])
+def test_fit_and_new_data_name_x_when_it_is_not_a_matrix(X):
+    est = RobustAutoencoder(hidden=(2,), outer_iter=1, inner_epochs=1, device="cpu", random_state=0)
+    with pytest.raises((TypeError, ValueError), match="^X must be a 2-D matrix"):
+        est.fit(X)
+    est.fit(np.random.default_rng(0).random((8, 2)))
+    with pytest.raises((TypeError, ValueError), match="^X must be a 2-D matrix"):
+        est.decision_function(X)

@@ -21,6 +21,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # the optimizer state, X, L, S and the proximal step stay in dtype); "auto" is bfloat16 where the
 # device has fast bfloat16 matrix products, else float32.
 PRECISIONS = ("float32", "bfloat16", "auto")
+# The estimator's switches.
+BOOLEANS = ("tied_weights", "warm_start", "cuda_graphs", "verbose")
 # The estimator's parameters that take one of a few names.
 CHOICES = {
     "penalty": ops.PENALTIES,
@@ -114,6 +116,9 @@ def check_params(p: dict) -> None:
         fail("tol", "a number >= 0")
     if not is_random_state(p["random_state"]):
         fail("random_state", "None, an integer seed in [0, 2**64) or a numpy RandomState/Generator")
+    for name in BOOLEANS:
+        if not is_bool(p[name]):
+            fail(name, "True or False")
     if not (p["distributed"] == "auto" or isinstance(p["distributed"], bool)):
         fail("distributed", '"auto", True or False')
     if p["checkpoint"] is not None and not isinstance(p["checkpoint"], (str, os.PathLike)):
@@ -121,6 +126,13 @@ def check_params(p: dict) -> None:
     resolve_device(p["device"])
     if resolve_dtype(p["dtype"]) == torch.float64 and p["precision"] == "bfloat16":
         fail("precision", '"float32" or "auto" with dtype "float64" (a float64 fit computes in float64)')
+
+
+def is_bool(v) -> bool:
+    """What a switch takes: a bool or a numpy bool, and the integers 0 and 1 (the spelling of
+    scikit-learn's ``verbose=0``). Anything else, such as the string "no" or None, which ``bool()``
+    would read as a silent True or False, is refused."""
+    return isinstance(v, (bool, np.bool_)) or (is_int(v) and v in (0, 1))
 
 
 def is_random_state(v) -> bool:
@@ -144,13 +156,29 @@ def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     """X (numpy array, tensor or array-like) as a finite 2-D tensor on ``device`` in ``dtype``.
     The caller's data is never written to."""
     if isinstance(X, Tensor):
+        if X.is_nested:
+            raise TypeError(f"{name} is a nested tensor, which is not supported: pass a 2-D matrix (rows of one length)")
+        if X.layout != torch.strided:
+            what = f"a sparse tensor ({X.layout})" if "sparse" in str(X.layout) else f"a tensor of layout {X.layout}"
+            raise TypeError(f"{name} is {what}, which is not supported: pass a dense tensor ({name}.to_dense())")
         t = X.detach()
     else:
         if hasattr(X, "toarray") or hasattr(X, "tocsr"):
             raise TypeError(f"{name} is a sparse matrix, which is not supported: pass a dense array ({name}.toarray())")
-        a = np.asarray(X)
+        try:
+            a = np.asarray(X)
+        except (ValueError, TypeError) as e:  # ragged rows, or an __array__ that fails
+            raise ValueError(f"{name} must be a 2-D matrix (rows = instances, columns = features), but numpy "
+                             f"cannot read this {type(X).__name__} as one: {e}") from None
+        if a.ndim == 0:  # None, a dict, a set, a string, a number...
+            raise TypeError(f"{name} must be a 2-D matrix (a numpy array, a tensor or a list of rows), got "
+                            f"{'None' if X is None else 'an object of type ' + type(X).__name__}")
         if a.dtype == object:
-            a = a.astype(np.float64)  # numbers stored as objects; anything else raises a TypeError here
+            try:
+                a = a.astype(np.float64)  # numbers stored as objects
+            except (ValueError, TypeError) as e:  # the same kind of error, now naming X
+                raise type(e)(f"{name} must be numeric, but its entries of dtype object are not all numbers "
+                              f"({e})") from None
         if np.iscomplexobj(a):
             raise ValueError(f"Complex data not supported: {name} has dtype {a.dtype}")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -195,11 +223,21 @@ def like_input(t: Tensor, X):
     """``t`` in the form of the caller's X: a tensor of X's dtype on X's device, or numpy of X's
     float dtype (float32 for integer input)."""
     if isinstance(X, Tensor):
-        dtype = X.dtype if X.is_floating_point() else t.dtype
-        return t.to(device=X.device, dtype=dtype)
+        return t.to(device=X.device, dtype=output_dtype(X, t.dtype))
     a = np.asarray(X)
-    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32
-    return t.cpu().numpy().astype(dtype, copy=False)
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32  # a big-endian X's byte order too
+    return t.to(output_dtype(a, t.dtype)).cpu().numpy().astype(dtype, copy=False)
+
+
+def output_dtype(X, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of results computed in ``dtype`` for the caller's X: X's float dtype, else
+    ``dtype`` for a tensor and float32 for numpy."""
+    if isinstance(X, Tensor):
+        return X.dtype if X.is_floating_point() else dtype
+    a = np.asarray(X)
+    if not np.issubdtype(a.dtype, np.floating):
+        return torch.float32
+    return torch.from_numpy(np.empty(0, a.dtype.newbyteorder("="))).dtype
 
 
 def vector_like_input(t: Tensor, X):

@@ -17,7 +17,17 @@ import torch
 
 from rda_ext.data.files import atomic_write
 from rda_ext.solver.autoencoder import ACTIVATIONS, DeepAutoencoder
-from rda_ext.validation import check_params, is_int, is_real, kind, resolve_device, resolve_dtype, to_cpu
+from rda_ext.validation import (
+    CHOICES,
+    PRECISIONS,
+    check_params,
+    is_int,
+    is_real,
+    kind,
+    resolve_device,
+    resolve_dtype,
+    to_cpu,
+)
 
 FORMAT = "rda_ext.RobustAutoencoder/1"
 _KEYS = ("format", "params", "sizes", "weights", "fitted")
@@ -59,6 +69,12 @@ def model_writer(est, *, data: bool):
     fitted["labels_"] = torch.from_numpy(np.ascontiguousarray(est.labels_))
     fitted["batch_seed"] = plain(est._batch_seed)
     fitted["output_activation_"] = est.model_.architecture[2]
+    # What the fit ran with, which the parameters saved may no longer say (set_params after it).
+    # (An estimator unpickled from before they were kept ran with its parameters and has no fingerprint.)
+    fitted["precision"] = getattr(est, "_fit_precision", est.precision)
+    fitted["preprocessing"] = getattr(est, "_fit_preprocessing", est.preprocessing)
+    if getattr(est, "_fit_fingerprint", None) is not None:
+        fitted["fingerprint"] = est._fit_fingerprint
     for key in ("center_", "scale_", *_SCORE_KEYS):
         value = getattr(est, key)
         fitted[key] = None if value is None else torch.from_numpy(np.array(value, dtype=np.float64))
@@ -252,11 +268,29 @@ def _build(cls, state: dict, params: dict, device):
         setattr(est, key, fitted[key])
     est._batch_seed = fitted["batch_seed"]
     est._optim = None
+    est._fit_precision, est._fit_preprocessing, est._fit_fingerprint = _fit_facts(fitted, params)
     est.decision_scores_ = scores.numpy()
     est.labels_ = labels.numpy()
     if present:
         est.L_, est.S_ = (t.numpy() if fitted["input"] == "numpy" else t for t in (fitted["L_"], fitted["S_"]))
     return est
+
+
+def _fit_facts(fitted: dict, params: dict) -> tuple:
+    """The precision and the preprocessing the fit ran with, and the fingerprint of its network's
+    input, checked. A file from before them has the saved parameters' precision and preprocessing
+    (set_params could not change them apart from a fit then), and no fingerprint: a warm start from
+    it cannot tell its data and starts S from zeros."""
+    precision = fitted.get("precision", params["precision"])
+    if precision not in PRECISIONS:
+        raise _Invalid(f"precision is {precision!r}, not one of {PRECISIONS}")
+    preprocessing = fitted.get("preprocessing", params["preprocessing"])
+    if preprocessing not in CHOICES["preprocessing"]:
+        raise _Invalid(f"preprocessing is {preprocessing!r}, not one of {CHOICES['preprocessing']}")
+    data_print = fitted.get("fingerprint")
+    if "fingerprint" in fitted and not (isinstance(data_print, str) and re.fullmatch(r"[0-9a-f]{32,128}", data_print)):
+        raise _Invalid(f"fingerprint is {data_print!r}, not a hash in hexadecimal digits")
+    return precision, preprocessing, data_print
 
 
 def _score_statistics(fitted: dict, d: int, k: int) -> tuple:

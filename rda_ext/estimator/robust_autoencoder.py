@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rda_ext import ops
+from rda_ext.data.fingerprint import fingerprint
 from rda_ext.estimator import scoring
 from rda_ext.estimator.persistence import load_model, save_model
 from rda_ext.estimator.preprocessing import (
@@ -26,6 +27,7 @@ from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.checkpoint import Checkpoint, data_identity
 from rda_ext.solver.collectives import RowGroup, agreed, row_group
+from rda_ext.solver.collectives import agree_on_parameters, agree_on_width
 from rda_ext.solver.distributed import DistributedRDASolver
 from rda_ext.solver.training import autocast, make_optimizer, map_chunks
 from rda_ext.validation import (
@@ -33,6 +35,7 @@ from rda_ext.validation import (
     check_params,
     is_int,
     like_input,
+    output_dtype,
     resolve_device,
     resolve_dtype,
     resolve_inner_epochs,
@@ -52,7 +55,8 @@ class RobustAutoencoder(SklearnProtocol):
     below ``tol``.
 
     Parameters (stored as given; checked by ``fit``; the command line's ``fit`` options and their
-    help are read from this list)
+    help are read from this list; the switches tied_weights, warm_start, cuda_graphs and verbose take
+    True or False, a numpy bool, 0 or 1, and nothing else)
     ----------
     hidden : encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. The
         default (128, 32), with 10 outer iterations and inner_epochs "auto", was chosen from a
@@ -86,16 +90,25 @@ class RobustAutoencoder(SklearnProtocol):
         weigh alike; the decomposition is computed on the scaled data and returned in X's units
         (``L_``, ``S_``), while scores, lam and thresholds are in scaled units.
     tol : convergence tolerance on c1 and c2 (0 runs all outer iterations).
-    warm_start : a new ``fit`` continues from the fitted autoencoder (and S, for the same X).
+    warm_start : a new ``fit`` continues from the fitted autoencoder, its optimizer state (for the
+        same optimizer) and its batch order (random_state is not drawn from again), in the input
+        space the network was trained in: the fitted scaling applies to the new X, and a changed
+        ``preprocessing`` is refused. S and the reference of the first c2 continue from the
+        previous fit only when the network's input is the same (the same values, rows in the same
+        order, dtype; told by a fingerprint of its bytes), else S starts from zeros. A network of
+        another shape (hidden, activation, output_activation, tied_weights or the number of
+        features changed) cannot be continued: such a fit starts afresh, as with warm_start=False.
     device : "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
     dtype : "float32" (default, whatever the input dtype) or "float64".
     precision : how the autoencoder computes in a float32 fit: "float32", "bfloat16" (its forward
         and backward under bfloat16 autocast; the weights, the optimizer state, X, L, S, the
         proximal step and the convergence numbers stay float32) or "auto" (bfloat16 where the
         device multiplies bfloat16 in hardware: AVX-512 BF16 or AMX, a GPU's tensor cores; else
-        float32). New data goes through the network in the precision this resolves to on the
-        model's device: the fit's, unless the model was moved or loaded onto other hardware. A
-        float64 fit computes in float64 ("auto" included; "bfloat16" is refused there).
+        float32). New data goes through the network in the precision the fit ran with, not the
+        parameter's value now: set_params(precision=...) takes effect at the next fit, and a model
+        file keeps the fit's. It is resolved on the model's device ("auto" of a model loaded onto
+        other hardware resolves there). A float64 fit computes in float64 ("auto" included;
+        "bfloat16" is refused there).
     cuda_graphs : on a CUDA device, capture the autoencoder's training step (forward, backward,
         Adam or SGD update) of full batches in a CUDA graph and replay it: a step of a small
         network at a small batch is bound by kernel launches, which a replay issues at once. The
@@ -194,10 +207,15 @@ class RobustAutoencoder(SklearnProtocol):
 
     def fit(self, X, y=None) -> RobustAutoencoder:
         """Decomposes X (rows = instances) into L + S. ``y`` is ignored. Returns self."""
+        # Ranks of a process group that differ in a parameter or in X's width would wait in
+        # different collectives: each is agreed on before the first collective that depends on it.
+        agree_on_parameters(row_group(self.distributed), self.get_params(), self._check_params)
         self._check_params()
         ranks = row_group(self.distributed)
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         X_in = agreed(ranks, lambda: self._check_input(X, device, dtype, ranks))
+        agree_on_width(ranks, X_in.shape[1])
+        self._check_warm_preprocessing()
         Xt, scaling, output_activation = self._network_input(X_in, ranks)
         n, d = Xt.shape
         n_all = n if ranks is None else ranks.count(n)
@@ -205,7 +223,10 @@ class RobustAutoencoder(SklearnProtocol):
         warm = self.warm_start and hasattr(self, "model_") and self.model_.architecture == architecture
         if warm:  # the network continues in the input space it was trained in
             scaling = self._scaling_on(device)
-            Xt = scale_rows(X_in, scaling)
+            Xt = agreed(ranks, lambda: scale_rows(X_in, scaling, how=self._fitted_scaling()))
+        # What S and the c2 reference of a warm start belong to: the network's input, bytes and all.
+        # The same shape is not enough: other rows, or the same rows in another order, have other S.
+        data_print = fingerprint(Xt)
         if warm or self.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
             warn_if_outside_output_range(Xt, output_activation)
         # Nothing of the fitted state changes before the fit succeeds: a fit that raises (bad
@@ -222,9 +243,9 @@ class RobustAutoencoder(SklearnProtocol):
                 optim.load_state_dict(copy.deepcopy(previous.state_dict()))
                 for group, own in zip(optim.param_groups, fresh):  # not the previous fit's lr, capturable
                     group.update(own)
-            same_rows = getattr(self, "S_", None) is not None and tuple(self.S_.shape) == (n, d)
-            S = scale_rows(as_matrix(self.S_, "S_", device, dtype), scaling, center=False).clone() if same_rows \
-                else torch.zeros_like(Xt)
+            same_rows = getattr(self, "S_", None) is not None and data_print == getattr(self, "_fit_fingerprint", None)
+            S = scale_rows(as_matrix(self.S_, "S_", device, dtype), scaling, center=False, name="S_",
+                           how=self._fitted_scaling()).clone() if same_rows else torch.zeros_like(Xt)
             batch_seed = self._batch_seed
         else:
             model, batch_seed = self._new_network(d, device, dtype, output_activation, ranks)
@@ -236,7 +257,8 @@ class RobustAutoencoder(SklearnProtocol):
 
         # c2 of a warm start compares with where the previous fit ended.
         resumed = same_rows and getattr(self, "L_", None) is not None
-        LS_prev = scale_rows(as_matrix(self.L_, "L_", device, dtype), scaling) + S if resumed else torch.zeros_like(Xt)
+        LS_prev = scale_rows(as_matrix(self.L_, "L_", device, dtype), scaling, name="L_", how=self._fitted_scaling()) \
+            + S if resumed else torch.zeros_like(Xt)
         solver = self._solver(model, optim, Xt, S, LS_prev, batches, ranks)
         history = list(self.history_) if warm else []
         done = 0  # outer iterations of this fit restored from the checkpoint
@@ -279,7 +301,8 @@ class RobustAutoencoder(SklearnProtocol):
         finally:
             progress.close()
 
-        return self._store(X, solver, model, optim, batch_seed, history, done + len(run), scaling, ranks)
+        return self._store(X, solver, model, optim, batch_seed, history, done + len(run), scaling, ranks,
+                           data_print=data_print)
 
     def _check_input(self, X, device: torch.device, dtype: torch.dtype, ranks: RowGroup | None) -> Tensor:
         if ranks is not None and self.preprocessing == "standardize":
@@ -296,9 +319,23 @@ class RobustAutoencoder(SklearnProtocol):
         # One pass over X decides both "auto"s while X is not scaled.
         inside = in_unit_interval(X, ranks) if "auto" in (self.preprocessing, self.output_activation) else None
         scaling = scaling_for(self.preprocessing, X, inside, ranks)
-        Xs = scale_rows(X, scaling)
+        Xs = scale_rows(X, scaling, how=f'preprocessing="{self.preprocessing}"')
         return Xs, scaling, resolve_output_activation(self.output_activation, Xs, inside if scaling is None else None,
                                                       ranks)
+
+    def _check_warm_preprocessing(self) -> None:
+        """A warm start continues the fitted network in the input space it was trained in, with
+        the fitted scaling: another ``preprocessing`` cannot apply, and is refused rather than
+        ignored."""
+        fitted = getattr(self, "_fit_preprocessing", self.preprocessing)
+        if self.warm_start and hasattr(self, "model_") and self.preprocessing != fitted:
+            raise ValueError(f'warm_start continues the fitted network, which was trained on X scaled by '
+                             f'preprocessing="{fitted}" (center_, scale_ stay with it), so preprocessing='
+                             f'"{self.preprocessing}" cannot apply: set preprocessing="{fitted}", or refit with '
+                             'warm_start=False')
+
+    def _fitted_scaling(self) -> str:
+        return f'the fitted scaling (preprocessing="{getattr(self, "_fit_preprocessing", self.preprocessing)}")'
 
     def _scaling_on(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
         if self.center_ is None:
@@ -338,11 +375,12 @@ class RobustAutoencoder(SklearnProtocol):
         return bool(self.cuda_graphs) and device.type == "cuda"
 
     def _store(self, X, solver: RDASolver, model, optim, batch_seed: int, history: list[dict], n_iter: int,
-               scaling: tuple[Tensor, Tensor] | None, ranks: RowGroup | None = None):
+               scaling: tuple[Tensor, Tensor] | None, ranks: RowGroup | None = None, data_print: str | None = None):
         """The fitted attributes from a finished solver (its L and S: the decomposition of X, in the
-        network's input space, which ``scaling`` maps back to X's units)."""
-        L_out = like_input(unscale_rows(solver.L, scaling), X)
-        S_out = like_input(unscale_rows(solver.S, scaling, center=False), X)
+        network's input space, which ``scaling`` maps back to X's units). ``data_print``: the
+        fingerprint of the network's input (solver.X), where the caller has it."""
+        L_out, S_out = agreed(ranks, lambda: (_in_xs_units(solver.L, X, "L_", scaling),
+                                              _in_xs_units(solver.S, X, "S_", scaling, center=False)))
         residuals = solver.row_scores().to(torch.float64)
         lam_ = history[-1]["lam"]
         statistics = None
@@ -362,6 +400,11 @@ class RobustAutoencoder(SklearnProtocol):
 
         self.model_, self._optim = model.eval(), optim
         self._batch_seed = batch_seed + 1  # a warm-started fit draws new batch orders
+        # Facts of this fit, which set_params cannot change until the next one: the precision new
+        # rows go through the network in, the preprocessing a warm start must keep, and the data
+        # its S belongs to.
+        self._fit_precision, self._fit_preprocessing = self.precision, self.preprocessing
+        self._fit_fingerprint = fingerprint(solver.X) if data_print is None else data_print
         self.n_features_in_ = solver.X.shape[1]
         self.n_iter_ = n_iter
         self.history_ = history
@@ -418,7 +461,8 @@ class RobustAutoencoder(SklearnProtocol):
         """AE(X): the low-dimensional part L the trained autoencoder gives for new rows."""
         Xt = self._check_new(X)
         p = next(self.model_.parameters())
-        return like_input(unscale_rows(map_chunks(self._network(self.model_), Xt), self._scaling_on(p.device)), X)
+        return _in_xs_units(map_chunks(self._network(self.model_), Xt), X, "the reconstruction",
+                            self._scaling_on(p.device))
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
@@ -436,13 +480,15 @@ class RobustAutoencoder(SklearnProtocol):
                 f"X has {Xt.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
                 "features as input"
             )
-        return scale_rows(Xt, self._scaling_on(p.device))
+        return scale_rows(Xt, self._scaling_on(p.device), how=self._fitted_scaling())
 
     def _network(self, fn, model: DeepAutoencoder | None = None):
-        """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype (that
-        of ``model``, by default the fitted one)."""
+        """``fn`` (the network or its encoder) in the fit's precision, returning X's dtype: that of
+        the fitted model, or of ``model``, the one of the fit under way (whose precision is the
+        parameter's)."""
         p = next((self.model_ if model is None else model).parameters())
-        amp = resolve_precision(self.precision, p.device, p.dtype)
+        precision = self.precision if model is not None else getattr(self, "_fit_precision", self.precision)
+        amp = resolve_precision(precision, p.device, p.dtype)
 
         def run(x: Tensor) -> Tensor:
             with autocast(x.device, amp):
@@ -465,6 +511,21 @@ class RobustAutoencoder(SklearnProtocol):
 
     def _check_params(self) -> None:
         check_params(self.get_params())
+
+
+def _in_xs_units(t: Tensor, X, name: str, scaling: tuple[Tensor, Tensor] | None, center: bool = True):
+    """``t`` (L or S in the network's input space) in X's units and in the form of the caller's X
+    (rounded once, to its dtype), refused where that dtype cannot hold it: the residual of a column
+    near the ends of float32 may span twice as much."""
+    out = like_input(unscale_rows(t, scaling, center, dtype=output_dtype(X, t.dtype)), X)
+    finite = np.isfinite(out).all(0) if isinstance(out, np.ndarray) else torch.isfinite(out).all(0).cpu().numpy()
+    if not finite.all():
+        j = int(np.flatnonzero(~finite)[0])
+        dtype = str(out.dtype).removeprefix("torch.")
+        advice = "pass X as float64, or divide that column by a constant" if dtype != "float64" else \
+            "divide that column by a constant"
+        raise ValueError(f"{name} (in X's units) has values beyond the range of {dtype} in column {j}: {advice}")
+    return out
 
 
 def _initial_seed(random_state) -> int:

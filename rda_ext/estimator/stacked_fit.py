@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from rda_ext.data.fingerprint import fingerprint
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
 from rda_ext.solver.collectives import row_group
 from rda_ext.solver.stacked import StackedAutoencoder, StackedRDASolver
@@ -32,9 +33,20 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     starts afresh (``warm_start``, ``verbose``, ``cuda_graphs`` and ``checkpoint`` are not used) and keeps no optimizer state: a
     later warm start of one begins a fresh optimizer, as after ``load``. A fit whose training
     diverges stops them all."""
+    if isinstance(estimators, RobustAutoencoder) or not hasattr(estimators, "__iter__"):
+        raise TypeError(f"estimators must be a list of RobustAutoencoders, got {type(estimators).__name__}")
     estimators = list(estimators)
     if not estimators:
         raise ValueError("estimators must hold at least one RobustAutoencoder")
+    seen: dict[int, int] = {}
+    for i, est in enumerate(estimators):
+        if not isinstance(est, RobustAutoencoder):
+            raise TypeError(f"estimators[{i}] is a {type(est).__name__}, not a RobustAutoencoder")
+        # One object twice would be fitted twice into the same attributes, the first fit lost.
+        if id(est) in seen:
+            raise ValueError(f"estimators[{i}] is estimators[{seen[id(est)]}] again: pass separate estimators "
+                             "(e.g. sklearn.base.clone of one)")
+        seen[id(est)] = i
     for est in estimators:
         est._check_params()
         if row_group(est.distributed) is not None:
@@ -60,9 +72,10 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), None) for est in estimators]
     stacked = StackedRDASolver(model, optim, solvers, inner_epochs=solvers[0].inner_epochs, batch_size=first.batch_size,
                                generator=batches, amp=resolve_precision(first.precision, device, dtype))
+    data_print = fingerprint(Xt)
     for est, (rows, solver, network) in zip(estimators, stacked.run(first.outer_iter, first.tol)):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
-        est._store(X, solver, network, None, batch_seeds[0], history, len(history), scaling)
+        est._store(X, solver, network, None, batch_seeds[0], history, len(history), scaling, data_print=data_print)
     return estimators
 
 
