@@ -509,11 +509,21 @@ def test_unknown_parameter_and_sizes_that_do_not_match(tmp_path, model_file):
         ("batch_seed", "x", "batch_seed"),
         ("lam_", None, "lam_"),
         ("threshold_", math.nan, "threshold_"),
+        ("threshold_", math.inf, "threshold_ is inf, not a finite number >= 0"),
+        ("threshold_", -1.0, "threshold_ is -1.0"),
+        ("lam_", math.inf, "lam_ is inf"),
         ("history_", {"lam": 1}, "history_"),
+        ("history_", [{"lam": 1.0, "c1": math.nan, "c2": 0.0}], "history_[0]['c1'] is nan"),
+        ("history_", [{"lam": 1.0}], "history_[0] lacks 'c1', 'c2'"),
         ("decision_scores_", torch.zeros(48, 2), "decision_scores_"),
+        ("decision_scores_", torch.full((48,), math.inf, dtype=torch.float64), "decision_scores_ holds NaN or infinite"),
         ("labels_", torch.zeros(47, dtype=torch.int64), "labels_"),
         ("labels_", torch.zeros(48), "labels_"),
+        ("labels_", torch.full((48,), 7), "labels_ holds [7], not only 0 and 1"),
+        ("labels_", torch.full((48,), -1), "labels_ holds [-1]"),
         ("L_", torch.zeros(48, 5), "L_"),
+        ("L_", torch.full((48, 6), math.nan), "L_ holds NaN or infinite values"),
+        ("S_", torch.full((48, 6), math.inf), "S_ holds NaN or infinite values"),
         ("S_", np.zeros(3).tolist(), "S_"),
         ("input", "pandas", "input"),
     ],
@@ -658,7 +668,7 @@ def test_numpy_integer_seed_is_the_int_seed():
 
 # -- the one-line reason of a torch.load failure ------------------------------------------------
 
-@pytest.mark.parametrize("error, reason", [
+@pytest.mark.parametrize("error, expected", [
     (RuntimeError("\x1b[31mInvalid magic number\x1b[0m; corrupt file? More advice."), "Invalid magic number; corrupt file?"),
     (RuntimeError("Weights only load failed. This file can still be loaded, but with weights_only=False it runs "
                   "code.\n WeightsUnpickler error: Unsupported global: GLOBAL numpy.core.multiarray._reconstruct "
@@ -676,10 +686,10 @@ def test_numpy_integer_seed_is_the_int_seed():
     (EOFError("Ran out of input"), "Ran out of input"),
     (ValueError(""), "ValueError"),
 ])
-def test_reason_is_the_gist_of_the_load_error(error, reason):
-    from rda_ext.estimator.persistence import _reason
+def test_reason_is_the_gist_of_the_load_error(error, expected):
+    from rda_ext.data.state_files import reason
 
-    assert _reason(error) == reason
+    assert reason(error, "a model file") == expected
 
 
 @pytest.mark.parametrize("dtype", ["float64", torch.float64])
@@ -742,8 +752,8 @@ BROKEN = [
     ([("weights", "enc_weight.0"), ("weights", "enc_bias.0")], [_DELETE, _DELETE],
      "missing weight 'enc_weight.0', 'enc_bias.0'"),
     ([("weights", "x"), ("weights", "y")], [torch.zeros(1), torch.zeros(1)], "unexpected weight 'x', 'y' for this network"),
-    ([("fitted", "history_")], [[1]], "history_ is not a list of dicts"),
-    ([("fitted", "history_")], [{"a": 1}], "history_ is not a list of dicts"),
+    ([("fitted", "history_")], [[1]], "history_[0] is an int, not a dict"),
+    ([("fitted", "history_")], [{"a": 1}], "history_ is a dict, not a list"),
     ([("fitted", "input")], ["pandas"], "input is 'pandas', not 'numpy' or 'tensor'"),
     ([("fitted", "n_features_in_")], [7], "n_features_in_ is 7 but the network takes 6 features"),
     ([("fitted", "n_iter_")], [-1], "n_iter_ is -1, not an integer >= 0"),

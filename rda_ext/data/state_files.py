@@ -17,10 +17,11 @@ class InvalidState(Exception):
     """What is wrong with a file's content (the caller adds the file's name)."""
 
 
-def load_state(path: str):
+def load_state(path: str, what: str = "such a file"):
     """The content of the torch file ``path``; a file torch cannot read, or that holds anything but
     plain values and tensors (a pickled object), is an ``InvalidState`` with the reason in one
-    line, without torch's advice to load it with ``weights_only=False``."""
+    line, without torch's advice to load it with ``weights_only=False``. ``what`` names the kind
+    of file for that reason ("a model file")."""
     try:
         with warnings.catch_warnings():
             # torch's note on an unusual pickle protocol (a file of random bytes): the error says enough
@@ -29,10 +30,10 @@ def load_state(path: str):
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise InvalidState(reason(e)) from None
+        raise InvalidState(reason(e, what)) from None
 
 
-def reason(e: BaseException) -> str:
+def reason(e: BaseException, what: str = "such a file") -> str:
     """The gist of a torch.load error in one line, without torch's advice to load the file with
     ``weights_only=False`` (which would run code from it) or to allowlist its globals."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
@@ -41,7 +42,7 @@ def reason(e: BaseException) -> str:
         text = found.group(1)
         glob = re.match(r"Unsupported global: GLOBAL (\S+)", text)
         if glob:
-            text = f"it holds a {glob.group(1)} object, which these files never do"
+            text = f"it holds a {glob.group(1)} object, which {what} never does"
     sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
     kept = [s for s in sentences if s and "weights_only" not in s and "safe_globals" not in s]
     return kept[0].rstrip(".") if kept else (
@@ -51,7 +52,7 @@ def reason(e: BaseException) -> str:
 def check_dict(value, name: str, keys=()) -> dict:
     """``value`` if it is a dict holding at least ``keys``."""
     if not isinstance(value, dict):
-        raise InvalidState(f"{name} is a {type(value).__name__}, not a dict")
+        raise InvalidState(f"{name} is {_a(value)}, not a dict")
     missing = [k for k in keys if k not in value]
     if missing:
         raise InvalidState(f"{name} lacks {', '.join(map(repr, missing))}")
@@ -68,7 +69,7 @@ def check_tensor(value, name: str, shape=None, dtype: torch.dtype | None = None,
     """``value`` if it is a tensor of that shape and dtype (a floating one where dtype is None),
     with finite values only where ``finite``."""
     if not isinstance(value, Tensor):
-        raise InvalidState(f"{name} is a {type(value).__name__}, not a tensor")
+        raise InvalidState(f"{name} is {_a(value)}, not a tensor")
     if value.layout != torch.strided:
         raise InvalidState(f"{name} is a {value.layout} tensor, not a dense one")
     if dtype is not None and value.dtype != dtype:
@@ -108,7 +109,7 @@ def check_history(history, keys, name: str = "the history") -> list:
     """A fit's history: a list of dicts, each with ``keys``, every value a finite number (a count
     where it is an integer)."""
     if not isinstance(history, list):
-        raise InvalidState(f"{name} is a {type(history).__name__}, not a list")
+        raise InvalidState(f"{name} is {_a(history)}, not a list")
     for i, row in enumerate(history):
         check_dict(row, f"{name}[{i}]", keys)
         for k in keys:
@@ -116,3 +117,9 @@ def check_history(history, keys, name: str = "the history") -> list:
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
                 raise InvalidState(f"{name}[{i}][{k!r}] is {v!r}, not a finite number")
     return history
+
+
+def _a(value) -> str:
+    """'a list', 'an int': the kind of ``value`` in words."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"

@@ -8,14 +8,15 @@ checks the whole file before it builds anything: a file that is not one, or not 
 
 from __future__ import annotations
 
+import math
 import os
 import re
-import warnings
 
 import numpy as np
 import torch
 
 from rda_ext.data.files import atomic_write
+from rda_ext.data.state_files import InvalidState, check_history, check_tensor, check_weights, load_state, reason
 from rda_ext.solver.autoencoder import ACTIVATIONS, DeepAutoencoder
 from rda_ext.validation import (
     CHOICES,
@@ -39,10 +40,6 @@ _ADDED_PARAMS = {"precision": "float32", "preprocessing": "none", "cuda_graphs":
                  "checkpoint": None, "outlier_score": "residual"}
 _SCORE_KEYS = ("residual_scale_", "code_center_", "code_precision_")  # None unless scored by "residual+code"
 _RANDOM_STATE = "numpy_random"  # the key of a saved RandomState or Generator
-
-
-class _Invalid(Exception):
-    """What is wrong with a file that has the format tag (load_model adds the file's name)."""
 
 
 class _Unusable(Exception):
@@ -130,7 +127,7 @@ def _random_state_from_file(value):
             return np.random.Generator(bits)
         raise ValueError(f"unknown kind {what!r}")
     except Exception as e:
-        raise _Invalid(f"parameters invalid: random_state is not a readable numpy random state ({e})") from None
+        raise InvalidState(f"parameters invalid: random_state is not a readable numpy random state ({e})") from None
 
 
 def load_model(cls, path, *, device: str | None = None):
@@ -138,14 +135,9 @@ def load_model(cls, path, *, device: str | None = None):
     that is not a whole rda_ext model is a ValueError naming it and what is wrong."""
     name = os.fspath(path)
     try:
-        with warnings.catch_warnings():
-            # torch's note on an unusual pickle protocol (a file of random bytes): the error says enough
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as e:
-        raise ValueError(f"{name!r} is not a readable rda_ext model ({_reason(e)})") from None
+        state = load_state(path, "a model file")
+    except InvalidState as e:
+        raise ValueError(f"{name!r} is not a readable rda_ext model ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{name!r} is not an rda_ext model file")
     if device is not None:
@@ -153,12 +145,12 @@ def load_model(cls, path, *, device: str | None = None):
     try:
         params = _checked_params(cls, state)
         est = _build(cls, state, params, device)
-    except _Invalid as e:
+    except InvalidState as e:
         raise ValueError(f"{name!r} is not a valid rda_ext model file: {e}") from None
     except _Unusable as e:
         raise ValueError(f"{name!r}: {e}") from None
     except Exception as e:  # whatever the checks above missed: still the file's fault, said as such
-        raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {_reason(e)}") from None
+        raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {reason(e)}") from None
     # Outside the file checks: running out of device memory here is not the file's fault.
     est.model_ = est.model_.to(device=resolve_device(est.device), dtype=resolve_dtype(est.dtype)).eval()
     return est
@@ -167,16 +159,16 @@ def load_model(cls, path, *, device: str | None = None):
 def _checked_params(cls, state: dict) -> dict:
     missing = [key for key in _KEYS if key not in state]
     if missing:
-        raise _Invalid(f"missing key {', '.join(map(repr, missing))}")
+        raise InvalidState(f"missing key {', '.join(map(repr, missing))}")
     params = state["params"]
     if not isinstance(params, dict):
-        raise _Invalid(f"'params' is a {type(params).__name__}, not a dict")
+        raise InvalidState(f"'params' is a {type(params).__name__}, not a dict")
     params = {**_ADDED_PARAMS, **params}  # a copy, which the conversions below may change
     names = cls._param_names()
     missing = [p for p in names if p not in params]
     unknown = [p for p in params if p not in names]
     if missing or unknown:
-        raise _Invalid("parameters invalid: " + "; ".join(
+        raise InvalidState("parameters invalid: " + "; ".join(
             filter(None, (missing and f"missing {', '.join(map(repr, missing))}",
                           unknown and f"unknown {', '.join(map(repr, unknown))}"))))
     if isinstance(params["hidden"], list):
@@ -185,7 +177,7 @@ def _checked_params(cls, state: dict) -> dict:
     try:
         check_params(dict(params, device="cpu"))  # the device is checked where it is used
     except ValueError as e:
-        raise _Invalid(f"parameters invalid: {e}") from None
+        raise InvalidState(f"parameters invalid: {e}") from None
     return params
 
 
@@ -193,7 +185,7 @@ def _build(cls, state: dict, params: dict, device):
     sizes = state["sizes"]
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(is_int(s) and s > 0 for s in sizes)
             and tuple(sizes[1:]) == tuple(params["hidden"])):
-        raise _Invalid(f"sizes {sizes!r} do not match hidden {params['hidden']!r}")
+        raise InvalidState(f"sizes {sizes!r} do not match hidden {params['hidden']!r}")
     if device is not None:
         params["device"] = device
     else:
@@ -204,64 +196,68 @@ def _build(cls, state: dict, params: dict, device):
     est = cls(**params)
     fitted = state["fitted"]
     if not isinstance(fitted, dict):
-        raise _Invalid(f"'fitted' is a {type(fitted).__name__}, not a dict")
+        raise InvalidState(f"'fitted' is a {type(fitted).__name__}, not a dict")
     # Added to the format with output_activation="auto" (the activation it chose) and with
     # preprocessing (center_ and scale_, None without): a file from before names its activation
     # in its parameters and was not standardised.
     if "output_activation_" not in fitted and est.output_activation == "auto":
-        raise _Invalid("missing key 'fitted.output_activation_'")
+        raise InvalidState("missing key 'fitted.output_activation_'")
     output_activation = fitted.get("output_activation_", est.output_activation)
     if output_activation not in ACTIVATIONS:
-        raise _Invalid(f"output_activation_ is {output_activation!r}, not one of {tuple(ACTIVATIONS)}")
+        raise InvalidState(f"output_activation_ is {output_activation!r}, not one of {tuple(ACTIVATIONS)}")
     # In the saved dtype before the weights are copied in: a float32 network would round float64 weights.
     model = DeepAutoencoder(tuple(sizes), est.activation, output_activation, est.tied_weights)
     model = model.to(dtype=resolve_dtype(est.dtype))
-    model.load_state_dict(_checked_weights(state["weights"], model.state_dict()))
+    model.load_state_dict(check_weights(state["weights"], model.state_dict(), "'weights'"))
     est.model_ = model  # on the CPU until load_model moves it
     missing = [key for key in _FITTED_KEYS if key not in fitted]
     if missing:
-        raise _Invalid(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
+        raise InvalidState(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
     d = sizes[0]
     if not (is_int(fitted["n_features_in_"]) and fitted["n_features_in_"] == d):
-        raise _Invalid(f"n_features_in_ is {fitted['n_features_in_']!r} but the network takes {d} features")
+        raise InvalidState(f"n_features_in_ is {fitted['n_features_in_']!r} but the network takes {d} features")
     for key in ("n_iter_", "batch_seed"):
         if not (is_int(fitted[key]) and fitted[key] >= 0):
-            raise _Invalid(f"{key} is {fitted[key]!r}, not an integer >= 0")
+            raise InvalidState(f"{key} is {fitted[key]!r}, not an integer >= 0")
+    # The fitted values as a fit leaves them: a threshold_ of inf would flag nothing, labels_ of 7
+    # are no labels; the same checks as a checkpoint's state.
     for key in ("lam_", "threshold_"):
-        if not is_real(fitted[key]):
-            raise _Invalid(f"{key} is {fitted[key]!r}, not a number")
-    history = fitted["history_"]
-    if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
-        raise _Invalid("history_ is not a list of dicts")
+        if not (is_real(fitted[key]) and math.isfinite(fitted[key]) and fitted[key] >= 0):
+            raise InvalidState(f"{key} is {fitted[key]!r}, not a finite number >= 0")
+    check_history(fitted["history_"], ("lam", "c1", "c2"), "history_")
     scores, labels = fitted["decision_scores_"], fitted["labels_"]
     if not (isinstance(scores, torch.Tensor) and scores.dim() == 1 and scores.is_floating_point()):
-        raise _Invalid("decision_scores_ is not a vector of floats")
+        raise InvalidState("decision_scores_ is not a vector of floats")
+    check_tensor(scores, "decision_scores_")
     if not (isinstance(labels, torch.Tensor) and labels.shape == scores.shape
             and not labels.is_floating_point() and not labels.is_complex()):
-        raise _Invalid(f"labels_ is not a vector of {len(scores)} integers like decision_scores_")
+        raise InvalidState(f"labels_ is not a vector of {len(scores)} integers like decision_scores_")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise InvalidState(f"labels_ holds {sorted(set(labels.unique().tolist()) - {0, 1})[:3]}, not only 0 and 1")
     present = [key for key in _DATA_KEYS if key in fitted]
     if present and len(present) < len(_DATA_KEYS):
         missing = [key for key in _DATA_KEYS if key not in fitted]
-        raise _Invalid(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
+        raise InvalidState(f"missing key {', '.join(repr(f'fitted.{k}') for k in missing)}")
     if present:
         for key in ("L_", "S_"):
             t = fitted[key]
             if not (isinstance(t, torch.Tensor) and tuple(t.shape) == (len(scores), d)):
                 got = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
-                raise _Invalid(f"{key} is not a ({len(scores)}, {d}) tensor but {got}")
+                raise InvalidState(f"{key} is not a ({len(scores)}, {d}) tensor but {got}")
+            check_tensor(t, key)
         if fitted["input"] not in ("numpy", "tensor"):
-            raise _Invalid(f"input is {fitted['input']!r}, not 'numpy' or 'tensor'")
+            raise InvalidState(f"input is {fitted['input']!r}, not 'numpy' or 'tensor'")
 
     center, scale = fitted.get("center_"), fitted.get("scale_")
     if (center is None) != (scale is None):
-        raise _Invalid("center_ and scale_ are saved together or not at all")
+        raise InvalidState("center_ and scale_ are saved together or not at all")
     if center is not None:
         for key, t in (("center_", center), ("scale_", scale)):
             if not (isinstance(t, torch.Tensor) and tuple(t.shape) == (d,) and t.dtype == torch.float64
                     and bool(torch.isfinite(t).all())):
-                raise _Invalid(f"{key} is not a finite float64 vector of {d} numbers")
+                raise InvalidState(f"{key} is not a finite float64 vector of {d} numbers")
         if not bool((scale > 0).all()):
-            raise _Invalid("scale_ has entries <= 0")
+            raise InvalidState("scale_ has entries <= 0")
     est.center_, est.scale_ = (None, None) if center is None else (center.numpy(), scale.numpy())
     est.residual_scale_, est.code_center_, est.code_precision_ = _score_statistics(fitted, d, sizes[-1])
     for key in _FITTED_SCALARS:
@@ -283,13 +279,13 @@ def _fit_facts(fitted: dict, params: dict) -> tuple:
     it cannot tell its data and starts S from zeros."""
     precision = fitted.get("precision", params["precision"])
     if precision not in PRECISIONS:
-        raise _Invalid(f"precision is {precision!r}, not one of {PRECISIONS}")
+        raise InvalidState(f"precision is {precision!r}, not one of {PRECISIONS}")
     preprocessing = fitted.get("preprocessing", params["preprocessing"])
     if preprocessing not in CHOICES["preprocessing"]:
-        raise _Invalid(f"preprocessing is {preprocessing!r}, not one of {CHOICES['preprocessing']}")
+        raise InvalidState(f"preprocessing is {preprocessing!r}, not one of {CHOICES['preprocessing']}")
     data_print = fitted.get("fingerprint")
     if "fingerprint" in fitted and not (isinstance(data_print, str) and re.fullmatch(r"[0-9a-f]{32,128}", data_print)):
-        raise _Invalid(f"fingerprint is {data_print!r}, not a hash in hexadecimal digits")
+        raise InvalidState(f"fingerprint is {data_print!r}, not a hash in hexadecimal digits")
     return precision, preprocessing, data_print
 
 
@@ -306,44 +302,8 @@ def _score_statistics(fitted: dict, d: int, k: int) -> tuple:
         t = fitted.get(key)
         if not (isinstance(t, torch.Tensor) and tuple(t.shape) == shape and t.dtype == torch.float64
                 and bool(torch.isfinite(t).all())):
-            raise _Invalid(f"{key} is not a finite float64 tensor of shape {shape} (saved with {', '.join(present)})")
+            raise InvalidState(f"{key} is not a finite float64 tensor of shape {shape} (saved with {', '.join(present)})")
         out.append(t.numpy())
     if not bool((fitted["residual_scale_"] > 0).all()):
-        raise _Invalid("residual_scale_ has entries <= 0")
+        raise InvalidState("residual_scale_ has entries <= 0")
     return tuple(out)
-
-
-def _checked_weights(weights, expected: dict) -> dict:
-    if not isinstance(weights, dict):
-        raise _Invalid(f"'weights' is a {type(weights).__name__}, not a dict")
-    missing = [k for k in expected if k not in weights]
-    unknown = [k for k in weights if k not in expected]
-    if missing:
-        raise _Invalid(f"missing weight {', '.join(map(repr, missing))}")
-    if unknown:
-        raise _Invalid(f"unexpected weight {', '.join(map(repr, unknown))} for this network")
-    for key, want in expected.items():
-        w = weights[key]
-        if not (isinstance(w, torch.Tensor) and w.is_floating_point()):
-            raise _Invalid(f"weight {key!r} is not a float tensor")
-        if w.shape != want.shape:
-            raise _Invalid(f"weight shape mismatch: {key!r} is {tuple(w.shape)}, the network needs {tuple(want.shape)}")
-        if not bool(torch.isfinite(w).all()):
-            raise _Invalid(f"weight {key!r} holds NaN or infinite values")
-    return weights
-
-
-def _reason(e: BaseException) -> str:
-    """The gist of a torch.load error in one line, without torch's advice to load the file with
-    ``weights_only=False`` (which would run code from it) or to allowlist its globals."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
-    if found:
-        text = found.group(1)
-        glob = re.match(r"Unsupported global: GLOBAL (\S+)", text)
-        if glob:
-            text = f"it holds a {glob.group(1)} object, which a model file never does"
-    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    kept = [s for s in sentences if s and "weights_only" not in s and "safe_globals" not in s]
-    return kept[0].rstrip(".") if kept else (
-        "the file is empty or cut short" if isinstance(e, EOFError) else type(e).__name__)

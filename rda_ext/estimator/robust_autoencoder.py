@@ -270,7 +270,7 @@ class RobustAutoencoder(SklearnProtocol):
             params = {k: repr(v) for k, v in self.get_params().items()
                       if k not in ("outer_iter", "tol", "verbose", "checkpoint", "device", "random_state",
                                    "outlier_score")}
-            identity = dict(params=params, rows=n_all, warm=len(history), data=data_identity(Xt))
+            identity = dict(params=params, rows=n_all, warm=len(history), data=data_identity(Xt, data_print))
             store = Checkpoint(self.checkpoint, ranks, identity)
             saved = agreed(ranks, lambda: store.resume(solver, batches))
             if ranks is not None:

@@ -115,11 +115,11 @@ class Checkpoint:
                 )
             folder = self._folder(latest["iteration"])
             where = os.path.relpath(os.path.join(folder, SHARED), self.directory)
-            shared = check_dict(load_state(os.path.join(folder, SHARED)), "its content",
+            shared = check_dict(load_state(os.path.join(folder, SHARED), "a checkpoint"), "its content",
                                 ("identity", "model", "optimizer", "history", "world_size"))
             self._check_identity(shared["identity"], _shared(self.identity))
             where = os.path.relpath(os.path.join(self._part(folder), STATE), self.directory)
-            own = check_dict(load_state(os.path.join(self._part(folder), STATE)), "its content",
+            own = check_dict(load_state(os.path.join(self._part(folder), STATE), "a checkpoint"), "its content",
                              ("identity", "L", "S", "generator"))
             self._check_identity(own["identity"], self.identity)
             where = os.path.relpath(os.path.join(folder, SHARED), self.directory)
@@ -175,9 +175,10 @@ class Checkpoint:
         )
 
 
-def data_identity(X: Tensor) -> dict:
-    """What identifies a rank's rows: their shape, dtype and the fingerprint of their bytes."""
-    return dict(shape=list(X.shape), dtype=str(X.dtype), fingerprint=fingerprint(X))
+def data_identity(X: Tensor, digest: str | None = None) -> dict:
+    """What identifies a rank's rows: their shape, dtype and the fingerprint of their bytes
+    (``digest``, where the caller has it already)."""
+    return dict(shape=list(X.shape), dtype=str(X.dtype), fingerprint=fingerprint(X) if digest is None else digest)
 
 
 def _shared(identity: dict) -> dict:
