@@ -1,11 +1,16 @@
-"""Reading .csv inputs (read_matrix and the CLI): the quirks of real files round-trip exactly, the
-header rule, and every malformed file is one ValueError naming the file (line and column where
-there is one), with no numpy warning and nothing printed."""
+"""Reading inputs (read_matrix and the CLI): the quirks of real .csv files round-trip exactly, the
+header rule, and every malformed file (.csv, .npy, .npz, empty, special) is one ValueError (or
+OSError) naming the file (line and column where there is one), with no numpy warning and nothing
+printed."""
 
+import io
 import os
+import re
 import subprocess
 import sys
+import threading
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_cli import assert_user_error, run_main
 
+from rda_ext.data import files
 from rda_ext.data.files import read_matrix
 
 TINY = ["--hidden", "4", "--outer-iter", "1", "--inner-epochs", "1", "--batch-size", "8",
@@ -21,12 +27,14 @@ TINY = ["--hidden", "4", "--outer-iter", "1", "--inner-epochs", "1", "--batch-si
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+PLAIN_NUMBER = re.compile(r"[ \t]*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?[ \t]*|[ \t]*[-+]?(inf|infinity|nan)[ \t]*",
+                          flags=re.IGNORECASE | re.ASCII)
+
+
 def is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """A cell the reader takes for a number: a plain ASCII decimal one (or inf/nan), spaces or
+    tabs around it; not everything float() takes ('1_000', '٣', Unicode spaces)."""
+    return PLAIN_NUMBER.fullmatch(text) is not None
 
 
 def read_quietly(path, **kwargs):
@@ -358,7 +366,7 @@ def test_npy_and_npz_messages_in_full(tmp_path):
         (tmp_path / "x.txt", None, "unsupported file type '.txt'; use one of .npy, .npz, .csv"),
         (tmp_path / "noext", None, "unsupported file type '(none)'; use one of .npy, .npz, .csv"),
         (tmp_path / "two.npz", None, "cannot read: it holds the arrays a, b: choose one with --key"),
-        (tmp_path / "none.npz", None, "cannot read: it holds the arrays (none): choose one with --key"),
+        (tmp_path / "none.npz", None, "cannot read: it holds no arrays"),
         (tmp_path / "two.npz", "c", "cannot read: it has no array 'c' (it holds a, b)"),
         (tmp_path / "obj.npy", None, "cannot read: Object arrays cannot be loaded when allow_pickle=False"),
     ]
@@ -372,3 +380,408 @@ def test_big_endian_integers_keep_their_type(tmp_path):
     np.save(tmp_path / "be.npy", np.arange(6, dtype=">i4").reshape(2, 3))
     a = read_matrix(tmp_path / "be.npy")
     assert a.dtype == np.dtype("=i4") and a.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# -- what counts as a number ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", ["1_000", "٣", "１", "\u00a01", "1\u2003", "1e1_0", "ınf", "0x1F", "1e", "+-1", "."])
+def test_only_plain_ascii_numbers_are_numbers(tmp_path, cell):
+    """Some of these float() takes; a .csv reader does not: line and column named, and a hint where
+    float() would have taken it."""
+    path = write(tmp_path / "x.csv", f"1,2\n3,{cell}\n")
+    with pytest.raises(ValueError) as e:
+        read_quietly(path)
+    assert str(e.value).startswith(f"{path}: line 2, column 2: "), str(e.value)
+    try:
+        float(cell)
+    except ValueError:
+        assert "is not a number" in str(e.value)
+    else:
+        assert "is not a plain decimal number" in str(e.value)
+
+
+@pytest.mark.parametrize("first, skipped", [("١,٢", True), ("1_0,x", True), ("٣,5", False), ("nan,inf", False)])
+def test_the_header_rule_uses_the_same_numbers(tmp_path, first, skipped):
+    """A first line of no plain number is a header (digits of other scripts included); one that
+    mixes them with plain numbers is neither."""
+    path = write(tmp_path / "h.csv", f"{first}\n1,2\n")
+    if first.startswith("٣"):
+        with pytest.raises(ValueError, match=r"h\.csv: line 1, column 1: '٣' is not a plain decimal number .* neither a header"):
+            read_quietly(path)
+        return
+    A, was_skipped = read_quietly(path, return_header=True)
+    assert was_skipped == skipped and len(A) == (1 if skipped else 2)
+
+
+@pytest.mark.parametrize("cell", ["+1", "-.5", "7.", "1E+05", " 1 ", "\t2", "  -3e-2\t", "inf", "-Infinity", "NaN", "+nan",
+                                  "1e400", '"4"', '" 5 "'])
+def test_plain_numbers_read_as_float_reads_them(tmp_path, cell):
+    A = read_quietly(write(tmp_path / "x.csv", f"1,{cell}\n"))
+    assert A.tolist()[0][0] == 1 and same_bits(A[:, 1], np.array([float(cell.strip().strip('"'))]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cell=st.text(st.sampled_from(list("0123456789+-.eE_ \tinfaINFA") + ["٣", "１", "\u00a0", "\u2003", "ı", "x"]),
+                    min_size=1, max_size=8).filter(lambda c: c.strip()))
+def test_a_cell_is_a_number_exactly_when_it_is_plain(tmp_path_factory, cell):
+    path = write(tmp_path_factory.getbasetemp() / "cell.csv", f"0,{cell}\n")
+    if is_number(cell):
+        assert same_bits(read_quietly(path, header=False)[0, 1:], np.array([float(cell)]))
+    else:
+        with pytest.raises(ValueError, match=r"cell\.csv: line 1, column 2: "):
+            read_quietly(path, header=False)
+
+
+# -- .npy and .npz files that are not what they say ---------------------------------------------
+
+def npy_bytes(a) -> bytes:
+    f = io.BytesIO()
+    np.save(f, a, allow_pickle=True)
+    return f.getvalue()
+
+
+def with_shape(data: bytes, shape: str) -> bytes:
+    """``data``, an .npy of shape (2, 3), with its header's shape text replaced, the header length kept."""
+    end = data.index(b"\n")
+    header = data[:end].replace(b"(2, 3)", shape.encode())
+    return header[:end].ljust(end) + data[end:]
+
+
+def zip_of(members: dict, compression=zipfile.ZIP_STORED) -> bytes:
+    f = io.BytesIO()
+    with zipfile.ZipFile(f, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return f.getvalue()
+
+
+GOOD = npy_bytes(np.arange(6.0).reshape(2, 3))
+DEFLATED = bytearray(zip_of({"X.npy": npy_bytes(np.random.default_rng(0).random((50, 4)))}, zipfile.ZIP_DEFLATED))
+DEFLATED[100:140] = bytes(40)  # inside the compressed data
+
+BAD_NPZ = {
+    "a member of some bytes": (zip_of({"X.npy": b"some bytes"}), "the member X.npy is not a valid .npy array: it does "
+                               "not start with the .npy magic string"),
+    "a member that is not .npy": (zip_of({"X.txt": b"1,2\n"}), "the member X.txt is not a valid .npy array"),
+    "an empty member": (zip_of({"X.npy": b""}), "the member X.npy is not a valid .npy array: it is empty"),
+    "a truncated member": (zip_of({"X.npy": GOOD[:-10]}), "the member X.npy is not a valid .npy array: truncated: "
+                           "the header declares an array of shape (2, 3) and dtype float64, 48 bytes, but 38"),
+    "a member cut in its header": (zip_of({"X.npy": GOOD[:20]}), "the member X.npy is not a valid .npy array: "),
+    "a member of a huge shape": (zip_of({"X.npy": with_shape(GOOD, "(9999999999999, 3)")}),
+                                 "the member X.npy is not a valid .npy array: truncated: the header declares an "
+                                 "array of shape (9999999999999, 3)"),
+    "a member of a damaged header": (zip_of({"X.npy": with_shape(GOOD, "(2, 3")}),
+                                     "the member X.npy is not a valid .npy array: cannot parse the header"),
+    "an object member": (zip_of({"X.npy": npy_bytes(np.array([[1, "x"]], dtype=object))}),
+                         "the member X.npy is not a valid .npy array: Object arrays cannot be loaded when "
+                         "allow_pickle=False"),
+    "damaged compressed data": (bytes(DEFLATED), "the member X.npy is not a valid .npy array: "),
+    "an empty zip": (zip_of({}), "cannot read: it holds no arrays"),
+    "an empty file": (b"", "not an .npz file (a zip archive of .npy files): it is empty"),
+    "an .npy named .npz": (GOOD, "not an .npz file (a zip archive of .npy files): it is an .npy file"),
+    "text": (b"1,2\n3,4\n", "not an .npz file (a zip archive of .npy files): it does not start with the signature"),
+    "a truncated zip": (zip_of({"X.npy": GOOD})[:-30], "a damaged or truncated zip archive"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_NPZ)
+def test_a_malformed_npz_is_one_error_naming_the_file_and_member(tmp_path, capfd, name):
+    content, message = BAD_NPZ[name]
+    path = tmp_path / "X.npz"
+    path.write_bytes(content)
+    for shard in (None, (0, 2)):
+        with pytest.raises(ValueError) as e:
+            read_quietly(path, shard=shard)
+        assert str(e.value).startswith(f"{path}: cannot read: ") and message in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+    assert capfd.readouterr() == ("", "")
+
+
+BAD_NPY = {
+    "an empty file": (b"", "not an .npy file: it is empty"),
+    "text": (b"1,2\n3,4\n", "not an .npy file: it does not start with the .npy magic string"),
+    "a pickle": (b"\x80\x04K\x01.", "not an .npy file: it does not start with the .npy magic string"),
+    "an .npz named .npy": (zip_of({"X.npy": GOOD}), "not an .npy file: it is a zip archive (an .npz file?)"),
+    "truncated data": (GOOD[:-10], "truncated: the header declares an array of shape (2, 3) and dtype float64, "
+                       "48 bytes, but 38 bytes follow it"),
+    "a huge shape": (with_shape(GOOD, "(9999999999999, 3)"), "truncated: the header declares an array of shape "
+                     "(9999999999999, 3)"),
+    "a negative shape": (with_shape(GOOD, "(-1, 3)"), "the header declares a negative shape (-1, 3)"),
+    "a damaged header": (with_shape(GOOD, "(2, 3"), "cannot parse the header"),
+    "cut in its header": (GOOD[:20], "cannot read: "),
+}
+
+
+@pytest.mark.parametrize("name", BAD_NPY)
+def test_a_malformed_npy_is_one_error_naming_the_file(tmp_path, capfd, name):
+    content, message = BAD_NPY[name]
+    path = tmp_path / "X.npy"
+    path.write_bytes(content)
+    for shard in (None, (0, 2)):  # sharded: through a memory map
+        with pytest.raises(ValueError) as e:
+            read_quietly(path, shard=shard)
+        assert str(e.value).startswith(f"{path}: cannot read: ") and message in str(e.value), str(e.value)
+    assert capfd.readouterr() == ("", "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(which=st.sampled_from(["npy", "npz", "compressed"]), edits=st.lists(
+    st.tuples(st.sampled_from(["set", "cut", "insert"]), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=4)),
+    min_size=1, max_size=4), shard=st.sampled_from([None, (1, 2)]))
+def test_any_damage_to_npy_or_npz_reads_or_is_a_value_error_naming_the_file(tmp_path_factory, which, edits, shard):
+    """Fuzz: a damaged file reads as a matrix or fails with a ValueError naming the file; never
+    another exception, nor an allocation of the size a damaged header declares."""
+    a = np.random.default_rng(0).random((10, 3))
+    f = io.BytesIO()
+    {"npy": np.save, "npz": np.savez, "compressed": np.savez_compressed}[which](f, a)
+    data = bytearray(f.getvalue())
+    for op, where, b in edits:
+        i = int(where * len(data))
+        if op == "set":
+            data[i:i + len(b)] = b
+        elif op == "cut":
+            del data[i:]
+        else:
+            data[i:i] = b
+        if not data:
+            break
+    path = tmp_path_factory.getbasetemp() / ("d.npy" if which == "npy" else "d.npz")
+    path.write_bytes(bytes(data))
+    try:
+        A = read_quietly(path, shard=shard)
+    except ValueError as e:
+        assert str(e).startswith(f"{path}: "), str(e)
+        return
+    assert A.ndim == 2 and A.size > 0
+
+
+# -- empty matrices and shards --------------------------------------------------------------------
+
+def save_as(path, a):
+    if path.suffix == ".npy":
+        np.save(path, a)
+    elif path.suffix == ".npz":
+        np.savez(path, X=a)
+    else:
+        path.write_text("\n".join(",".join(map(exact, row)) for row in a) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz"])
+@pytest.mark.parametrize("shape, message", [((0, 5), "no rows (shape (0, 5))"), ((0, 0), "no rows (shape (0, 0))"),
+                                            ((5, 0), "no features (shape (5, 0))"), ((0, 2, 3), "no rows (shape (0, 2, 3))"),
+                                            ((3, 0, 2), "no features (shape (3, 0, 2))")])
+def test_no_rows_or_no_features_is_named(tmp_path, ext, shape, message):
+    path = save_as(tmp_path / f"X{ext}", np.zeros(shape))
+    for shard in (None, (0, 1), (1, 4)):
+        with pytest.raises(ValueError) as e:
+            read_quietly(path, shard=shard)
+        assert str(e.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("text, message", [("", "the file is empty (no data rows)"),
+                                           ("\n\n", "the file is empty (no data rows)"),
+                                           ("a,b\n", "no data rows, only a header line 1")])
+def test_an_empty_csv_is_named_sharded_or_not(tmp_path, text, message):
+    path = write(tmp_path / "X.csv", text)
+    for shard in (None, (2, 4)):
+        with pytest.raises(ValueError) as e:
+            read_quietly(path, shard=shard)
+        assert str(e.value).startswith(f"{path}: {message}")
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
+def test_fewer_rows_than_ranks_fails_alike_on_every_rank(tmp_path, ext):
+    """Every rank, not only those left without rows, fails, with the same message: none of them
+    then waits for the others in a collective."""
+    path = save_as(tmp_path / f"X{ext}", np.arange(6.0).reshape(3, 2))
+    for world, which in ((4, "rank 0"), (8, "5 ranks (0, 1, 3, 4, 6)"), (30, "27 ranks (0, 1, 2, 3, 4, 5, 6, 7, ...)")):
+        messages = set()
+        for rank in range(world):
+            with pytest.raises(ValueError) as e:
+                read_quietly(path, shard=(rank, world))
+            messages.add(str(e.value))
+        assert messages == {f"{path}: 3 rows cannot be split over {world} ranks: {which} would have none; run at most 3"}
+    parts = [read_quietly(path, shard=(rank, 3)) for rank in range(3)]  # as many rows as ranks: one each
+    assert [p.tolist() for p in parts] == [[[0, 1]], [[2, 3]], [[4, 5]]]
+
+
+@pytest.mark.parametrize("shard", [(4, 4), (-1, 4), (0, 0)])
+def test_a_rank_outside_the_world_is_refused(tmp_path, shard):
+    path = save_as(tmp_path / "X.npy", np.zeros((8, 2)))
+    with pytest.raises(ValueError, match=r"shard=\(.*\): expected \(rank, world\) with 0 <= rank < world"):
+        read_matrix(path, shard=shard)
+
+
+# -- what is not a regular file -------------------------------------------------------------------
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO maker; a writer waits on each one, so that a reader that opens it (which the checks
+    must not) is not left blocked: the test then fails on ``opened`` instead of hanging."""
+    made = []
+
+    def make(name):
+        path = tmp_path / name
+        os.mkfifo(path)
+        opened = threading.Event()
+
+        def writer():
+            fd = os.open(path, os.O_WRONLY)  # returns once a reader opens it
+            opened.set()
+            os.close(fd)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        made.append((path, thread))
+        return path, opened
+
+    yield make
+    for path, thread in made:
+        if thread.is_alive():
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+        thread.join()
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
+def test_a_fifo_is_refused_without_opening_it(fifo, ext):
+    path, opened = fifo(f"X{ext}")
+    for shard in (None, (0, 2)):
+        with pytest.raises(ValueError) as e:
+            read_matrix(path, shard=shard)
+        assert str(e.value) == f"{path}: not a regular file but a FIFO; only regular files are read"
+    if ext == ".npz":  # not even when asked to: a zip archive is read by seeking
+        with pytest.raises(ValueError, match=r"X\.npz: not a regular file but a FIFO; an \.npz file must be a regular"):
+            read_matrix(path, allow_special=True)
+    assert not opened.is_set()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
+def test_a_symlink_to_a_device_is_refused(tmp_path, ext):
+    path = tmp_path / f"X{ext}"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ValueError) as e:
+        read_matrix(path)
+    assert str(e.value) == f"{path}: not a regular file but a character device (/dev/zero); only regular files are read"
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
+def test_a_folder_is_refused_even_when_special_files_are_allowed(tmp_path, ext):
+    path = tmp_path / f"X{ext}"
+    path.mkdir()
+    for allow_special in (False, True):
+        with pytest.raises(IsADirectoryError) as e:
+            read_matrix(path, allow_special=allow_special)
+        assert str(e.value) == f"{path}: a folder, not a file"
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path):
+    target = save_as(tmp_path / "real.npy", np.ones((2, 2)))
+    (tmp_path / "link.npy").symlink_to(target)
+    assert read_matrix(tmp_path / "link.npy").tolist() == [[1, 1], [1, 1]]
+
+
+def test_allow_special_reads_a_pipe(tmp_path):
+    """For a Python caller feeding a FIFO: .csv and .npy (read as a stream, a shard too)."""
+    X = np.arange(40.0).reshape(20, 2)
+    for name, data, shard in (("p.csv", "\n".join(",".join(map(exact, r)) for r in X).encode(), None),
+                              ("p.npy", npy_bytes(X), None), ("p.npy", npy_bytes(X), (1, 2))):
+        path = tmp_path / name
+        if path.exists():
+            path.unlink()
+        os.mkfifo(path)
+
+        def writer():
+            with open(path, "wb") as f:
+                f.write(data)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            A = read_quietly(path, allow_special=True, shard=shard)
+        finally:
+            thread.join()
+        assert same_bits(A.astype(np.float64), X[10:] if shard else X)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_allow_special_keeps_the_line_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 1000)
+    path = tmp_path / "zero.csv"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ValueError) as e:
+        read_matrix(path, allow_special=True)
+    assert str(e.value) == f"{path}: line 1 is longer than 1000 characters, the bound on a line of a .csv file"
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=r"zero\.npy: cannot read: not an \.npy file: it does not start with"):
+        read_matrix(tmp_path / "zero.npy", allow_special=True)
+
+
+# -- the bound on a line ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_line_of_the_bound_reads_one_past_it_does_not(tmp_path, monkeypatch, newline):
+    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 40)
+    row = ",".join(["1.0"] * 10)  # 39 characters
+    assert len(row) == 39
+    for extra, ok in (("", True), ("0", True), ("00", False)):
+        text = newline.join(["1," * 9 + "1", row + extra, row]) + newline
+        path = write(tmp_path / "x.csv", text)
+        if ok:
+            assert read_quietly(path).shape == (3, 10)
+        else:
+            with pytest.raises(ValueError) as e:
+                read_quietly(path)
+            assert str(e.value) == f"{path}: line 2 is longer than 40 characters, the bound on a line of a .csv file"
+
+
+def test_a_row_spanning_lines_is_bounded_as_a_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 50)
+    path = write(tmp_path / "x.csv", '1,2\n3,"' + ("x" * 20 + "\n") * 3 + '"\n')
+    with pytest.raises(ValueError) as e:
+        read_quietly(path)
+    assert str(e.value) == (f"{path}: lines 2 to 4, one row (a quoted cell spans lines), are longer than 50 "
+                            "characters, the bound on a row of a .csv file")
+
+
+def test_the_bound_counts_each_row_afresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 50)
+    row = ",".join(["1.5"] * 12)  # 47 characters, far less than the whole file
+    assert read_quietly(write(tmp_path / "x.csv", "\n".join([row] * 30) + "\n")).shape == (30, 12)
+
+
+def test_the_default_bound_is_generous():
+    assert files.CSV_LINE_LIMIT >= 2**24
+
+
+# -- key= on files that have no arrays to choose from -------------------------------------------
+
+@pytest.mark.parametrize("ext", [".npy", ".csv"])
+def test_key_applies_to_npz_only(tmp_path, capsys, ext):
+    path = save_as(tmp_path / f"X{ext}", np.ones((20, 3)))
+    with pytest.raises(ValueError) as e:
+        read_matrix(path, key="X")
+    assert str(e.value) == f"{path}: an array name (key='X', --key) applies to .npz files only"
+    code, _, err = run_main(capsys, "fit", path, "--key", "X", "--out", tmp_path / "r.npz", *TINY)
+    assert_user_error(code, err, f"{path}: an array name (key='X', --key) applies to .npz files only")
+    assert not (tmp_path / "r.npz").exists()
+
+
+# -- on the command line: one line, exit 2 ------------------------------------------------------
+
+def test_the_command_line_reports_each_kind_in_one_line(tmp_path, capsys, fifo):
+    np.save(tmp_path / "rows0.npy", np.zeros((0, 5)))
+    np.save(tmp_path / "cols0.npy", np.zeros((5, 0)))
+    (tmp_path / "member.npz").write_bytes(zip_of({"X.npy": b"some bytes"}))
+    (tmp_path / "dir.npy").mkdir()
+    pipe, opened = fifo("pipe.csv")
+    cases = [("rows0.npy", "rows0.npy: no rows (shape (0, 5))"), ("cols0.npy", "cols0.npy: no features (shape (5, 0))"),
+             ("member.npz", "member.npz: cannot read: the member X.npy is not a valid .npy array"),
+             ("dir.npy", "dir.npy: a folder, not a file"), ("pipe.csv", "pipe.csv: not a regular file but a FIFO")]
+    for name, message in cases:
+        for command in (["fit", tmp_path / name, "--out", tmp_path / "r.npz", *TINY],):
+            code, out, err = run_main(capsys, *command)
+            assert_user_error(code, err, message)
+            assert out == ""
+    assert not opened.is_set() and not (tmp_path / "r.npz").exists()
