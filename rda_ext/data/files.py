@@ -201,40 +201,46 @@ def _read_npy(path: str, stream: bool, mmap: bool) -> np.ndarray:
 
 
 def _read_npz(path: str, key: str | None) -> np.ndarray:
+    # Opened here, not by np.load, which leaves its file open when the archive is damaged.
     with open(path, "rb") as f:
         head = f.read(len(_NPY_MAGIC))
-    if not head.startswith(_ZIP_MAGICS):
-        why = ("it is empty" if not head else "it is an .npy file" if head == _NPY_MAGIC
-               else f"it does not start with the signature of a zip archive {_ZIP_MAGICS[0]!r}")
-        raise ValueError(f"not an .npz file (a zip archive of .npy files): {why}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, NotImplementedError) as e:  # NotImplementedError: "zip file version 9.8"
-        raise ValueError(f"a damaged or truncated zip archive ({e})") from e
-    with z:
-        if key is None:
-            if not z.files:
-                raise ValueError("it holds no arrays")
-            if len(z.files) != 1:
-                raise ValueError(f"it holds the arrays {', '.join(z.files)}: choose one with --key")
-            key = z.files[0]
-        if key not in z.files:
-            raise ValueError(f"it has no array {key!r} (it holds {', '.join(z.files) or 'none'})")
-        member = key if key in z.zip.namelist() else key + ".npy"
+        if not head.startswith(_ZIP_MAGICS):
+            why = ("it is empty" if not head else "it is an .npy file" if head == _NPY_MAGIC
+                   else f"it does not start with the signature of a zip archive {_ZIP_MAGICS[0]!r}")
+            raise ValueError(f"not an .npz file (a zip archive of .npy files): {why}")
+        f.seek(0)
         try:
-            # The member's magic string first: without it numpy returns the member's bytes, all of
-            # them, whatever their size.
-            with z.zip.open(member) as m:
-                head = m.read(len(_NPY_MAGIC))
-            if head != _NPY_MAGIC:
-                raise ValueError(_not_npy(head))
-            with z.zip.open(member) as m:
-                _check_npy_size(m, z.zip.getinfo(member).file_size)
-            return z[key]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
-                tokenize.TokenError) as e:
-            # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method.
-            raise ValueError(f"the member {member} is not a valid .npy array: {e}") from e
+            z = np.load(f, allow_pickle=False)
+        except (zipfile.BadZipFile, NotImplementedError) as e:  # NotImplementedError: "zip file version 9.8"
+            raise ValueError(f"a damaged or truncated zip archive ({e})") from e
+        with z:
+            return _npz_member(z, key)
+
+
+def _npz_member(z, key: str | None) -> np.ndarray:
+    if key is None:
+        if not z.files:
+            raise ValueError("it holds no arrays")
+        if len(z.files) != 1:
+            raise ValueError(f"it holds the arrays {', '.join(z.files)}: choose one with --key")
+        key = z.files[0]
+    if key not in z.files:
+        raise ValueError(f"it has no array {key!r} (it holds {', '.join(z.files) or 'none'})")
+    member = key if key in z.zip.namelist() else key + ".npy"
+    try:
+        # The member's magic string first: without it numpy returns the member's bytes, all of
+        # them, whatever their size.
+        with z.zip.open(member) as m:
+            head = m.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            raise ValueError(_not_npy(head))
+        with z.zip.open(member) as m:
+            _check_npy_size(m, z.zip.getinfo(member).file_size)
+        return z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+            tokenize.TokenError) as e:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method.
+        raise ValueError(f"the member {member} is not a valid .npy array: {e}") from e
 
 
 def _supported(path: str, a: np.ndarray) -> np.ndarray:
