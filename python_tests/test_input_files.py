@@ -638,9 +638,11 @@ def fifo(tmp_path):
 
     yield make
     for path, thread in made:
-        if thread.is_alive():
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
-        thread.join()
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # open while the writer opens: it returns
+        try:
+            thread.join()
+        finally:
+            os.close(reader)
 
 
 @pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
