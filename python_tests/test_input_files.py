@@ -27,8 +27,8 @@ TINY = ["--hidden", "4", "--outer-iter", "1", "--inner-epochs", "1", "--batch-si
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-PLAIN_NUMBER = re.compile(r"[ \t]*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?[ \t]*|[ \t]*[-+]?(inf|infinity|nan)[ \t]*",
-                          flags=re.IGNORECASE | re.ASCII)
+PLAIN_NUMBER = re.compile(r"[ \t]*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?[ \t]*"
+                          r"|[ \t]*[-+]?(inf|infinity|nan)[ \t]*", flags=re.IGNORECASE | re.ASCII)
 
 
 def is_number(text: str) -> bool:
@@ -406,7 +406,7 @@ def test_the_header_rule_uses_the_same_numbers(tmp_path, first, skipped):
     mixes them with plain numbers is neither."""
     path = write(tmp_path / "h.csv", f"{first}\n1,2\n")
     if first.startswith("٣"):
-        with pytest.raises(ValueError, match=r"h\.csv: line 1, column 1: '٣' is not a plain decimal number .* neither a header"):
+        with pytest.raises(ValueError, match=r"h\.csv: line 1, column 1: '٣' is not a plain decimal number .* neither"):
             read_quietly(path)
         return
     A, was_skipped = read_quietly(path, return_header=True)

@@ -33,9 +33,9 @@ def read_matrix(
     ends, blank lines allowed only at the end; cells may have spaces or tabs around them and may be
     quoted. A number is a plain decimal one in ASCII: an optional sign, digits with an optional
     point, an optional exponent (``-1.5e-3``, ``.5``, ``7.``), or a spelling of inf or nan that
-    ``float`` takes; not ``1_000`` nor the digits of other scripts. ``header`` says whether its first line is a header to skip: ``True``, ``False``, or ``None``
-    (default) to decide by the rule that the first line is a header if none of its cells is a
-    number; a first line that mixes numbers and text is an error (say which with ``header``). Every
+    ``float`` takes; not ``1_000`` nor the digits of other scripts. ``header`` says whether its
+    first line is a header to skip: ``True``, ``False``, or ``None`` (default) to decide by the
+    rule that the first line is a header if none of its cells is a number; a first line that mixes numbers and text is an error (say which with ``header``). Every
     other fault (empty file, no data rows, rows of unequal length, an empty or non-numeric cell) is
     a ``ValueError`` naming the file, and the line and column where it can.
 
