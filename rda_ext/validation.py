@@ -59,20 +59,6 @@ def resolve_dtype(name) -> torch.dtype:
     return DTYPES[key]
 
 
-# Minibatch steps per outer iteration that inner_epochs="auto" trains at least: one epoch of a
-# Fashion-MNIST class (6,316 rows at batch 128), ten of the MNIST subset (527 rows). A fixed number
-# of epochs would leave a table of a few hundred rows with a few dozen steps in all.
-AUTO_STEPS = 50
-
-
-def resolve_inner_epochs(value, n_rows: int, batch_size: int) -> int:
-    """The epochs per outer iteration: ``value`` itself, or for "auto" the fewest whole epochs of
-    ``n_rows`` rows in batches of ``batch_size`` that make at least AUTO_STEPS steps."""
-    if value != "auto":
-        return int(value)
-    return math.ceil(AUTO_STEPS / max(1, math.ceil(n_rows / batch_size)))
-
-
 def resolve_precision(name: str, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype of the autoencoder's autocast for ``precision`` (checked by check_params) on this
     device, or None for no autocast (full precision)."""
@@ -204,14 +190,15 @@ def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     return t
 
 
-def warn_if_outside_output_range(X: Tensor, output_activation: str) -> None:
+def warn_if_outside_output_range(X: Tensor, output_activation: str, stacklevel: int = 3) -> None:
+    """``stacklevel``: the frames above this one to the caller's own line (its call of fit)."""
     if output_activation == "sigmoid":
         lo, hi = torch.aminmax(X)
         if lo < 0 or hi > 1:
             warnings.warn(
                 f"X has values in [{float(lo):.3g}, {float(hi):.3g}] but the output activation is "
                 "sigmoid, which reconstructs only [0, 1]: scale X or use output_activation='linear'",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
 

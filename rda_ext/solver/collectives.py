@@ -16,9 +16,10 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from rda_ext.solver.loop import survivors_of, threshold_between
+from rda_ext.solver.loop import survival_threshold, survivors_of, threshold_between
 
 # Bits of the float pattern resolved per round of the selection: 2 rounds for float32 data,
 # 4 for float64, each an all-reduce of 2**16 int64 counts (512 KiB) and one pass over the values.
@@ -30,21 +31,19 @@ _BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: 
          torch.bfloat16: torch.int16}
 
 
-def row_group(distributed) -> RowGroup | None:
+def row_group(distributed) -> RowGroup:
     """The row group of a fit with the estimator's ``distributed`` parameter: the default process
-    group where one is initialised ("auto", True), None for a single-process fit."""
+    group where one is initialised ("auto", True), else a single process (``SINGLE_PROCESS``)."""
     active = dist.is_available() and dist.is_initialized()
     if distributed is True and not active:
         raise ValueError("distributed=True needs an initialised torch.distributed process group "
                          "(torch.distributed.init_process_group, or a launch with torchrun)")
-    return RowGroup() if active and distributed is not False else None
+    return RowGroup() if active and distributed is not False else SINGLE_PROCESS
 
 
-def agreed(ranks: RowGroup | None, fn):
+def agreed(ranks: RowGroup, fn):
     """``fn()``, where an exception on any rank is raised on every rank (a ValueError with the
     lowest failing rank's message on the others), so that no rank waits alone in a collective."""
-    if ranks is None:
-        return fn()
     error, result = None, None
     try:
         result = fn()
@@ -71,15 +70,12 @@ def agreed(ranks: RowGroup | None, fn):
 PER_RANK_PARAMETERS = ("device", "verbose")
 
 
-def agree_on_parameters(ranks: RowGroup | None, params: dict, check) -> None:
+def agree_on_parameters(ranks: RowGroup, params: dict, check) -> None:
     """Before the first collective of a fit: raises the same ValueError on every rank where the
     ranks' estimator parameters ``params`` (``get_params()``) differ beyond what may differ per rank
     (``PER_RANK_PARAMETERS``, checkpoint's path, a random_state that is not an integer), naming each
     parameter and which ranks have which value. ``check()`` (the parameters' own checks, whose
-    outcome may differ by device) then runs on every rank, and its error is raised on every rank.
-    Nothing to agree on without a row group."""
-    if ranks is None:
-        return
+    outcome may differ by device) then runs on every rank, and its error is raised on every rank."""
     error = None
     try:
         check()
@@ -91,12 +87,11 @@ def agree_on_parameters(ranks: RowGroup | None, params: dict, check) -> None:
                      "path and a random_state that is not an integer")
 
 
-def agree_on_width(ranks: RowGroup | None, width: int) -> None:
+def agree_on_width(ranks: RowGroup, width: int) -> None:
     """Raises the same ValueError on every rank where the ranks' rows have different numbers of
     columns (their dtypes may differ: every rank converts its rows to the fit's dtype)."""
-    if ranks is not None:
-        ranks.agree({"the width of X (columns)": (repr(width), repr(width))},
-                    note="every rank passes its rows of the same columns")
+    ranks.agree({"the width of X (columns)": (repr(width), repr(width))},
+                note="every rank passes its rows of the same columns")
 
 
 def _parameter_description(name: str, value) -> tuple[str, str]:
@@ -142,7 +137,10 @@ def _ranks_text(ranks: list[int]) -> str:
 
 class RowGroup:
     """This process's place in a row-sharded fit: the process group, its rank and size, and the
-    device collectives run on (the data's own with NCCL, the CPU with gloo)."""
+    device collectives run on (the data's own with NCCL, the CPU with gloo). ``distributed``: the
+    fit's rows are split over processes (a ``SingleProcess`` holds them all)."""
+
+    distributed = True
 
     def __init__(self, group: dist.ProcessGroup | None = None):
         self.group = group
@@ -175,6 +173,24 @@ class RowGroup:
         wire = self._on_wire(torch.tensor([value], dtype=torch.int64))
         dist.broadcast(wire, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
         return int(wire.item())
+
+    def replicated(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped for training on this rank's rows: DistributedDataParallel broadcasts
+        rank 0's weights and averages the gradients over the ranks."""
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       process_group=self.group)
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """This rank's part of an input file, as ``read_matrix`` takes it."""
+        return self.rank, self.size
+
+    def gather_to_first(self, obj) -> list | None:
+        """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the others."""
+        parts = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(obj, parts, dst=0, group=self.group)
+        return parts
 
     def rows_per_rank(self, n_local: int) -> list[int]:
         """Every rank's number of rows, in rank order."""
@@ -283,3 +299,60 @@ class RowGroup:
         lo = self.kth_largest(values, total - k)
         hi = self.kth_largest(values, total - k - 1) if k + 1 < total else lo
         return float(np.quantile(np.array([float(lo), float(hi)]), pos - k))
+
+
+class SingleProcess(RowGroup):
+    """A fit on one process, as a row group of size one: every collective is the identity and the
+    order statistics are taken locally (exactly the numbers the selection gives, without its rounds)."""
+
+    distributed = False
+    group, rank, size, backend = None, 0, 1, None
+
+    def __init__(self):
+        pass
+
+    def sum(self, t: Tensor) -> Tensor:
+        return t
+
+    def max(self, t: Tensor) -> Tensor:
+        return t
+
+    def min(self, t: Tensor) -> Tensor:
+        return t
+
+    def broadcast_int(self, value: int) -> int:
+        return value
+
+    def replicated(self, model: nn.Module) -> nn.Module:
+        return model
+
+    shard = None  # the whole file, read as it is (no memory map)
+
+    def gather_to_first(self, obj) -> list:
+        return [obj]
+
+    def rows_per_rank(self, n_local: int) -> list[int]:
+        return [n_local]
+
+    def first_error(self, error: BaseException | None) -> str | None:
+        return None if error is None else str(error)
+
+    def agree(self, values: dict[str, tuple[str, str]], error: BaseException | None = None, *,
+              note: str = "") -> None:
+        if error is not None:
+            raise error
+
+    def norms(self, local: Tensor) -> Tensor:
+        return local.double()
+
+    def count(self, n_local: int) -> int:
+        return n_local
+
+    def survival_threshold(self, values: Tensor, fraction: float) -> float:
+        return survival_threshold(values, fraction)
+
+    def quantile(self, values: Tensor, q: float) -> float:
+        return float(np.quantile(values.cpu().numpy(), q))
+
+
+SINGLE_PROCESS = SingleProcess()

@@ -9,7 +9,8 @@ What is local and what is global, per penalty (``RowGroup`` does the exchanges):
   combined before any rank shrinks; every rank then holds all d norms and chooses lam alone.
 - c1, c2: each rank's three convergence norms (``convergence_step(norms=True)``) are combined,
   then divided.
-- Training: every rank runs the same number of steps per epoch (the most any rank's rows need at
+- Training: the network is replicated with DistributedDataParallel and every rank runs the same
+  number of steps per epoch (``Schedule.of_fit`` with lockstep: the most any rank's rows need at
   ``batch_size``), so that a shard a row shorter never leaves a gradient all-reduce waiting.
 
 What the ranks must agree on: each rank passes its own estimator and rows, and ranks that take
@@ -28,11 +29,8 @@ of an empty X. A rank whose ``distributed`` is False never joins and cannot be d
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor
 
 from rda_ext import ops
 from rda_ext.solver.collectives import RowGroup
@@ -40,26 +38,12 @@ from rda_ext.solver.loop import RDASolver
 
 
 class DistributedRDASolver(RDASolver):
-    """``RDASolver`` over this rank's rows. ``model`` is the bare network (DistributedDataParallel
-    broadcasts rank 0's weights); the history's numbers are global and the same on every rank.
-    Without a model (None) it runs only the proximal step, on an ``L`` the caller sets."""
+    """``RDASolver`` over this rank's rows; the history's numbers are global and the same on every
+    rank. Its network trains replicated (``RowGroup.replicated``) on the schedule's lockstep batches."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, X: Tensor, S: Tensor, LS_prev: Tensor,
-                 *, ranks: RowGroup, **kwargs):
-        super().__init__(model, optimizer, X, S, LS_prev, **kwargs)
+    def __init__(self, X: Tensor, S: Tensor, LS_prev: Tensor, *, ranks: RowGroup, **kwargs):
+        super().__init__(X, S, LS_prev, **kwargs)
         self.ranks = ranks
-        rows = ranks.rows_per_rank(X.shape[0])
-        self.steps_per_epoch = max(math.ceil(r / self.batch_size) for r in rows)
-        self._ddp = None
-
-    @property
-    def training_model(self) -> nn.Module:
-        """The network wrapped for training, on first use (after a checkpoint's weights are loaded:
-        the wrapper broadcasts rank 0's)."""
-        if self._ddp is None:
-            device_ids = [self.X.device.index] if self.X.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=device_ids, process_group=self.ranks.group)
-        return self._ddp
 
     def training_stats(self, train_loss: Tensor, recon_sq: Tensor) -> tuple[Tensor, Tensor]:
         total = self.ranks.sum(torch.stack([train_loss, recon_sq]))

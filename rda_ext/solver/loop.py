@@ -1,38 +1,29 @@
-"""The RDA iteration over tensors: X = L + S with L from a deep autoencoder and S sparse.
+"""One RDA fit over tensors: X = L + S with L from a deep autoencoder and S sparse.
 
-Each outer iteration sets L = X - S, trains the autoencoder on L for some epochs, sets
-L = AE(L), chooses lam (given, or from a contamination fraction), sets S = prox(X - L) and
-measures the convergence numbers. Nothing here converts, validates or stores: the estimator does.
+``RDASolver`` holds a fit's X, L, S and the previous L + S, and takes the proximal half of an outer
+iteration once the network has set L = AE(X - S) (``solver.engine`` runs the iterations): it
+chooses lam (given, or from a contamination fraction), sets S = prox(X - L) and measures the
+convergence numbers. Nothing here converts, validates or stores: the estimator does.
 
 The steps that combine numbers over all groups, and so would need a collective in a run whose
 rows are split over processes, are methods of their own: ``residual_norms`` (the column norms of
 "l21_cols" span all rows), ``contamination_lam`` (a quantile over all groups) and
 ``convergence`` (sums over all entries). The rest is row-local.
 
-Passes over n x d matrices per outer iteration after L = AE(L), counting each matrix read (R) or
-written (W) once (benchmarks/bench_prox_step.py times both sequences):
-  l2,1 penalties, before (0.1): with contamination X - L into S 2R 1W and the norms of S 1R; then
-      shrink_residual 2R 1W (l21_cols 4R 1W), convergence 4R, LS_prev = L + S 2R 1W, the norms of
-      S again 1R: 15 (l21_cols 17), 11 (13) with lam given.
-  l2,1 penalties, now: the residual's group norms 2R, shrink_residual with those norms 2R 1W,
-      convergence_step (LS_prev = L + S in the same pass) 4R 1W: 10 with or without contamination.
-      The norms of S follow from the residual's, max(0, ||R_g|| - lam), without reading S.
-  l1 (every entry a group), before: 14 with lam given (|S| allocated, then summed and compared),
-      20 with contamination; now 10 (two reads of S for its statistics, no temporary) and 16 (|X - L|
-      written into S and selected from before the shrinkage overwrites it).
+The proximal step reads the residual X - L for its group norms, shrinks it with those norms
+(``shrink_residual``), and measures c1 and c2 while moving LS_prev on to L + S in one pass
+(``convergence_step``): the norms of S follow from the residual's, max(0, ||R_g|| - lam), without
+reading S, and "l1" writes |X - L| into S to select its lam from before the shrinkage overwrites it.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rda_ext import ops
-from rda_ext.solver.training import GraphedStep, reconstruct_into, train_epochs
 
 HISTORY_KEYS = ("iteration", "lam", "train_loss", "recon_error", "objective", "c1", "c2", "n_nonzero", "seconds")
 
@@ -64,87 +55,32 @@ def threshold_between(largest_shrunk: Tensor, smallest_survivor: Tensor | None) 
 
 
 class RDASolver:
-    """The state of one RDA fit on one device: X, L, S and LS_prev (the previous L + S, for c2),
-    the autoencoder and its optimizer. ``S`` and ``LS_prev`` are updated in place.
+    """The state of one RDA fit on one device: X, L, S and LS_prev (the previous L + S, for c2).
+    ``S`` and ``LS_prev`` are updated in place; ``L`` is set by the engine that trains the fit's
+    network (``solver.engine.Engine``), a view of the matrices it trains on.
 
     ``lam`` fixes the threshold; with ``lam=None`` it is chosen at every iteration so that about
-    ``contamination`` of the groups survive the shrinkage. With ``amp`` (torch.bfloat16) the
-    autoencoder's forward and backward run under autocast; everything else stays in X's dtype.
-    With ``graphs`` the training step of full batches is captured in a CUDA graph (X on a CUDA
-    device, a capturable optimizer: ``GraphedStep``). Without a model (None), the solver is one fit
-    of a ``StackedRDASolver``, which trains it."""
+    ``contamination`` of the groups survive the shrinkage. Everything here stays in X's dtype."""
 
-    def __init__(
-        self,
-        model: nn.Module | None,
-        optimizer: torch.optim.Optimizer | None,
-        X: Tensor,
-        S: Tensor,
-        LS_prev: Tensor,
-        *,
-        penalty: str,
-        lam: float | None,
-        contamination: float,
-        inner_epochs: int,
-        batch_size: int,
-        generator: torch.Generator | None,
-        amp: torch.dtype | None = None,
-        graphs: bool = False,
-    ):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, X: Tensor, S: Tensor, LS_prev: Tensor, *, penalty: str, lam: float | None,
+                 contamination: float):
         self.X, self.S, self.LS_prev = X, S, LS_prev
-        self.L = torch.empty_like(X) if model is not None else None  # a StackedRDASolver gives it
+        self.L: Tensor | None = None
         self.penalty, self.group_dim = penalty, ops.GROUP_DIM[penalty]
         self.lam, self.contamination = lam, contamination
-        self.inner_epochs, self.batch_size, self.generator = inner_epochs, batch_size, generator
-        self.amp = amp  # the autoencoder's autocast dtype (None: it computes in X's dtype)
-        self.graphed = GraphedStep(model, optimizer, X.new_empty(batch_size, X.shape[1]), amp) if graphs else None
         # The residual's group norms of the last proximal step (l2,1 penalties).
         self.norms: Tensor | None = None
-        self.iterations = 0  # run by this solver
+        self.iterations = 0  # outer iterations run
 
-    def run(self, outer_iter: int, tol: float, on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
-        """Up to ``outer_iter`` outer iterations, stopping once c1 and c2 are both below ``tol``.
-        Returns one history row (``HISTORY_KEYS`` but "iteration") per iteration run."""
-        rows = []
-        for _ in range(outer_iter):
-            row = self.iterate()
-            rows.append(row)
-            if on_iteration is not None:
-                on_iteration(row)
-            if row["c1"] < tol and row["c2"] < tol:
-                break
-        return rows
-
-    def iterate(self) -> dict:
-        """One outer iteration. Synchronises with the host once (twice with contamination: the
-        chosen lam is read before the shrinkage)."""
-        t0 = time.perf_counter()
-        self.iterations += 1
-        torch.sub(self.X, self.S, out=self.L)
-        train_loss = train_epochs(
-            self.training_model, self.optimizer, self.L, self.inner_epochs, self.batch_size, self.generator,
-            amp=self.amp, graphed=self.graphed, steps=self.steps_per_epoch,
-        )
-        recon_sq = reconstruct_into(self.model, self.L, out=self.L, amp=self.amp)
-        return self.finish(train_loss, recon_sq, t0)
-
-    # What a row-sharded solver (distributed.DistributedRDASolver) replaces: the network that
-    # trains (wrapped for gradient averaging), the batches per epoch, and the steps that combine
-    # numbers over all rows.
-    @property
-    def training_model(self) -> nn.Module:
-        return self.model
-
-    steps_per_epoch: int | None = None  # None: ceil(rows / batch_size)
-
+    # What a row-sharded solver (distributed.DistributedRDASolver) replaces: the steps that
+    # combine numbers over all rows.
     def training_stats(self, train_loss: Tensor, recon_sq: Tensor) -> tuple[Tensor, Tensor]:
         """The mean training loss and ||L_in - AE(L_in)||^2 over all rows."""
         return train_loss, recon_sq
 
-    def finish(self, train_loss: Tensor, recon_sq: Tensor, t0: float) -> dict:
+    def finish(self, train_loss: Tensor, recon_sq: Tensor) -> dict:
         """The rest of an outer iteration once L = AE(X - S) is in ``L``: the proximal step and the
-        history row (``train_loss`` and ``recon_sq`` as 0-dim tensors; ``t0``: when it began)."""
+        history row but its seconds (``train_loss`` and ``recon_sq`` as 0-dim tensors)."""
         lam, stats = self.proximal_step()
         train_loss, recon_sq = self.training_stats(train_loss, recon_sq)
         loss, recon, pen, nnz, c1, c2 = torch.stack([train_loss, recon_sq.sqrt(), *stats]).tolist()
@@ -155,7 +91,7 @@ class RDASolver:
                 self._diverged(what, loss, recon)
         return dict(
             lam=lam, train_loss=loss, recon_error=recon, objective=recon + lam * pen, c1=c1, c2=c2,
-            n_nonzero=int(nnz), seconds=time.perf_counter() - t0,
+            n_nonzero=int(nnz),
         )
 
     def proximal_step(self) -> tuple[float, list[Tensor]]:

@@ -5,12 +5,15 @@ the losses are summed on the device: nothing here waits for the host."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from rda_ext.solver.schedule import Schedule
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -114,80 +117,110 @@ def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Tensor,
-    epochs: int,
-    batch_size: int,
+    schedule: Schedule,
     generator: torch.Generator,
     target: Tensor | None = None,
     loss_fn: Callable[[Tensor], Tensor] | None = None,
     amp: torch.dtype | None = None,
     graphed: GraphedStep | None = None,
-    steps: int | None = None,
 ) -> Tensor:
     """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
     ``data`` itself, an autoencoder) with the mean squared error, or to minimise
-    ``loss_fn(batch)``, for ``epochs`` passes in shuffled minibatches. Returns the mean batch loss
-    of the last epoch as a 0-dim tensor on the device (reading it is the caller's one
-    synchronisation). ``amp``: the dtype of the forward pass under autocast (None: none); the loss is
-    formed in float32 either way, and the backward follows the forward's dtypes. ``graphed``: the
-    full batches of an autoencoder (no ``target``, no ``loss_fn``) go through this captured step
-    (its batch size is ``batch_size``). ``steps``: the number of batches per epoch instead, each
-    epoch's permutation split into that many batches of near-equal size (at most ``batch_size``
-    when ``steps >= ceil(rows / batch_size)``; rows are drawn again where fewer than ``steps``):
-    the ranks of a row-sharded fit must all step together."""
+    ``loss_fn(batch)``, on the minibatches of ``schedule``. Returns the mean batch loss of the last
+    epoch as a 0-dim tensor on the device. ``amp``: the dtype of the forward pass under autocast
+    (None: none); the loss is formed in float32 either way, and the backward follows the forward's
+    dtypes. ``graphed``: the full batches of an autoencoder (no ``target``, no ``loss_fn``) go
+    through this captured step (its batch size is the schedule's)."""
     if graphed is not None and (target is not None or loss_fn is not None):
         raise ValueError("a graphed step trains an autoencoder's own loss: no target or loss_fn with it")
-    if graphed is not None and steps is not None:
-        raise ValueError("a graphed step trains full batches: no steps with it")
-    n = data.shape[0]
-    total = torch.zeros((), dtype=torch.float64, device=data.device)
-    batches = []
+    if graphed is not None and schedule.steps is not None:
+        raise ValueError("a graphed step trains full batches: not with a schedule of lockstep batches")
+
+    def step(rows: Tensor) -> Tensor:
+        if graphed is not None and len(rows) == schedule.batch_size:
+            torch.index_select(data, 0, rows, out=graphed.batch)
+            return graphed()
+        batch = data.index_select(0, rows)
+        with autocast(data.device, amp):
+            if loss_fn is not None:
+                loss = loss_fn(batch)
+            else:
+                loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
+        # Once a graph is captured its gradients live in the graph's memory: zeroed, kept.
+        optimizer.zero_grad(set_to_none=graphed is None or not graphed.captured)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
     model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(n, device=data.device, generator=generator)
-        if steps is None:
-            batches = [perm[start : start + batch_size] for start in range(0, n, batch_size)]
-        else:
-            batches = torch.tensor_split(perm.repeat(-(-steps // n)) if n < steps else perm, steps)
-        last = epoch == epochs - 1
-        for rows in batches:
-            if graphed is not None and len(rows) == batch_size:
-                torch.index_select(data, 0, rows, out=graphed.batch)
-                loss = graphed()
-                if last:
-                    total += loss
-                continue
-            batch = data.index_select(0, rows)
-            with autocast(data.device, amp):
-                if loss_fn is not None:
-                    loss = loss_fn(batch)
-                else:
-                    loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
-            # Once a graph is captured its gradients live in the graph's memory: zeroed, kept.
-            optimizer.zero_grad(set_to_none=graphed is None or not graphed.captured)
-            loss.backward()
-            optimizer.step()
-            if last:
-                total += loss.detach()
-    return total / max(len(batches), 1)
+    return schedule.train(step, data.shape[0], generator, data.device)
 
 
 @torch.no_grad()
 def reconstruct_into(model: nn.Module, data: Tensor, out: Tensor, amp: torch.dtype | None = None) -> Tensor:
-    """``out = model(data)`` chunk by chunk (``out`` may be ``data``: each chunk is read before it
-    is written), the network under autocast to ``amp`` where given. Returns
-    ``||data - model(data)||_F^2`` as a 0-dim float64 tensor on the device."""
+    """``out = model(data)`` chunk by chunk of rows (``out`` may be ``data``: each chunk is read
+    before it is written), the network under autocast to ``amp`` where given. ``data`` is one
+    matrix (n, d), or K matrices (K, n, d) for K stacked networks. Returns the squared Frobenius
+    norm of ``data - model(data)`` (of each of the K) as float64 on the device."""
     model.eval()
-    err = torch.zeros((), dtype=torch.float64, device=data.device)
-    for start in range(0, data.shape[0], CHUNK_ROWS):
-        x = data[start : start + CHUNK_ROWS]
+    err = torch.zeros(data.shape[:-2], dtype=torch.float64, device=data.device)
+    chunk = max(1, CHUNK_ROWS // math.prod(data.shape[:-2]))  # the activations of K networks at once
+    for start in range(0, data.shape[-2], chunk):
+        x = data[..., start : start + chunk, :]
         with autocast(data.device, amp):
             r = model(x)
-        err += (x - r).square().sum(dtype=torch.float64)
-        out[start : start + CHUNK_ROWS] = r
+        err += (x - r).square().sum(dim=(-2, -1), dtype=torch.float64)
+        out[..., start : start + chunk, :] = r
     return err
+
+
+class Network:
+    """The one network of a fit and how it trains: its optimizer, the schedule and the batch order
+    (``generator``). ``replicate`` wraps it for training on first use (a row-sharded fit averages
+    the gradients of its replicas), once a checkpoint's weights are loaded. ``graphed``: its full
+    batches go through a captured CUDA graph. Trains and reconstructs the L of its one fit."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule: Schedule,
+                 generator: torch.Generator | None, amp: torch.dtype | None = None,
+                 graphed: GraphedStep | None = None, replicate: Callable[[nn.Module], nn.Module] = lambda m: m):
+        self.model, self.optimizer, self.schedule, self.generator = model, optimizer, schedule, generator
+        self.amp, self.graphed, self._replicate, self._training = amp, graphed, replicate, None
+
+    def __len__(self) -> int:
+        return 1
+
+    def new_L(self, X: Tensor) -> Tensor:
+        return torch.empty_like(X)
+
+    def part(self, L: Tensor, k: int) -> Tensor:
+        return L
+
+    def train(self, L: Tensor) -> Tensor:
+        """Trains on the rows of L; the mean loss of the last epoch, of each network (shape (1,))."""
+        if self._training is None:
+            self._training = self._replicate(self.model)
+        return train_epochs(self._training, self.optimizer, L, self.schedule, self.generator, amp=self.amp,
+                            graphed=self.graphed).reshape(1)
+
+    def reconstruct(self, L: Tensor) -> Tensor:
+        """L = AE(L) in place; the squared reconstruction error of each network (shape (1,))."""
+        return reconstruct_into(self.model, L, L, self.amp).reshape(1)
+
+    def network(self, k: int) -> nn.Module:
+        return self.model
 
 
 @torch.no_grad()
 def map_chunks(fn, data: Tensor) -> Tensor:
     """``fn`` applied to consecutive row chunks of ``data``, the results concatenated."""
     return torch.cat([fn(data[s : s + CHUNK_ROWS]) for s in range(0, max(data.shape[0], 1), CHUNK_ROWS)])
+
+
+def in_precision(fn, amp: torch.dtype | None):
+    """``fn`` (a network or its encoder) under autocast to ``amp``, returning its input's dtype."""
+
+    def run(x: Tensor) -> Tensor:
+        with autocast(x.device, amp):
+            return fn(x).to(x.dtype)
+
+    return run
