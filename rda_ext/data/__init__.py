@@ -1,2 +1,1 @@
-"""Data and I/O: the data sets (an embedded MNIST subset, IDX files, the papers' constructions) and
-the files the command line reads and writes."""
+"""The data sets: an embedded MNIST subset, IDX files, the papers' constructions."""

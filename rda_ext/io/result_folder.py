@@ -1,13 +1,14 @@
-"""A fit's result as a folder that every rank of a row-sharded fit writes its own rows into:
-``L.npy``, ``S.npy``, ``scores.npy``, ``labels.npy`` (all rows, in order) and ``result.json``
-(lam, threshold, history, the world size and the backend).
+"""A fit's result as a folder that every rank of a row-sharded fit writes its own rows into: an
+``.npy`` file per array of ``result_schema.ROWS`` (all rows, in order) and the fit's numbers in
+``result_schema.RESULT_JSON``.
 
 The folder is whole or absent: it is built under a temporary name beside it (``.<name>.partial``,
 removed by rank 0 when the write fails or is interrupted, and by the next run if a job was
 killed), each rank writes the bytes of its rows at their offset (``pwrite``: on a network file
 system a shared memory map would write back whole pages, a neighbour's rows at a shard boundary
 included), and rank 0 renames it into place only after every rank has synced its part. A
-symlink to an empty folder is followed: the folder it names is the one replaced."""
+symlink to an empty folder is followed: the folder it names is the one replaced. Whether a path
+can take it is ``paths.check_folder(..., whole=True)``."""
 
 from __future__ import annotations
 
@@ -17,24 +18,8 @@ import shutil
 
 import numpy as np
 
-from rda_ext.data.files import atomic_write, check_parent, signals_held, stage, unlink_quietly
-
-RESULT_JSON = "result.json"
-
-
-def is_folder_target(path: str) -> bool:
-    """An ``--out`` ending in a path separator, or naming an existing folder, asks for a folder."""
-    return path.endswith(os.sep) or os.path.isdir(path)
-
-
-def check_folder_target(path: str) -> None:
-    """Fails early where the folder could not be put in place."""
-    check_parent(path)
-    target = _target(path)
-    if os.path.isdir(target) and os.listdir(target):
-        raise FileExistsError(f"{path}: the folder exists and is not empty; remove it or choose another --out")
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise FileExistsError(f"{path}: a file of that name exists (a folder was asked for by the trailing /)")
+from rda_ext.io.atomic import atomic_write, signals_held, stage, unlink_quietly
+from rda_ext.io.result_schema import RESULT_JSON, array_file
 
 
 def _target(path: str) -> str:
@@ -52,14 +37,14 @@ def create(path: str, shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> No
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     for name, (shape, dtype) in shapes.items():
-        np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=dtype, shape=shape).flush()
+        np.lib.format.open_memmap(os.path.join(tmp, array_file(name)), mode="w+", dtype=dtype, shape=shape).flush()
 
 
 def write_rows(path: str, start: int, arrays: dict[str, np.ndarray]) -> None:
     """Every rank: its rows, from ``start``, into each array of the temporary folder."""
     tmp = _partial(path)
     for name, rows in arrays.items():
-        with open(os.path.join(tmp, f"{name}.npy"), "r+b") as f:
+        with open(os.path.join(tmp, array_file(name)), "r+b") as f:
             version = np.lib.format.read_magic(f)
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = header(f)

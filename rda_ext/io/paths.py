@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from rda_ext.data.files import check_writable, kind_of
+from rda_ext.io.atomic import check_parent, check_writable, kind_of
 
 
 def same_file(a: str, b: str) -> bool:
@@ -27,27 +27,42 @@ def within(path: str, folder: str) -> bool:
     return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
 
 
-def check_folder(name: str, path: str) -> None:
+def asks_for_folder(path: str) -> bool:
+    """Whether an output path asks for a folder: it ends in a path separator, or names an existing
+    folder."""
+    return path.endswith(os.sep) or os.path.isdir(path)
+
+
+def check_folder(label: str, path: str, whole: bool = False) -> None:
     """A folder that a command will create or fill: absent, or a directory (a symlink to one
-    counts as the folder it names)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{name} {path} exists and is {kind_of(os.stat(path).st_mode)}, not a folder")
+    counts as the folder it names). ``whole``: one that is put in place whole, by a rename in the
+    folder that holds it (a result folder): that folder must be writable, and this one empty."""
+    if whole:
+        check_parent(path)
+    target = os.path.realpath(path)  # "file/" names no file, but asks for a folder where one is
+    if os.path.exists(target) and not os.path.isdir(target):
+        if whole:
+            raise FileExistsError(f"{path}: a file of that name exists (a folder was asked for by the trailing /)")
+        raise FileExistsError(f"{label} {path} exists and is {kind_of(os.stat(target).st_mode)}, not a folder")
+    if whole and os.path.isdir(target) and os.listdir(target):
+        raise FileExistsError(f"{path}: the folder exists and is not empty; remove it or choose another {label}")
 
 
 def check_paths(inputs: dict[str, str | None], files: dict[str, str | None],
-                folders: dict[str, str | None] | None = None) -> None:
+                folders: dict[str, str | None] | None = None, whole: tuple[str, ...] = ()) -> None:
     """Fails, naming both, where an output could destroy an input or another output.
 
     ``inputs``: what is read (label -> path); ``files``: regular files that are written;
-    ``folders``: folders that are written into (a result folder, a checkpoint). A label is how the
-    user named the path (``--out``, ``input``); entries whose path is None are left out."""
+    ``folders``: folders that are written into (a result folder, a checkpoint), of which those
+    labelled in ``whole`` are put in place whole (``check_folder``). A label is how the user named
+    the path (``--out``, ``input``); entries whose path is None are left out."""
     inputs = {k: os.fspath(v) for k, v in inputs.items() if v is not None}
     files = {k: os.fspath(v) for k, v in files.items() if v is not None}
     folders = {k: os.fspath(v) for k, v in (folders or {}).items() if v is not None}
+    for label, path in folders.items():
+        check_folder(label, path, whole=label in whole)
     for label, path in files.items():
         check_writable(path, label)
-    for label, path in folders.items():
-        check_folder(label, path)
     for label, path in {**files, **folders}.items():
         for other, source in inputs.items():
             if same_file(path, source):
