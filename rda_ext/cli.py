@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from rda_ext import __version__, build_info
-from rda_ext.data import result_folder
-from rda_ext.data.files import atomic_write, atomic_write_all, npz_writer, read_matrix, save_npz
-from rda_ext.data.paths import check_paths
 from rda_ext.estimator import RobustAutoencoder
-from rda_ext.estimator.persistence import model_writer
-from rda_ext.solver import HISTORY_KEYS
-from rda_ext.solver.collectives import RowGroup, agreed
+from rda_ext.io import result_schema
+from rda_ext.io.atomic import atomic_write
+from rda_ext.io.paths import asks_for_folder, check_paths
+from rda_ext.io.readers import read_matrix
+from rda_ext.io.results import write_fit, write_scores
+from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup, agreed
 from rda_ext.validation import CHOICES, DTYPES
 
 EXIT_USAGE = 2
@@ -147,14 +147,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     demo.set_defaults(run=_demo)
 
-    fit = sub.add_parser("fit", help="decompose a matrix into L + S and score its rows")
+    fit = sub.add_parser("fit", help="decompose a matrix into L + S and score its rows",
+                         description=result_schema.fit_description())
     fit.add_argument("input", help="data matrix: .npy, .npz (see --key) or .csv; rows = instances")
     fit.add_argument("--key", help="the array to use in an .npz holding several")
     _add_header_option(fit)
-    fit.add_argument("--out", required=True,
-                     help="result .npz: L, S, scores, labels, lam, threshold, history; or a folder (a path ending in "
-                          "/): L.npy, S.npy, scores.npy, labels.npy and result.json, which the ranks of a torchrun "
-                          "job write their rows into")
+    fit.add_argument("--out", required=True, help=result_schema.fit_out_help())
     fit.add_argument("--model", help="also save the fitted model here (for rda-ext score)")
     _add_estimator_options(fit)
     fit.set_defaults(run=_fit)
@@ -164,7 +162,7 @@ def _build_parser() -> argparse.ArgumentParser:
     score.add_argument("input", help="data matrix: .npy, .npz (see --key) or .csv")
     score.add_argument("--key", help="the array to use in an .npz holding several")
     _add_header_option(score)
-    score.add_argument("--out", required=True, help="result .npz: scores, labels, threshold")
+    score.add_argument("--out", required=True, help=result_schema.score_out_help())
     score.add_argument("--device", default=None, help="overrides the saved device")
     score.set_defaults(run=_score)
 
@@ -181,9 +179,10 @@ def _add_header_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_input(args) -> tuple[np.ndarray, str]:
-    """The input matrix, and where it came from for the summary line."""
-    X, header = read_matrix(args.input, args.key, header=args.header, return_header=True)
+def _read_input(args, shard: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+    """The input matrix (``shard``: of a rank, see ``read_matrix``), and where it came from for the
+    summary line."""
+    X, header = read_matrix(args.input, args.key, header=args.header, return_header=True, shard=shard)
     source = f"read from {args.input}" + ("" if header is None else f" (header: {'yes' if header else 'no'})")
     return X, source
 
@@ -194,6 +193,8 @@ def _read_input(args) -> tuple[np.ndarray, str]:
 # Each rda-ext fit starts afresh; it is distributed when torchrun launched it.
 _NOT_OPTIONS = ("warm_start", "distributed")
 _OPTION_FLAGS = {"random_state": ("--seed",), "verbose": ("-v", "--verbose")}
+
+
 def _inner_epochs(text: str) -> str | int:
     if text == "auto":
         return text
@@ -263,8 +264,8 @@ def _demo(args) -> int:
 def _fit(args) -> int:
     global _torchrun_worker
     ranks = _join_torchrun(args)
-    if ranks is None:
-        return _fit_rows(args, None)
+    if not ranks.distributed:  # no process group to close
+        return _fit_rows(args, ranks)
     _torchrun_worker = True
     try:
         code = _fit_rows(args, ranks)
@@ -274,11 +275,11 @@ def _fit(args) -> int:
         torch.distributed.destroy_process_group()
 
 
-def _join_torchrun(args) -> RowGroup | None:
+def _join_torchrun(args) -> RowGroup:
     """Under torchrun (its WORLD_SIZE in the environment) the process group of the job: NCCL on
-    GPUs (each rank on the GPU of its LOCAL_RANK), gloo on CPUs. None for a plain run."""
+    GPUs (each rank on the GPU of its LOCAL_RANK), gloo on CPUs. A single process for a plain run."""
     if "WORLD_SIZE" not in os.environ:
-        return None
+        return SINGLE_PROCESS
     if args.device.startswith("cuda:"):
         raise ValueError(f"--device {args.device}: under torchrun each rank takes the GPU of its LOCAL_RANK; "
                          'use --device cuda (or "auto")')
@@ -296,21 +297,15 @@ def _join_torchrun(args) -> RowGroup | None:
     return RowGroup()
 
 
-def _fit_rows(args, ranks: RowGroup | None) -> int:
-    folder = result_folder.is_folder_target(args.out)
-    if ranks is not None:  # rank 0 decides for all: the collectives that follow depend on it
-        folder = bool(ranks.broadcast_int(int(folder)))
+def _fit_rows(args, ranks: RowGroup) -> int:
+    # Rank 0 decides for all: the collectives that follow depend on it.
+    folder = bool(ranks.broadcast_int(int(asks_for_folder(args.out))))
 
     def prepare():
         # Every path of the job at once, on every rank: a collision fails before the fit, not after.
-        if folder:
-            result_folder.check_folder_target(args.out)
-        outputs = {"--out": None if folder else args.out, "--model": args.model}
-        check_paths({"input": args.input}, outputs, {"--out": args.out if folder else None,
-                                                     "--checkpoint": args.checkpoint})
-        X, header = read_matrix(args.input, args.key, header=args.header, return_header=True,
-                                shard=None if ranks is None else (ranks.rank, ranks.size))
-        return X, f"read from {args.input}" + ("" if header is None else f" (header: {'yes' if header else 'no'})")
+        check_paths({"input": args.input}, {"--out": None if folder else args.out, "--model": args.model},
+                    {"--out": args.out if folder else None, "--checkpoint": args.checkpoint}, whole=("--out",))
+        return _read_input(args, ranks.shard)
 
     X, source = agreed(ranks, prepare)
     est = RobustAutoencoder(**{p.name: getattr(args, p.name) for p in _estimator_parameters()})
@@ -318,95 +313,20 @@ def _fit_rows(args, ranks: RowGroup | None) -> int:
         warnings.simplefilter("always")
         # Python's own default: an import cut short by Ctrl-C leaves a file for the collector to close.
         warnings.simplefilter("ignore", ResourceWarning)
-        warnings.showwarning = _warning_line if ranks is None or ranks.rank == 0 else _no_warning
+        warnings.showwarning = _warning_line if ranks.rank == 0 else _no_warning
         est.fit(X)
-    history = np.array([[h[k] for k in HISTORY_KEYS] for h in est.history_], dtype=np.float64)
-    n = len(X) if ranks is None else ranks.count(len(X))
-    if folder:
-        _write_folder(args, est, history, ranks)
-        flagged = int(est.labels_.sum()) if ranks is None else ranks.count(int(est.labels_.sum()))
-    else:
-        rows = _gather_rows(est, ranks, ("L", "S", "scores", "labels"))
-        flagged = int(rows["labels"].sum()) if rows is not None else 0
-
-        def write():
-            if rows is None:  # ranks other than 0
-                return
-            result = npz_writer(
-                **rows, lam=np.float64(est.lam_), threshold=np.float64(est.threshold_), history=history,
-                history_columns=np.array(HISTORY_KEYS),
-            )
-            # The result and the model are written together, all or none.
-            outputs = [(args.out, result)] + ([(args.model, _model_of_all_rows(est, rows))] if args.model else [])
-            atomic_write_all(outputs)
-
-        agreed(ranks, write)
-    if ranks is None or ranks.rank == 0:
+    n = ranks.count(len(X))
+    flagged = write_fit(est, args.out, args.model, folder, ranks)
+    if ranks.rank == 0:
         h = est.history_[-1]
         print(
             f"{n} rows x {X.shape[1]} features {source}"
-            + (f" on {ranks.size} ranks ({ranks.backend})" if ranks else "")
+            + (f" on {ranks.size} ranks ({ranks.backend})" if ranks.distributed else "")
             + f", {est.n_iter_} outer iterations, lam {est.lam_:.6g}: {flagged} rows flagged, {h['n_nonzero']} "
             f"non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
         )
     return 0
 
-
-def _gather_rows(est, ranks: RowGroup | None, keys: tuple[str, ...]) -> dict | None:
-    """``keys`` of L, S, scores and labels for all rows: on rank 0 (gathered), None on the others."""
-    mine = {k: v for k, v in _fitted_rows(est).items() if k in keys}
-    if ranks is None:
-        return mine
-    parts = [None] * ranks.size if ranks.rank == 0 else None
-    torch.distributed.gather_object(mine, parts, dst=0, group=ranks.group)
-    if parts is None:
-        return None
-    return {k: np.concatenate([p[k] for p in parts]) for k in mine}
-
-
-def _model_of_all_rows(est, rows: dict):
-    """The model file of a single-process fit: the training scores and labels of all rows."""
-    own = est.decision_scores_, est.labels_
-    est.decision_scores_, est.labels_ = rows["scores"], rows["labels"]
-    try:
-        return model_writer(est, data=False)
-    finally:
-        est.decision_scores_, est.labels_ = own
-
-
-def _write_folder(args, est, history: np.ndarray, ranks: RowGroup | None) -> None:
-    """--out DIR/: each rank writes its rows into the folder's arrays; rank 0 puts the folder in
-    place once all have."""
-    mine = _fitted_rows(est)
-    counts = [len(est.L_)] if ranks is None else ranks.rows_per_rank(len(est.L_))
-    rank = 0 if ranks is None else ranks.rank
-    shapes = {k: ((sum(counts), *v.shape[1:]), v.dtype) for k, v in mine.items()}
-    meta = dict(lam=est.lam_, threshold=est.threshold_, history_columns=list(HISTORY_KEYS),
-                history=history.tolist(), rows=sum(counts), world_size=len(counts),
-                backend=None if ranks is None else ranks.backend)
-    try:
-        agreed(ranks, lambda: result_folder.create(args.out, shapes) if rank == 0 else None)
-        agreed(ranks, lambda: result_folder.write_rows(args.out, sum(counts[:rank]), mine))
-        rows = _gather_rows(est, ranks, ("scores", "labels")) if args.model else None
-
-        def finish():
-            if rank == 0:  # the model and the folder together, all or none
-                model = [(args.model, _model_of_all_rows(est, rows))] if args.model else []
-                result_folder.finish(args.out, meta, model)
-
-        agreed(ranks, finish)
-    except BaseException:  # an interrupt too: nothing of this run stays behind
-        if rank == 0:
-            result_folder.discard(args.out)
-        raise
-
-
-def _fitted_rows(est) -> dict:
-    return dict(L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_)
-
-
-def _no_warning(*args, **kwargs):
-    """Ranks other than 0 keep quiet: rank 0 says it once for the job."""
 
 def _score(args) -> int:
     check_paths({"model": args.model, "input": args.input}, {"--out": args.out})
@@ -414,7 +334,7 @@ def _score(args) -> int:
     X, source = _read_input(args)
     scores = est.decision_function(X)
     labels = (scores > est.threshold_).astype(np.int64)
-    save_npz(args.out, scores=scores, labels=labels, threshold=np.float64(est.threshold_))
+    write_scores(args.out, scores, labels, est.threshold_)
     print(
         f"{len(X)} rows scored ({X.shape[1]} features {source}), {int(labels.sum())} above the threshold "
         f"{est.threshold_:.6g} -> {args.out}"
@@ -430,3 +350,7 @@ def _info(args) -> int:
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"rda-ext: warning: {message}", file=sys.stderr)
+
+
+def _no_warning(*args, **kwargs):
+    """Ranks other than 0 keep quiet: rank 0 says it once for the job."""

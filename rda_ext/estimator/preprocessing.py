@@ -6,10 +6,12 @@ holds. And the output activation that suits it."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from rda_ext.solver.collectives import RowGroup
+from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup
+from rda_ext.validation import like_input, output_dtype
 
 # The normal distribution's interquartile range in standard deviations: IQR / 1.349 estimates the
 # standard deviation of the bulk of a column without letting its outliers set the scale.
@@ -18,16 +20,15 @@ IQR_PER_SD = 1.3489795003921634
 CHUNK_ENTRIES = 1 << 22
 
 
-def in_unit_interval(X: Tensor, ranks: RowGroup | None = None) -> bool:
+def in_unit_interval(X: Tensor, ranks: RowGroup = SINGLE_PROCESS) -> bool:
     """Whether X (all ranks' rows of it) lies in [0, 1]."""
     lo, hi = torch.aminmax(X)
-    if ranks is not None:
-        lo, hi = ranks.min(lo), ranks.max(hi)
+    lo, hi = ranks.min(lo), ranks.max(hi)
     return bool(lo >= 0) and bool(hi <= 1)
 
 
 def scaling_for(name: str, X: Tensor, inside: bool | None = None,
-                ranks: RowGroup | None = None) -> tuple[Tensor, Tensor] | None:
+                ranks: RowGroup = SINGLE_PROCESS) -> tuple[Tensor, Tensor] | None:
     """The (center, scale) per column (float64) of preprocessing ``name`` on X; None for "none".
     "auto" is "minmax" when X has values outside [0, 1], else "none": on the tables of
     benchmarks/quality/tabular.py the range kept the detection of the defaults (a sigmoid output
@@ -43,8 +44,7 @@ def scaling_for(name: str, X: Tensor, inside: bool | None = None,
         return None
     if name == "minmax":
         lo, hi = (t.double() for t in torch.aminmax(X, dim=0))
-        if ranks is not None:
-            lo, hi = ranks.min(lo), ranks.max(hi)
+        lo, hi = ranks.min(lo), ranks.max(hi)
         center, scale, spread = lo, torch.where(hi > lo, hi - lo, torch.ones_like(lo)), "range"
     else:
         (center, scale), spread = robust_scaling(X), "spread (interquartile range / 1.349, or standard deviation)"
@@ -158,9 +158,24 @@ def unscale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool 
 
 
 def resolve_output_activation(name: str, X: Tensor, inside: bool | None = None,
-                              ranks: RowGroup | None = None) -> str:
+                              ranks: RowGroup = SINGLE_PROCESS) -> str:
     """"auto": "sigmoid" when the network's input X lies in [0, 1] (``inside``, where the caller
     knows it already), else "linear"."""
     if name == "auto":
         return "sigmoid" if (in_unit_interval(X, ranks) if inside is None else inside) else "linear"
     return name
+
+
+def in_xs_units(t: Tensor, X, name: str, scaling: tuple[Tensor, Tensor] | None, center: bool = True):
+    """``t`` (L or S in the network's input space) in X's units and in the form of the caller's X
+    (rounded once, to its dtype), refused where that dtype cannot hold it: the residual of a column
+    near the ends of float32 may span twice as much."""
+    out = like_input(unscale_rows(t, scaling, center, dtype=output_dtype(X, t.dtype)), X)
+    finite = np.isfinite(out).all(0) if isinstance(out, np.ndarray) else torch.isfinite(out).all(0).cpu().numpy()
+    if not finite.all():
+        j = int(np.flatnonzero(~finite)[0])
+        dtype = str(out.dtype).removeprefix("torch.")
+        advice = "pass X as float64, or divide that column by a constant" if dtype != "float64" else \
+            "divide that column by a constant"
+        raise ValueError(f"{name} (in X's units) has values beyond the range of {dtype} in column {j}: {advice}")
+    return out

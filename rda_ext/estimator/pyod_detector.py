@@ -40,10 +40,9 @@ class RDADetector(BaseDetector):
     -----------------
     estimator_ : the fitted ``RobustAutoencoder``.
     decision_scores_ : ``estimator_.decision_scores_``, the estimator's ``outlier_score`` of each training row.
-    threshold_, labels_ : PyOD's, from the scores and ``contamination``: the top
-        ``contamination`` fraction of the training scores is labelled 1. This may differ slightly
-        from ``estimator_.labels_`` (its own quantile; with outlier_score="residual" and "l21_rows", the
-        rows where S is non-zero).
+    threshold_, labels_ : the estimator's (``estimator_.threshold_``, ``estimator_.labels_``), so
+        that the adapter and the estimator flag the same rows and ``predict`` agrees with
+        ``estimator_.predict``. With a thresholder object, the thresholder's (PyOD's own way).
     """
 
     def __init__(self, estimator: RobustAutoencoder | None = None, contamination: float = 0.1) -> None:
@@ -62,7 +61,11 @@ class RDADetector(BaseDetector):
         # make a warm_start template continue from an earlier fit.
         self.estimator_ = type(template)(**params).fit(X)
         self.decision_scores_ = self.estimator_.decision_scores_
-        self._process_decision_scores()
+        self._process_decision_scores()  # PyOD's statistics of the scores, which predict_proba uses
+        if isinstance(self.contamination, (float, int)):
+            # One threshold: the estimator's own, rather than PyOD's percentile of the same scores.
+            self.threshold_ = self.estimator_.threshold_
+            self.labels_ = np.asarray(self.estimator_.labels_, dtype=np.int64)
         return self
 
     def decision_function(self, X: ArrayLike | torch.Tensor) -> np.ndarray:

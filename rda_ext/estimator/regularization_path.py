@@ -10,11 +10,13 @@ from collections import Counter
 import numpy as np
 import torch
 
-from rda_ext.estimator.robust_autoencoder import RobustAutoencoder, _initial_seed
+from rda_ext.estimator.fitted_state import FittedState
+from rda_ext.estimator.fitting import initial_seed
+from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
 from rda_ext.estimator.stacked_fit import fit_together
 from rda_ext.ops import GROUP_DIM
 from rda_ext.solver.collectives import row_group
-from rda_ext.validation import to_cpu
+from rda_ext.validation import check_params, to_cpu
 
 # The checkpoint subfolder of the i-th fit of a path (in the order of the fits, decreasing lam):
 # "lam-<i>-<lam>", the lam as Python's repr of the float, which reads back to the same number.
@@ -63,7 +65,7 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     if "lam" in params:
         raise ValueError("pass the lam values as lams, not lam=")
     ordered = sorted(_lam_values(lams), reverse=True)
-    RobustAutoencoder(**params)._check_params()
+    check_params(RobustAutoencoder(**params).get_params())
     checkpoint = params.pop("checkpoint", None)
     if parallel:
         if checkpoint is not None:
@@ -71,11 +73,11 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
                              "run and keeps no state to resume): pass checkpoint=None, or parallel=False to "
                              "checkpoint each lam's fit")
         # One seed for all (None or a numpy generator draws it once): the fits differ in lam only.
-        params["random_state"] = _initial_seed(params.get("random_state"))
+        params["random_state"] = initial_seed(params.get("random_state"))
         fits = fit_together([RobustAutoencoder(**params, lam=lam) for lam in ordered], X)
         return [_result(est, est.history_) for est in fits]
     est = RobustAutoencoder(**params)
-    if row_group(est.distributed) is not None:
+    if row_group(est.distributed).distributed:
         raise ValueError("lambda_path runs on one process: with a torch.distributed process group initialised, "
                          "pass distributed=False to fit each rank's rows alone")
     folders = [None] * len(ordered) if checkpoint is None else _lam_folders(checkpoint, ordered)
@@ -146,9 +148,9 @@ def _lam_folders(checkpoint, ordered: list[float]) -> list[str]:
 
 
 def _result(est: RobustAutoencoder, run: list[dict]) -> dict:
-    dim = GROUP_DIM[est.penalty]
-    nonzero = None if dim is None else to_cpu(est.S_).abs().sum(dim).gt(0).numpy()
+    state, dim = FittedState.of(est), GROUP_DIM[est.penalty]
+    nonzero = None if dim is None else to_cpu(state.S_).abs().sum(dim).gt(0).numpy()
     return dict(
-        lam=est.lam_, decision_scores=est.decision_scores_, labels=est.labels_,
-        n_flagged=int(est.labels_.sum()), n_nonzero=run[-1]["n_nonzero"], nonzero_groups=nonzero, history=run,
+        lam=state.lam_, decision_scores=state.decision_scores_, labels=state.labels_,
+        n_flagged=int(state.labels_.sum()), n_nonzero=run[-1]["n_nonzero"], nonzero_groups=nonzero, history=run,
     )

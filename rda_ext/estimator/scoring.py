@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from rda_ext.solver.collectives import RowGroup
-from rda_ext.solver.training import CHUNK_ROWS
+from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup
+from rda_ext.solver.training import CHUNK_ROWS, in_precision, map_chunks
 
 RESIDUAL_FLOOR = 0.1
 
@@ -47,7 +48,7 @@ def _chunks(X: Tensor, L: Tensor, Z: Tensor) -> Iterator[tuple[slice, Tensor, Te
 
 
 @torch.no_grad()
-def fit_statistics(X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, ranks: RowGroup | None = None) -> Statistics:
+def fit_statistics(X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, ranks: RowGroup = SINGLE_PROCESS) -> Statistics:
     """(sigma (d,), mu (k,), Sigma^+ (k, k)), float64 on X's device, from the rows of X (with their
     reconstruction L and code Z) where ``reference`` is True, over all ranks' rows when ``ranks``
     is given. The covariance is summed about the mean, which a code unit of small variance needs."""
@@ -59,8 +60,7 @@ def fit_statistics(X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, ranks: Ro
         sums[d : d + k] += z[keep].sum(0)
         sums[-2] += x[keep].to(torch.float64).square().sum()
         sums[-1] += keep.sum()
-    if ranks is not None:
-        sums = ranks.sum(sums)  # squared residuals, codes, squared entries and the count of the reference rows
+    sums = ranks.sum(sums)  # squared residuals, codes, squared entries and the count of the reference rows
     count = sums[-1].clamp(min=1)
     rms = (sums[:d] / count).sqrt()
     # Residuals below X's rounding are no scale: a network that reconstructs the reference rows
@@ -73,8 +73,7 @@ def fit_statistics(X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, ranks: Ro
         rows = slice(start, start + CHUNK_ROWS)
         dz = Z[rows][reference[rows]].to(torch.float64) - mu
         scatter += dz.T @ dz
-    if ranks is not None:
-        scatter = ranks.sum(scatter)  # the reference rows' code products about mu
+    scatter = ranks.sum(scatter)  # the reference rows' code products about mu
     return sigma, mu, torch.linalg.pinv(scatter / count, hermitian=True)
 
 
@@ -96,3 +95,23 @@ def row_scores(X: Tensor, L: Tensor, Z: Tensor, statistics: Statistics) -> Tenso
     """The "residual+code" score of each row of X (float64), with its reconstruction L and code Z."""
     residual, code = score_terms(X, L, Z, statistics)
     return residual + code
+
+
+def fitted_scores(outlier_score: str, penalty: str, contamination: float, solver, model, amp, lam: float,
+                  ranks: RowGroup) -> tuple[Tensor, float, np.ndarray, Statistics | None]:
+    """The scores of a finished fit's training rows (float64), its threshold, labels (int64 numpy)
+    and the statistics of the "residual+code" score (None for "residual"). The codes of the
+    training rows are computed once, in the fit's precision ``amp``."""
+    residuals = solver.row_scores().to(torch.float64)
+    statistics = None
+    scores = residuals
+    if outlier_score == "residual+code":
+        codes = map_chunks(in_precision(model.encode, amp), solver.X)
+        reference = residuals <= ranks.quantile(residuals, 1.0 - contamination)
+        statistics = fit_statistics(solver.X, solver.L, codes, reference, ranks)
+        scores = row_scores(solver.X, solver.L, codes, statistics)
+    if outlier_score == "residual" and penalty == "l21_rows":
+        # The rows above lam are those where S is non-zero.
+        return scores, lam, solver.nonzero_groups(lam).cpu().numpy().astype(np.int64), statistics
+    threshold = ranks.quantile(scores, 1.0 - contamination)
+    return scores, threshold, (scores > threshold).cpu().numpy().astype(np.int64), statistics

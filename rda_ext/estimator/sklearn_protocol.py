@@ -53,10 +53,15 @@ class SklearnProtocol:
         )
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} instance is not fitted yet: call fit with appropriate arguments first"
-            )
+        check_fitted(self)
+
+
+def check_fitted(est) -> None:
+    """NotFittedError where ``est`` has not been fitted."""
+    if not hasattr(est, "model_"):
+        raise NotFittedError(
+            f"this {type(est).__name__} instance is not fitted yet: call fit with appropriate arguments first"
+        )
 
 
 def _same(a, b) -> bool:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from rda_ext.data.fingerprint import fingerprint
+from rda_ext.estimator import fitting
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
-from rda_ext.solver.collectives import row_group
-from rda_ext.solver.stacked import StackedAutoencoder, StackedRDASolver
+from rda_ext.io.fingerprint import fingerprint
+from rda_ext.solver.collectives import SINGLE_PROCESS, row_group
+from rda_ext.solver.engine import Engine
+from rda_ext.solver.schedule import Schedule
+from rda_ext.solver.stacked import StackedAutoencoder, StackedNetworks
 from rda_ext.solver.training import make_optimizer
 from rda_ext.validation import (
     as_matrix,
+    check_params,
     resolve_device,
     resolve_dtype,
     resolve_precision,
@@ -48,8 +52,8 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                              "(e.g. sklearn.base.clone of one)")
         seen[id(est)] = i
     for est in estimators:
-        est._check_params()
-        if row_group(est.distributed) is not None:
+        check_params(est.get_params())
+        if row_group(est.distributed).distributed:
             raise ValueError("fit_together (and lambda_path) runs on one process: with a torch.distributed process "
                              "group initialised, pass distributed=False to fit each rank's rows alone")
     first = estimators[0]
@@ -61,21 +65,23 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                                  "them in one step, which needs it shared")
     device, dtype = resolve_device(first.device), resolve_dtype(first.dtype)
     # The shared parameters decide the standardisation and the output activation alike for all.
-    Xt, scaling, output_activation = first._network_input(as_matrix(X, "X", device, dtype))
+    Xt, scaling, output_activation = fitting.network_input(first, as_matrix(X, "X", device, dtype), SINGLE_PROCESS)
     if first.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
         warn_if_outside_output_range(Xt, output_activation)
-    nets, batch_seeds = zip(*(est._new_network(Xt.shape[1], device, dtype, output_activation) for est in estimators))
+    nets, batch_seeds = zip(*(fitting.new_network(est, Xt.shape[1], device, dtype, output_activation, SINGLE_PROCESS)
+                              for est in estimators))
     model = StackedAutoencoder(list(nets))
-    optim = make_optimizer(model, first.optimizer, float(first.lr))
-    batches = torch.Generator(device=device).manual_seed(batch_seeds[0])
-    # The fits' own solvers only take proximal steps: no model, optimizer or batch order of their own.
-    solvers = [est._solver(None, None, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), None) for est in estimators]
-    stacked = StackedRDASolver(model, optim, solvers, inner_epochs=solvers[0].inner_epochs, batch_size=first.batch_size,
-                               generator=batches, amp=resolve_precision(first.precision, device, dtype))
+    schedule = Schedule.of_fit(first.inner_epochs, first.batch_size, [Xt.shape[0]], lockstep=False)
+    network = StackedNetworks(model, make_optimizer(model, first.optimizer, float(first.lr)), schedule,
+                              torch.Generator(device=device).manual_seed(batch_seeds[0]),
+                              resolve_precision(first.precision, device, dtype))
+    solvers = [fitting.new_solver(est, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), SINGLE_PROCESS)
+               for est in estimators]
     data_print = fingerprint(Xt)
-    for est, (rows, solver, network) in zip(estimators, stacked.run(first.outer_iter, first.tol)):
+    for est, (rows, solver, net) in zip(estimators, Engine(network, solvers).run(first.outer_iter, first.tol)):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
-        est._store(X, solver, network, None, batch_seeds[0], history, len(history), scaling, data_print=data_print)
+        fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling, SINGLE_PROCESS,
+                         data_print).apply(est)
     return estimators
 
 

@@ -14,6 +14,7 @@ from rda_ext import ops
 from rda_ext.estimator import scoring
 from rda_ext.solver import survival_threshold
 from rda_ext.solver.autoencoder import DeepAutoencoder
+from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.training import make_optimizer, map_chunks, train_epochs
 from rda_ext.validation import resolve_device
 
@@ -41,7 +42,7 @@ def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3,
         raise ValueError(f'outlier_score="residual+code" needs a contamination in (0, 0.5), got {contamination!r}')
     data, init, batches = _setup(X, device, seed)
     model = DeepAutoencoder((data.shape[1], *hidden), activation, generator=init).to(data.device)
-    train_epochs(model, make_optimizer(model, "adam", lr), data, epochs, batch_size, batches)
+    train_epochs(model, make_optimizer(model, "adam", lr), data, Schedule(epochs, batch_size), batches)
     errors = _row_errors(model, data)
     if outlier_score == "residual":
         return errors
@@ -89,7 +90,7 @@ def vae_scores(X, hidden=400, latent=20, epochs=200, batch_size=64, lr=1e-3, dev
     data, _, batches = _setup(X, device, seed)
     torch.manual_seed(seed)
     model = VariationalAutoencoder(data.shape[1], hidden, latent).to(data.device)
-    train_epochs(model, make_optimizer(model, "adam", lr), data, epochs, batch_size, batches, loss_fn=model.loss)
+    train_epochs(model, make_optimizer(model, "adam", lr), data, Schedule(epochs, batch_size), batches, loss_fn=model.loss)
     return _row_errors(model, data)
 
 
@@ -108,7 +109,7 @@ def rcae(X, lam=None, contamination=None, hidden=(400, 200), outer_iter=20, inne
     N = torch.zeros_like(data)
     R = torch.empty_like(data)
     for _ in range(outer_iter):
-        train_epochs(model, opt, data, inner_epochs, batch_size, batches, target=data - N)
+        train_epochs(model, opt, data, Schedule(inner_epochs, batch_size), batches, target=data - N)
         model.eval()
         with torch.no_grad():
             torch.sub(data, map_chunks(model, data), out=R)

@@ -17,7 +17,7 @@ from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
 from rda_ext.estimator import RobustAutoencoder
 from rda_ext.experiments.baselines import autoencoder_scores
 from rda_ext.experiments.metrics import detection_report
-from rda_ext.validation import resolve_inner_epochs
+from rda_ext.solver.schedule import resolve_inner_epochs
 
 NOMINAL, FRACTION = 4, 0.052
 # The network and schedule of the paper's experiment, shown beside the defaults: on this small set
