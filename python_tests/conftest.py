@@ -41,6 +41,12 @@ def gen(request) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture
+def seed(gen) -> int:
+    """The generator fixture's seed as an int, for numpy, random_state and planted."""
+    return int(gen.initial_seed())
+
+
 def rand(shape, dtype, device, gen, layout="contiguous", scale=1.0) -> torch.Tensor:
     """Random normal values (never all zero) of the given shape, stored in the given layout:
     transposed = column-major, sliced = every other row and column of a larger tensor, padded =

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from rda_ext.solver import training
 from rda_ext.solver.autoencoder import ACTIVATIONS, DeepAutoencoder
+from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.training import make_optimizer, map_chunks, reconstruct_into, train_epochs
 
 FORMULAS = {
@@ -95,7 +96,7 @@ def test_training_with_a_target_or_a_loss_and_the_returned_loss(gen):
     twin.load_state_dict(model.state_dict())
     optim, twin_optim = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
     order, twin_order = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    loss = train_epochs(model, optim, data, 2, 4, order, target=target)
+    loss = train_epochs(model, optim, data, Schedule(2, 4), order, target=target)
     for _ in range(2):
         perm = torch.randperm(10, generator=twin_order)
         losses = []
@@ -110,9 +111,9 @@ def test_training_with_a_target_or_a_loss_and_the_returned_loss(gen):
     assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(model.parameters(), twin.parameters()))
     # A loss of the batch alone (as the VAE's): its mean over the last epoch's batches.
     calls = []
-    got = train_epochs(model, optim, data, 1, 5, order, loss_fn=lambda b: calls.append(len(b)) or (model(b) ** 2).mean())
+    got = train_epochs(model, optim, data, Schedule(1, 5), order, loss_fn=lambda b: calls.append(len(b)) or (model(b) ** 2).mean())
     assert calls == [5, 5] and got.item() > 0
-    assert train_epochs(model, optim, data, 0, 5, order).item() == 0
+    assert train_epochs(model, optim, data, Schedule(0, 5), order).item() == 0
     assert model.training
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext.experiments.baselines import autoencoder_scores, rcae, vae_scores
 from rda_ext.experiments.metrics import roc_auc

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rda_ext import RobustAutoencoder
-from rda_ext.data.fingerprint import fingerprint
-from rda_ext.solver.checkpoint import LATEST
+from rda_ext.io.fingerprint import fingerprint
+from rda_ext.io.checkpoint import LATEST
 
 FIT = dict(hidden=(3,), outer_iter=2, inner_epochs=1, batch_size=16, output_activation="linear",
            device="cpu", random_state=0, tol=0)

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext import RobustAutoencoder
 from rda_ext.cli import main
@@ -309,7 +309,7 @@ def test_score_writes_the_saved_models_default_score(tmp_path, capsys, data):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_failed_model_save_writes_neither_output(tmp_path, capsys, data, monkeypatch, existing):
-    import rda_ext.cli as cli
+    from rda_ext.io import results
 
     out, model = tmp_path / "r.npz", tmp_path / "m.pt"
     if existing:
@@ -322,7 +322,7 @@ def test_a_failed_model_save_writes_neither_output(tmp_path, capsys, data, monke
             raise OSError(28, "No space left on device")
         return write
 
-    monkeypatch.setattr(cli, "model_writer", failing_writer)
+    monkeypatch.setattr(results, "model_writer", failing_writer)
     code, _, err = run_main(capsys, "fit", tmp_path / "X.npy", "--out", out, "--model", model, *FAST)
     assert_user_error(code, err, "No space left on device")
     if existing:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rda_ext.cli import main
-from rda_ext.data import result_folder
+from rda_ext.io import result_folder
 
 TINY = ["--hidden", "3", "--outer-iter", "1", "--inner-epochs", "1", "--batch-size", "8",
         "--output-activation", "linear", "--device", "cpu", "--seed", "0"]
@@ -206,7 +206,7 @@ def _fail_in(monkeypatch, target, name, exc):
 def test_a_folder_output_that_fails_or_is_interrupted_leaves_nothing(work, capsys, monkeypatch, step, exc):
     """Whatever step of the folder write fails (a full disk) or is interrupted (SIGINT), neither the
     folder, nor its temporary, nor the model file written with it remain."""
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
     if step == "create":
         _fail_in(monkeypatch, result_folder, "create", exc)
@@ -224,7 +224,7 @@ def test_a_folder_output_that_fails_or_is_interrupted_leaves_nothing(work, capsy
 
         monkeypatch.setattr(result_folder.os, "rename", rename)
     else:
-        real = files.os.replace
+        real = atomic.os.replace
 
         def replace(src, dst):
             if dst.endswith("m2.pt"):

@@ -1,4 +1,4 @@
-"""Issue 11 (hardening) of the rda-ext command: unsupported dtypes and allocations too large for
+"""Hardening of the rda-ext command: unsupported dtypes and allocations too large for
 memory are one-line user errors; outputs follow the umask, a read-only OUT is refused, and
 SIGINT / SIGTERM / SIGKILL leave no temporary file and OUT whole or absent."""
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from rda_ext.cli import main
-from rda_ext.data import files
-from rda_ext.data.files import atomic_write, read_matrix, save_npz
+from rda_ext.io import atomic
+from rda_ext.io.atomic import atomic_write, save_npz
+from rda_ext.io.readers import read_matrix
 
 TINY = ["--hidden", "4", "--outer-iter", "1", "--inner-epochs", "1", "--batch-size", "8",
         "--output-activation", "linear", "--device", "cpu", "--seed", "0"]
@@ -132,7 +133,7 @@ def test_other_runtime_errors_are_not_disguised(monkeypatch, tmp_path, X):
 def write_path(request, monkeypatch):
     """Both ways of writing: O_TMPFILE where the system allows it, and the named fallback."""
     if request.param == "named":
-        monkeypatch.setattr(files, "_open_unnamed", lambda directory: None)
+        monkeypatch.setattr(atomic, "_open_unnamed", lambda directory: None)
     return request.param
 
 
@@ -281,7 +282,7 @@ def test_sigkill_while_writing_leaves_nothing_after_next_write(tmp_path, X):
 
 
 def test_pid_alive_asks_without_signalling(tmp_path):
-    from rda_ext.data.files import _pid_alive
+    from rda_ext.io.atomic import _pid_alive
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -296,7 +297,7 @@ def test_pid_alive_asks_without_signalling(tmp_path):
 
 
 def test_signals_wait_until_the_renames_are_done():
-    from rda_ext.data.files import signals_held
+    from rda_ext.io.atomic import signals_held
 
     got = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
@@ -314,9 +315,9 @@ def test_signals_wait_until_the_renames_are_done():
 def test_the_unnamed_file_probe(tmp_path, monkeypatch):
     """_open_unnamed tries once per file system whether an O_TMPFILE file can be given a name, and
     remembers it; where it can, it returns such a file (closed on exec), else None."""
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
-    monkeypatch.setattr(files, "_links_unnamed", {})
+    monkeypatch.setattr(atomic, "_links_unnamed", {})
     probe = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR, 0o666)
     try:
         os.link(f"/proc/self/fd/{probe}", tmp_path / "probe")
@@ -325,8 +326,8 @@ def test_the_unnamed_file_probe(tmp_path, monkeypatch):
         linkable = False
     finally:
         os.close(probe)
-    fd = files._open_unnamed(str(tmp_path))
-    assert files._links_unnamed == {os.stat(tmp_path).st_dev: linkable}
+    fd = atomic._open_unnamed(str(tmp_path))
+    assert atomic._links_unnamed == {os.stat(tmp_path).st_dev: linkable}
     assert (fd is not None) == linkable
     if fd is not None:
         assert not os.get_inheritable(fd)
@@ -335,9 +336,9 @@ def test_the_unnamed_file_probe(tmp_path, monkeypatch):
 
 
 def test_a_temporary_file_is_named_beside_its_target(tmp_path, monkeypatch):
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
-    monkeypatch.setattr(files, "_open_unnamed", lambda directory: None)  # the named way
+    monkeypatch.setattr(atomic, "_open_unnamed", lambda directory: None)  # the named way
     seen = []
 
     def write(f):
@@ -353,10 +354,10 @@ def test_a_temporary_file_is_named_beside_its_target(tmp_path, monkeypatch):
 
 def test_an_unnamed_file_that_cannot_be_linked_is_copied(tmp_path, monkeypatch):
     """Where linking the unnamed file is refused after all, its data go to a named file."""
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
     fake = tmp_path / "unnamed"
-    monkeypatch.setattr(files, "_open_unnamed", lambda directory: os.open(fake, os.O_RDWR | os.O_CREAT, 0o600))
+    monkeypatch.setattr(atomic, "_open_unnamed", lambda directory: os.open(fake, os.O_RDWR | os.O_CREAT, 0o600))
     real_link = os.link
 
     def refuse(src, dst, *args, **kwargs):
@@ -372,18 +373,18 @@ def test_an_unnamed_file_that_cannot_be_linked_is_copied(tmp_path, monkeypatch):
 
 
 def test_umask_without_proc(monkeypatch):
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
     def no_proc(*args, **kwargs):
         raise OSError("no /proc")
 
     mask = os.umask(0o027)
     try:
-        monkeypatch.setattr(files, "open", no_proc, raising=False)
-        monkeypatch.setattr(files, "_umask_cache", [])
-        assert files._umask() == 0o027 and files._umask_cache == [0o027]
+        monkeypatch.setattr(atomic, "open", no_proc, raising=False)
+        monkeypatch.setattr(atomic, "_umask_cache", [])
+        assert atomic._umask() == 0o027 and atomic._umask_cache == [0o027]
         assert os.umask(0o027) == 0o027  # set back as it was
-        assert files._umask() == 0o027  # from the cache
+        assert atomic._umask() == 0o027  # from the cache
     finally:
         os.umask(mask)
 
@@ -400,19 +401,19 @@ def test_a_symlink_named_like_a_stale_temporary_is_kept(tmp_path):
 
 
 def test_where_an_output_cannot_go(tmp_path, monkeypatch):
-    from rda_ext.data import files
+    from rda_ext.io import atomic
 
     (tmp_path / "sub").mkdir()
     with pytest.raises(IsADirectoryError) as e:
-        files.check_writable(tmp_path / "sub")
+        atomic.check_writable(tmp_path / "sub")
     assert str(e.value) == f"{tmp_path / 'sub'} is a folder"
     rx = tmp_path / "rx.npz"
     rx.write_bytes(b"")
     rx.chmod(0o555)  # no write bit (execute bits do not make it writable)
     with pytest.raises(PermissionError) as e:
-        files.check_writable(rx)
+        atomic.check_writable(rx)
     assert str(e.value) == f"{rx}: the file exists and is read-only (mode -r-xr-xr-x); make it writable or remove it to replace it"
-    monkeypatch.setattr(files.os, "access", lambda path, mode: False)  # as a user without write access
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)  # as a user without write access
     with pytest.raises(PermissionError) as e:
-        files.check_writable(tmp_path / "new.npz")
+        atomic.check_writable(tmp_path / "new.npz")
     assert str(e.value) == f"{tmp_path / 'new.npz'}: the folder {tmp_path} is not writable"

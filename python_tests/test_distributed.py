@@ -14,11 +14,12 @@ from distributed_ranks import run_ranks
 
 from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
-from rda_ext.data.files import read_matrix, row_range
+from rda_ext.io.readers import read_matrix, row_range
 from rda_ext.ops import PENALTIES
 from rda_ext.solver.collectives import RowGroup
 from rda_ext.solver.distributed import DistributedRDASolver
 from rda_ext.solver.loop import RDASolver
+from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.training import train_epochs
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -44,8 +45,7 @@ def _problem(seed: int, dtype: torch.dtype, ties: bool):
 
 
 def _solver(cls, X, L, P, penalty, lam, **kw):
-    s = cls(None, None, X, torch.zeros_like(X), P.clone(), penalty=penalty, lam=lam, contamination=0.1,
-            inner_epochs=1, batch_size=8, generator=None, **kw)
+    s = cls(X, torch.zeros_like(X), P.clone(), penalty=penalty, lam=lam, contamination=0.1, **kw)
     s.L = L.clone()
     return s
 
@@ -284,8 +284,8 @@ def test_equal_steps_visit_every_row_each_epoch(n, steps):
 
     model = Recorder()
     data = torch.arange(n, dtype=torch.float32).unsqueeze(1)
-    train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.0), data, 2, 4, torch.Generator().manual_seed(0),
-                 steps=steps)
+    train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.0), data, Schedule(2, 4, steps),
+                 torch.Generator().manual_seed(0))
     assert len(seen) == 2 * steps
     for epoch in (seen[:steps], seen[steps:]):
         rows = sorted(v for batch in epoch for v in batch)

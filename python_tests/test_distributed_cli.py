@@ -17,7 +17,7 @@ import torch
 from distributed_ranks import free_port, torchrun_env
 
 from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
-from rda_ext.solver.checkpoint import LATEST
+from rda_ext.io.checkpoint import LATEST
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 

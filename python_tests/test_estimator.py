@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES, requires_cuda
+from helpers import planted
 
 import rda_ext
 from rda_ext import RobustAutoencoder, lambda_path
@@ -13,23 +14,6 @@ from rda_ext.experiments.metrics import roc_auc
 from rda_ext.solver import HISTORY_KEYS
 
 SMALL = dict(hidden=(16, 4), outer_iter=6, inner_epochs=10, batch_size=16, lr=1e-2, activation="elu")
-
-
-def planted(seed, n=300, d=30, n_out=15):
-    """Rows on a 3-dimensional manifold in [0, 1]^d, plus uniform random outlier rows."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((3, d)) * 2
-    X = 1 / (1 + np.exp(-(rng.standard_normal((n, 3)) @ W)))
-    is_out = np.zeros(n, int)
-    rows = rng.choice(n, n_out, replace=False)
-    X[rows] = rng.random((n_out, d))
-    is_out[rows] = 1
-    return X.astype(np.float32), is_out
-
-
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
 
 
 def test_constructor_only_stores_parameters():

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext import RobustAutoencoder
 from rda_ext.solver import RDASolver, survival_threshold
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.solver.training import make_optimizer
+from rda_ext.solver.engine import Engine
+from rda_ext.solver.schedule import Schedule
+from rda_ext.solver.training import Network, make_optimizer
 
 # The paper's score, the residual norm: these tests check the decomposition and the scores it gives
 # (test_scoring.py checks the default score).
@@ -28,11 +30,6 @@ LAM = {"l1": 0.15, "l21_rows": 0.9, "l21_cols": 2.0}
 # The axis summed over to get a group's norm (None: every entry is a group).
 AXIS = {"l1": None, "l21_rows": 1, "l21_cols": 0}
 PENALTIES = list(AXIS)
-
-
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
 
 
 def data(seed, n=160, d=24):
@@ -122,19 +119,18 @@ def test_the_last_recon_error_and_c2_are_those_of_one_more_outer_iteration_by_ha
 
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_an_outer_iteration_replayed_by_hand(seed, penalty):
-    """RDASolver.iterate against the algorithm written out with plain torch: train on X - S in
+    """An outer iteration of the engine against the algorithm written out with plain torch: train on X - S in
     shuffled minibatches, L = AE(X - S), lam from the contamination, S = prox(X - L), the numbers."""
     g = torch.Generator().manual_seed(seed)
     n, d, batch, epochs = 50, 12, 16, 2
     X = torch.rand(n, d, generator=g, dtype=torch.float64)
     model = DeepAutoencoder((d, 6, 3), "elu", "sigmoid", True, g).double()
     twin = copy.deepcopy(model)
-    solver = RDASolver(
-        model, make_optimizer(model, "adam", 1e-2), X, torch.zeros_like(X), torch.zeros_like(X),
-        penalty=penalty, lam=None, contamination=0.1, inner_epochs=epochs, batch_size=batch,
-        generator=torch.Generator().manual_seed(seed + 1),
-    )
-    rows = [solver.iterate() for _ in range(2)]
+    solver = RDASolver(X, torch.zeros_like(X), torch.zeros_like(X), penalty=penalty, lam=None, contamination=0.1)
+    network = Network(model, make_optimizer(model, "adam", 1e-2), Schedule(epochs, batch),
+                      torch.Generator().manual_seed(seed + 1))
+    engine = Engine(network, [solver])
+    rows = [engine.iterate()[0] for _ in range(2)]
 
     optim = torch.optim.Adam(twin.parameters(), lr=1e-2)
     order = torch.Generator().manual_seed(seed + 1)
@@ -309,7 +305,7 @@ def test_the_quantile_threshold_flags_scores_strictly_above_it(seed, penalty):
 
 
 def test_random_state_seeds_the_weights_then_the_batch_orders(seed):
-    """The fit replayed with RDASolver: the initial weights drawn from random_state, then the batch
+    """The fit replayed with the engine: the initial weights drawn from random_state, then the batch
     order's seed from the same generator; a warm start draws the orders from the next seed."""
     X = data(seed, n=60)
     params = dict(EXACT, outer_iter=1)
@@ -318,16 +314,15 @@ def test_random_state_seeds_the_weights_then_the_batch_orders(seed):
     model = DeepAutoencoder((24, 8, 3), "elu", "sigmoid", True, init).double()
     batch_seed = int(torch.randint(2**62, (), generator=init))
     Xt = torch.from_numpy(X)
-    solver = RDASolver(
-        model, make_optimizer(model, "adam", 1e-2), Xt, torch.zeros_like(Xt), torch.zeros_like(Xt),
-        penalty="l21_rows", lam=0.9, contamination=0.1, inner_epochs=3, batch_size=32,
-        generator=torch.Generator().manual_seed(batch_seed),
-    )
-    solver.run(1, 0.0)
+    solver = RDASolver(Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), penalty="l21_rows", lam=0.9, contamination=0.1)
+    network = Network(model, make_optimizer(model, "adam", 1e-2), Schedule(3, 32),
+                      torch.Generator().manual_seed(batch_seed))
+    engine = Engine(network, [solver])
+    engine.run(1, 0.0)
     np.testing.assert_allclose(est.L_, solver.L.numpy(), rtol=0, atol=1e-12)
     est.set_params(warm_start=True).fit(X)
-    solver.generator = torch.Generator().manual_seed(batch_seed + 1)
-    solver.run(1, 0.0)
+    network.generator = torch.Generator().manual_seed(batch_seed + 1)
+    engine.run(1, 0.0)
     np.testing.assert_allclose(est.L_, solver.L.numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(est.S_, solver.S.numpy(), rtol=0, atol=1e-12)
 

@@ -14,12 +14,14 @@ import copy
 import pytest
 import torch
 from conftest import requires_cuda
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext import RobustAutoencoder
 from rda_ext.solver import RDASolver
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.solver.training import GraphedStep, make_optimizer, train_epochs
+from rda_ext.solver.engine import Engine
+from rda_ext.solver.schedule import Schedule
+from rda_ext.solver.training import GraphedStep, Network, make_optimizer, train_epochs
 
 
 def eager_capture(calls: list):
@@ -61,8 +63,8 @@ def test_the_graphed_path_trains_as_the_eager_step(gen, n, optimizer):
     graphed = GraphedStep(m2, o2, data.new_empty(16, 7), capture=eager_capture(calls))
     losses = []
     for epochs in (3, 2):  # the step outlives a call: captured once, replayed in the next one
-        a = train_epochs(m1, o1, data, epochs, 16, torch.Generator().manual_seed(seed))
-        b = train_epochs(m2, o2, data, epochs, 16, torch.Generator().manual_seed(seed), graphed=graphed)
+        a = train_epochs(m1, o1, data, Schedule(epochs, 16), torch.Generator().manual_seed(seed))
+        b = train_epochs(m2, o2, data, Schedule(epochs, 16), torch.Generator().manual_seed(seed), graphed=graphed)
         losses.append((a, b))
     for a, b in losses:
         torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
@@ -78,7 +80,7 @@ def test_the_batch_buffer_holds_the_last_full_batch_gathered(gen):
     data = torch.rand(40, 5, dtype=torch.float64, generator=gen)
     model, optim = network(1, 5)
     graphed = GraphedStep(model, optim, data.new_empty(8, 5), capture=eager_capture([]))
-    train_epochs(model, optim, data, 1, 8, torch.Generator().manual_seed(3), graphed=graphed)
+    train_epochs(model, optim, data, Schedule(1, 8), torch.Generator().manual_seed(3), graphed=graphed)
     last_rows = torch.randperm(40, generator=torch.Generator().manual_seed(3))[32:40]
     assert torch.equal(graphed.batch, data[last_rows])
 
@@ -89,12 +91,12 @@ def test_a_solver_with_a_graphed_step_iterates_as_without(gen):
     rows = []
     for graphed in (False, True):
         model, optim = network(seed, 6)
-        solver = RDASolver(model, optim, X, torch.zeros_like(X), torch.zeros_like(X), penalty="l21_rows", lam=None,
-                           contamination=0.1, inner_epochs=2, batch_size=16,
-                           generator=torch.Generator().manual_seed(seed))
-        if graphed:
-            solver.graphed = GraphedStep(model, optim, X.new_empty(16, 6), capture=eager_capture([]))
-        rows.append([{k: v for k, v in solver.iterate().items() if k != "seconds"} for _ in range(3)])
+        step = GraphedStep(model, optim, X.new_empty(16, 6), capture=eager_capture([])) if graphed else None
+        solver = RDASolver(X, torch.zeros_like(X), torch.zeros_like(X), penalty="l21_rows", lam=None,
+                           contamination=0.1)
+        engine = Engine(Network(model, optim, Schedule(2, 16), torch.Generator().manual_seed(seed), graphed=step),
+                        [solver])
+        rows.append([{k: v for k, v in engine.iterate()[0].items() if k != "seconds"} for _ in range(3)])
         rows[-1].append(solver.S.clone())
     for a, b in zip(rows[0][:3], rows[1][:3]):
         assert b == pytest.approx(a, rel=1e-10)
@@ -119,8 +121,8 @@ def test_a_captured_step_trains_as_the_eager_step_on_cuda(gen, precision):
     data = torch.rand(200, 30, generator=gen).cuda()
     (m1, o1), (m2, o2) = network(seed, 30, torch.float32, "cuda"), network(seed, 30, torch.float32, "cuda")
     graphed = GraphedStep(m2, o2, data.new_empty(32, 30), amp)
-    a = train_epochs(m1, o1, data, 4, 32, torch.Generator("cuda").manual_seed(seed), amp=amp)
-    b = train_epochs(m2, o2, data, 4, 32, torch.Generator("cuda").manual_seed(seed), amp=amp, graphed=graphed)
+    a = train_epochs(m1, o1, data, Schedule(4, 32), torch.Generator("cuda").manual_seed(seed), amp=amp)
+    b = train_epochs(m2, o2, data, Schedule(4, 32), torch.Generator("cuda").manual_seed(seed), amp=amp, graphed=graphed)
     assert graphed.captured
     tol = 1e-5 if amp is None else 2e-2
     torch.testing.assert_close(b, a, rtol=tol, atol=tol)
@@ -148,4 +150,4 @@ def test_a_graphed_step_refuses_a_target_or_a_loss(gen):
     graphed = GraphedStep(model, optim, data.new_empty(8, 5), capture=eager_capture([]))
     for extra in (dict(target=data), dict(loss_fn=lambda batch: model(batch).sum())):
         with pytest.raises(ValueError, match="no target or loss_fn"):
-            train_epochs(model, optim, data, 1, 8, torch.Generator().manual_seed(0), graphed=graphed, **extra)
+            train_epochs(model, optim, data, Schedule(1, 8), torch.Generator().manual_seed(0), graphed=graphed, **extra)

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_cli import assert_user_error, run_main
 
-from rda_ext.data import files
-from rda_ext.data.files import read_matrix
+from rda_ext.io import csv as csv_parser
+from rda_ext.io.readers import read_matrix
 
 TINY = ["--hidden", "4", "--outer-iter", "1", "--inner-epochs", "1", "--batch-size", "8",
         "--output-activation", "linear", "--device", "cpu"]
@@ -709,7 +709,7 @@ def test_allow_special_reads_a_pipe(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
 def test_allow_special_keeps_the_line_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 1000)
+    monkeypatch.setattr(csv_parser, "CSV_LINE_LIMIT", 1000)
     path = tmp_path / "zero.csv"
     path.symlink_to("/dev/zero")
     with pytest.raises(ValueError) as e:
@@ -724,7 +724,7 @@ def test_allow_special_keeps_the_line_bound(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
 def test_a_line_of_the_bound_reads_one_past_it_does_not(tmp_path, monkeypatch, newline):
-    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 40)
+    monkeypatch.setattr(csv_parser, "CSV_LINE_LIMIT", 40)
     row = ",".join(["1.0"] * 10)  # 39 characters
     assert len(row) == 39
     for extra, ok in (("", True), ("0", True), ("00", False)):
@@ -739,7 +739,7 @@ def test_a_line_of_the_bound_reads_one_past_it_does_not(tmp_path, monkeypatch, n
 
 
 def test_a_row_spanning_lines_is_bounded_as_a_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 50)
+    monkeypatch.setattr(csv_parser, "CSV_LINE_LIMIT", 50)
     path = write(tmp_path / "x.csv", '1,2\n3,"' + ("x" * 20 + "\n") * 3 + '"\n')
     with pytest.raises(ValueError) as e:
         read_quietly(path)
@@ -748,13 +748,13 @@ def test_a_row_spanning_lines_is_bounded_as_a_whole(tmp_path, monkeypatch):
 
 
 def test_the_bound_counts_each_row_afresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "CSV_LINE_LIMIT", 50)
+    monkeypatch.setattr(csv_parser, "CSV_LINE_LIMIT", 50)
     row = ",".join(["1.5"] * 12)  # 47 characters, far less than the whole file
     assert read_quietly(write(tmp_path / "x.csv", "\n".join([row] * 30) + "\n")).shape == (30, 12)
 
 
 def test_the_default_bound_is_generous():
-    assert files.CSV_LINE_LIMIT >= 2**24
+    assert csv_parser.CSV_LINE_LIMIT >= 2**24
 
 
 # -- key= on files that have no arrays to choose from -------------------------------------------

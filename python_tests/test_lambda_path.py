@@ -12,7 +12,7 @@ import torch
 from distributed_ranks import run_ranks
 
 from rda_ext import lambda_path
-from rda_ext.solver.loop import RDASolver
+from rda_ext.solver.engine import Engine
 
 TINY = dict(hidden=(4,), outer_iter=3, inner_epochs=1, batch_size=16, tol=0, device="cpu", dtype="float64",
             outlier_score="residual", random_state=0)
@@ -35,15 +35,15 @@ def _numbers(path, seconds=False):
 
 @pytest.fixture
 def runs(monkeypatch):
-    """The outer iterations each solver was asked to run, in order (0 for a fit restored whole)."""
+    """The outer iterations each fit was asked to run, in order (0 for a fit restored whole)."""
     asked = []
-    run = RDASolver.run
+    run = Engine.run
 
     def recording(self, remaining, *args, **kwargs):
         asked.append(remaining)
         return run(self, remaining, *args, **kwargs)
 
-    monkeypatch.setattr(RDASolver, "run", recording)
+    monkeypatch.setattr(Engine, "run", recording)
     return asked
 
 

@@ -1,4 +1,4 @@
-"""Model files and the fitted state (issue 11, items 7-10 and random_state of 15).
+"""Model files and the fitted state, random_state included.
 
 - Parameters given as numpy scalars (which fit accepts) survive save -> load, stored as plain
   Python values, without the estimator's own parameters being changed.
@@ -30,8 +30,7 @@ from hypothesis import strategies as st
 
 import rda_ext.solver.loop
 from rda_ext import RobustAutoencoder
-from rda_ext.estimator import persistence
-from rda_ext.estimator.persistence import _ADDED_PARAMS as ADDED_PARAMS
+from rda_ext.io.model_file import FORMAT, _ADDED_PARAMS as ADDED_PARAMS
 from rda_ext.solver.autoencoder import ACTIVATIONS
 from rda_ext.validation import check_params
 
@@ -235,7 +234,7 @@ def test_warm_start_after_an_architecture_change_trains_a_new_network(change):
 def fail_in_training(monkeypatch):
     """fail_in_training(k): the k-th training call from now on raises (after training), so that
     the fit stops mid-loop with the network already updated."""
-    real = rda_ext.solver.loop.train_epochs
+    real = rda_ext.solver.training.train_epochs
     calls = {"n": 0, "fail_at": None}
 
     def train_epochs(*args, **kwargs):
@@ -245,7 +244,7 @@ def fail_in_training(monkeypatch):
             raise Injected("injected failure in the training step")
         return result
 
-    monkeypatch.setattr(rda_ext.solver.loop, "train_epochs", train_epochs)
+    monkeypatch.setattr(rda_ext.solver.training, "train_epochs", train_epochs)
 
     def arm(k):
         calls["n"], calls["fail_at"] = 0, k
@@ -362,7 +361,7 @@ def test_random_bytes(data):
 
 
 def test_file_with_objects_that_would_run_code(tmp_path):
-    torch.save({"format": persistence.FORMAT, "params": np.float64(0.5)}, tmp_path / "np.pt")
+    torch.save({"format": FORMAT, "params": np.float64(0.5)}, tmp_path / "np.pt")
     assert_clear_error(tmp_path / "np.pt", "not a readable rda_ext model", "numpy")
 
 
@@ -687,7 +686,7 @@ def test_numpy_integer_seed_is_the_int_seed():
     (ValueError(""), "ValueError"),
 ])
 def test_reason_is_the_gist_of_the_load_error(error, expected):
-    from rda_ext.data.state_files import reason
+    from rda_ext.io.state_files import reason
 
     assert reason(error, "a model file") == expected
 

@@ -1,6 +1,6 @@
 """out= on any view of any buffer, hypothesis-generated: every operator either refuses the call
 (and leaves the buffer as it was) or writes exactly the reference's result computed from copies of
-its inputs. Never a silent wrong result, whatever the views share (issue 11, item 1)."""
+its inputs. Never a silent wrong result, whatever the views share."""
 
 import pytest
 import torch

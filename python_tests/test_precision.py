@@ -7,18 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext import RobustAutoencoder, validation
 from rda_ext.validation import PRECISIONS, resolve_precision
 
 SMALL = dict(hidden=(16, 4), outer_iter=3, inner_epochs=2, batch_size=32, lr=1e-2, device="cpu")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
 
 
 def test_bfloat16_computes_the_network_in_bfloat16_and_keeps_the_rest_float32(seed):

@@ -28,11 +28,6 @@ FAST = dict(hidden=(6, 3), outer_iter=3, inner_epochs=3, batch_size=16, lr=1e-2,
             device="cpu", tol=0)
 
 
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
-
-
 def table(seed, n=80):
     """Columns in very different units (as in a medical table), a few rows off the rest."""
     rng = np.random.default_rng(seed)

@@ -48,14 +48,16 @@ def fitted(data):
     return template, RDADetector(template, contamination=CONTAMINATION).fit(data[0])
 
 
-def test_training_labels_follow_pyods_percentile_threshold(fitted):
+def test_training_labels_and_threshold_are_the_estimators(fitted, data):
     _, det = fitted
-    scores = det.decision_scores_
-    assert det.threshold_ == np.percentile(scores, 100 * (1 - CONTAMINATION))
-    np.testing.assert_array_equal(det.labels_, (scores > det.threshold_).astype(int))
-    assert len(np.unique(scores)) == len(scores)
-    # 200 distinct scores: the 90th percentile falls between the 180th and 181st, so 20 rows lie above it.
-    assert det.labels_.sum() == int(len(scores) * CONTAMINATION) == 20
+    est = det.estimator_
+    assert det.threshold_ == est.threshold_
+    np.testing.assert_array_equal(det.labels_, est.labels_)
+    np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    # 200 distinct scores and contamination 0.1: the estimator flags the top 20.
+    assert len(np.unique(det.decision_scores_)) == len(det.decision_scores_)
+    assert det.labels_.sum() == int(len(det.decision_scores_) * CONTAMINATION) == 20
+    np.testing.assert_array_equal(det.predict(data[1]), est.predict(data[1]))
 
 
 def test_scores_are_the_wrapped_estimators(fitted, data):

@@ -5,16 +5,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
-from test_estimator import SMALL, planted
+from helpers import planted
+from test_estimator import SMALL
 
 from rda_ext import RobustAutoencoder
 from rda_ext.estimator import scoring
 from rda_ext.experiments.metrics import roc_auc
-
-
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
 
 
 def by_definition(R, Z, reference, R_new=None, Z_new=None):

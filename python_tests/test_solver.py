@@ -11,21 +11,27 @@ from conftest import DEVICES
 
 from rda_ext import ops, reference
 from rda_ext.solver import RDASolver, TrainingDiverged, survival_threshold
-from rda_ext.solver import loop
+from rda_ext.solver.engine import Engine
+from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.solver.training import make_optimizer
+from rda_ext.solver.training import Network, make_optimizer
 
 CONTAMINATION = 0.1
 
 
-def make_solver(gen, device, penalty, lam, n=97, d=23):
+def make_fit(gen, device, penalty, lam, n=97, d=23) -> Engine:
+    """One fit: its engine, whose ``fits[0]`` is the solver."""
     X = torch.rand(n, d, generator=gen, dtype=torch.float64).to(device)
     model = DeepAutoencoder((d, 5), "elu", "linear", generator=gen).to(device=device, dtype=torch.float64)
-    return RDASolver(
-        model, make_optimizer(model, "adam", 1e-2), X, torch.zeros_like(X), torch.zeros_like(X),
-        penalty=penalty, lam=lam, contamination=CONTAMINATION, inner_epochs=2, batch_size=16,
-        generator=torch.Generator(device=device).manual_seed(int(gen.initial_seed())),
-    )
+    network = Network(model, make_optimizer(model, "adam", 1e-2), Schedule(epochs=2, batch_size=16),
+                      torch.Generator(device=device).manual_seed(int(gen.initial_seed())))
+    solver = RDASolver(X, torch.zeros_like(X), torch.zeros_like(X), penalty=penalty, lam=lam,
+                       contamination=CONTAMINATION)
+    return Engine(network, [solver])
+
+
+def make_solver(gen, device, penalty, lam, n=97, d=23) -> RDASolver:
+    return make_fit(gen, device, penalty, lam, n, d).fits[0]
 
 
 def groups_of(T, penalty):
@@ -37,10 +43,11 @@ def groups_of(T, penalty):
 @pytest.mark.parametrize("penalty", ops.PENALTIES)
 @pytest.mark.parametrize("lam_given", [True, False], ids=["lam", "contamination"])
 def test_iteration_reports_what_the_reference_computes(gen, device, penalty, lam_given):
-    solver = make_solver(gen, device, penalty, 0.3 if lam_given else None)
-    solver.iterate()  # S and LS_prev leave zero
+    fit = make_fit(gen, device, penalty, 0.3 if lam_given else None)
+    solver = fit.fits[0]
+    fit.iterate()  # S and LS_prev leave zero
     S_prev, LS_prev = solver.S.clone(), solver.LS_prev.clone()
-    row = solver.iterate()
+    (row,) = fit.iterate()
     X, L, S = solver.X, solver.L, solver.S
     R = X - L
     lam = row["lam"]
@@ -65,12 +72,12 @@ def test_iteration_reports_what_the_reference_computes(gen, device, penalty, lam
 
 @pytest.mark.parametrize("penalty", ops.PENALTIES)
 def test_run_stops_at_tol_and_reports_each_iteration(gen, penalty):
-    solver = make_solver(gen, "cpu", penalty, 0.3)
     seen = []
-    rows = solver.run(6, tol=0.0, on_iteration=seen.append)
-    assert len(rows) == 6 and seen == rows
+    ((rows, _, _),) = make_fit(gen, "cpu", penalty, 0.3).run(6, tol=0.0, on_iteration=seen.append)
+    assert len(rows) == 6 and seen == [[row] for row in rows]
     # A tolerance every iteration meets stops after the first.
-    assert len(make_solver(gen, "cpu", penalty, 0.3).run(6, tol=1e9)) == 1
+    ((rows, _, _),) = make_fit(gen, "cpu", penalty, 0.3).run(6, tol=1e9)
+    assert len(rows) == 1
 
 
 @pytest.mark.parametrize("fraction, n", [(0.1, 97), (0.05, 20), (0.3, 10), (0.01, 30)])
@@ -89,10 +96,11 @@ def test_survival_threshold_lets_exactly_the_fraction_survive(gen, fraction, n):
 def test_divergence_stops_with_a_clear_error(gen, penalty, lam):
     """SGD with a huge step makes the weights, then L, non-finite: the iteration that sees it raises
     TrainingDiverged naming itself, instead of a NaN decomposition or a kernel's lam error."""
-    solver = make_solver(gen, "cpu", penalty, lam)
-    solver.optimizer = make_optimizer(solver.model, "sgd", 1e6)
+    fit = make_fit(gen, "cpu", penalty, lam)
+    solver = fit.fits[0]
+    fit.network.optimizer = make_optimizer(fit.network.model, "sgd", 1e6)
     with pytest.raises(TrainingDiverged) as e:
-        solver.run(5, tol=0.0)
+        fit.run(5, tol=0.0)
     assert 1 <= solver.iterations <= 5
     message = str(e.value)
     assert re.fullmatch(
@@ -102,8 +110,8 @@ def test_divergence_stops_with_a_clear_error(gen, penalty, lam):
 
 
 def test_a_finite_run_is_not_reported_as_diverged(gen):
-    solver = make_solver(gen, "cpu", "l21_rows", None)
-    rows = solver.run(3, tol=0.0)
+    fit = make_fit(gen, "cpu", "l21_rows", None)
+    ((rows, solver, _),) = fit.run(3, tol=0.0)
     assert len(rows) == 3 and solver.iterations == 3
 
 
@@ -125,17 +133,24 @@ def test_nonzero_groups_counted_as_the_kernel_decides_for_a_lam_float32_rounds(g
     assert int(nnz) == int((s_groups > 0).sum())
 
 
-def scripted(monkeypatch, solver, loss=0.5, L=None, recon_sq=1.0):
-    """The solver with its training and reconstruction replaced by given numbers: train_epochs
-    returns ``loss``, reconstruct_into writes ``L`` (default 0.9 X) and returns ``recon_sq``."""
-    monkeypatch.setattr(loop, "train_epochs", lambda *a, **k: torch.tensor(loss, dtype=torch.float64))
+class Scripted(Network):
+    """A network whose training gives ``loss`` and whose reconstruction writes ``L`` (default
+    0.9 X) and gives ``recon_sq``."""
 
-    def reconstruct_into(model, data, out, **_):
-        out.copy_(0.9 * solver.X if L is None else L)
-        return torch.tensor(recon_sq, dtype=torch.float64)
+    def __init__(self, X, loss, L, recon_sq):
+        self.X, self.loss, self.L, self.recon_sq = X, loss, L, recon_sq
 
-    monkeypatch.setattr(loop, "reconstruct_into", reconstruct_into)
-    return solver
+    def train(self, L):
+        return torch.tensor([self.loss], dtype=torch.float64)
+
+    def reconstruct(self, L):
+        L.copy_(0.9 * self.X if self.L is None else self.L)
+        return torch.tensor([self.recon_sq], dtype=torch.float64)
+
+
+def scripted(solver, loss=0.5, L=None, recon_sq=1.0) -> Engine:
+    """The solver's fit with a ``Scripted`` network."""
+    return Engine(Scripted(solver.X, loss, L, recon_sq), [solver])
 
 
 def _with_inf(T):
@@ -159,7 +174,7 @@ def test_the_error_names_the_number_that_is_not_finite(gen, monkeypatch, case):
     kwargs, what = DIVERGED[case]
     kwargs = {k: v(solver.X) if callable(v) else v for k, v in kwargs.items()}
     with pytest.raises(TrainingDiverged) as e:
-        scripted(monkeypatch, solver, **kwargs).iterate()
+        scripted(solver, **kwargs).iterate()[0]
     assert str(e.value).startswith(f"training diverged at outer iteration 1: {what} is not finite (last training loss ")
 
 
@@ -168,7 +183,7 @@ def test_the_error_names_L_plus_S_for_a_non_finite_c2(gen, monkeypatch):
     solver = make_solver(gen, "cpu", "l21_rows", 0.3)
     solver.LS_prev = _with_inf(solver.LS_prev)
     with pytest.raises(TrainingDiverged) as e:
-        scripted(monkeypatch, solver).iterate()
+        scripted(solver).iterate()[0]
     assert str(e.value).startswith("training diverged at outer iteration 1: L + S is not finite (last training loss 0.5, ")
 
 
@@ -179,7 +194,7 @@ def test_the_error_names_S_for_a_penalty_that_overflows(gen, monkeypatch):
     solver.X = torch.full((4, 3), 3e38)
     solver.S, solver.LS_prev, solver.L = (torch.zeros_like(solver.X) for _ in range(3))
     with pytest.raises(TrainingDiverged) as e:
-        scripted(monkeypatch, solver, L=torch.zeros(4, 3)).iterate()
+        scripted(solver, L=torch.zeros(4, 3)).iterate()[0]
     assert str(e.value).startswith("training diverged at outer iteration 1: S is not finite (last training loss 0.5, ")
 
 
@@ -187,7 +202,7 @@ def test_the_error_names_S_for_a_penalty_that_overflows(gen, monkeypatch):
 def test_the_error_names_the_residual_when_it_gives_lam(gen, monkeypatch, penalty):
     solver = make_solver(gen, "cpu", penalty, None)
     with pytest.raises(TrainingDiverged) as e:
-        scripted(monkeypatch, solver, L=torch.full_like(solver.X, math.nan)).iterate()
+        scripted(solver, L=torch.full_like(solver.X, math.nan)).iterate()[0]
     assert str(e.value).startswith(
         "training diverged at outer iteration 1: the residual X - AE(X - S), whose quantile gives lam, is not finite "
         "(last training loss nan, reconstruction error nan)"
@@ -200,7 +215,7 @@ def test_the_l1_penalty_is_summed_in_float64(gen, monkeypatch):
     solver = make_solver(gen, "cpu", "l1", 0.0, n=4, d=3)
     solver.X = torch.tensor([[1e8], [1.0]] * 500)
     solver.S, solver.LS_prev, solver.L = (torch.zeros_like(solver.X) for _ in range(3))
-    row = scripted(monkeypatch, solver, L=torch.zeros_like(solver.X), recon_sq=0.0).iterate()
+    row = scripted(solver, L=torch.zeros_like(solver.X), recon_sq=0.0).iterate()[0]
     assert row["objective"] == 0.0  # lam = 0
     pen, nnz = solver.penalty_stats(1.0)
     assert float(pen) == 500 * 1e8 + 500 and int(nnz) == 1000
@@ -222,7 +237,7 @@ def test_a_group_whose_norm_equals_lam_is_shrunk_to_zero_and_not_counted(gen, pe
 
 
 def test_seconds_are_the_time_the_iteration_took(gen):
-    solver = make_solver(gen, "cpu", "l21_rows", 0.3)
+    fit = make_fit(gen, "cpu", "l21_rows", 0.3)
     t0 = time.perf_counter()
-    row = solver.iterate()
+    (row,) = fit.iterate()
     assert 0 < row["seconds"] <= time.perf_counter() - t0

@@ -9,27 +9,21 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_estimator import planted
+from helpers import planted
 
 from rda_ext import RobustAutoencoder, fit_together, lambda_path
-from rda_ext.solver import stacked
+from rda_ext.estimator.fitting import new_solver
+from rda_ext.solver import stacked, training
 from rda_ext.solver.autoencoder import DeepAutoencoder
-from rda_ext.solver.stacked import (
-    StackedAutoencoder,
-    StackedRDASolver,
-    stacked_reconstruct_into,
-    stacked_train_epochs,
-)
+from rda_ext.solver.collectives import SINGLE_PROCESS
+from rda_ext.solver.engine import Engine
+from rda_ext.solver.schedule import Schedule
+from rda_ext.solver.stacked import StackedAutoencoder, StackedNetworks, stacked_train_epochs
 from rda_ext.solver.training import make_optimizer, reconstruct_into, train_epochs
 from rda_ext.validation import resolve_device
 
 EXACT = dict(hidden=(8, 3), outer_iter=3, inner_epochs=2, batch_size=32, lr=1e-2, activation="elu", dtype="float64",
              tol=0, device="cpu")
-
-
-@pytest.fixture
-def seed(gen):
-    return int(gen.initial_seed())
 
 
 def nets(seed, k, tied, sizes=(12, 6, 3)):
@@ -58,12 +52,12 @@ def test_each_network_learns_what_it_learns_alone(gen, seed, tied, optimizer):
     singles = nets(seed, 3, tied)
     stack = StackedAutoencoder(singles)
     data = torch.rand(3, 50, 12, generator=gen, dtype=torch.float64)
-    losses = stacked_train_epochs(stack, make_optimizer(stack, optimizer, 1e-2), data, 3, 16,
+    losses = stacked_train_epochs(stack, make_optimizer(stack, optimizer, 1e-2), data, Schedule(3, 16),
                                   torch.Generator().manual_seed(seed))
     recon = torch.empty_like(data)
-    err = stacked_reconstruct_into(stack, data, recon)
+    err = reconstruct_into(stack, data, recon)
     for k, net in enumerate(singles):
-        loss = train_epochs(net, make_optimizer(net, optimizer, 1e-2), data[k], 3, 16, torch.Generator().manual_seed(seed))
+        loss = train_epochs(net, make_optimizer(net, optimizer, 1e-2), data[k], Schedule(3, 16), torch.Generator().manual_seed(seed))
         assert losses[k].item() == pytest.approx(loss.item(), rel=1e-10)
         for a, b in zip(stack.network(k).parameters(), net.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -76,9 +70,9 @@ def test_the_reconstruction_in_chunks_is_the_reconstruction_at_once(gen, seed, m
     stack = StackedAutoencoder(nets(seed, 2, True))
     data = torch.rand(2, 25, 12, generator=gen, dtype=torch.float64)
     whole, parts = torch.empty_like(data), torch.empty_like(data)
-    err = stacked_reconstruct_into(stack, data, whole)
-    monkeypatch.setattr(stacked, "CHUNK_ROWS", 8)  # 4 rows per network and chunk: 7 chunks
-    torch.testing.assert_close(stacked_reconstruct_into(stack, data, parts), err, rtol=1e-12, atol=0)
+    err = reconstruct_into(stack, data, whole)
+    monkeypatch.setattr(training, "CHUNK_ROWS", 8)  # 4 rows per network and chunk: 7 chunks
+    torch.testing.assert_close(reconstruct_into(stack, data, parts), err, rtol=1e-12, atol=0)
     torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-14)
 
 
@@ -188,11 +182,11 @@ def test_copying_a_network_out_leaves_torchs_global_generator_alone(seed):
 
 def test_the_stack_must_match_the_fits(seed):
     X = torch.rand(10, 12, dtype=torch.float64)
-    solver = RobustAutoencoder(**EXACT)._solver(None, None, X, torch.zeros_like(X), torch.zeros_like(X), None)
+    solver = new_solver(RobustAutoencoder(**EXACT), X, torch.zeros_like(X), torch.zeros_like(X), SINGLE_PROCESS)
     with pytest.raises(ValueError) as e:
-        StackedRDASolver(StackedAutoencoder(nets(seed, 2, True)), None, [solver], inner_epochs=1, batch_size=4,
-                         generator=torch.Generator())
-    assert str(e.value) == "2 stacked networks for 1 fits"
+        Engine(StackedNetworks(StackedAutoencoder(nets(seed, 2, True)), None, Schedule(1, 4), torch.Generator()),
+               [solver])
+    assert str(e.value) == "2 networks for 1 fits"
     with pytest.raises(ValueError) as e:
         StackedAutoencoder([*nets(seed, 1, True), *nets(seed, 1, True, sizes=(12, 5, 3))])
     assert str(e.value) == "stacked networks must share one architecture"
@@ -201,10 +195,10 @@ def test_the_stack_must_match_the_fits(seed):
 def test_each_fit_counts_its_iterations_and_the_joint_time(seed):
     X = torch.rand(30, 12, dtype=torch.float64)
     est = RobustAutoencoder(lam=0.5, **EXACT)
-    solvers = [est._solver(None, None, X, torch.zeros_like(X), torch.zeros_like(X), None) for _ in range(2)]
+    solvers = [new_solver(est, X, torch.zeros_like(X), torch.zeros_like(X), SINGLE_PROCESS) for _ in range(2)]
     stack = StackedAutoencoder(nets(seed, 2, True))
-    joint = StackedRDASolver(stack, make_optimizer(stack, "adam", 1e-2), solvers, inner_epochs=1, batch_size=8,
-                             generator=torch.Generator().manual_seed(seed))
+    joint = Engine(StackedNetworks(stack, make_optimizer(stack, "adam", 1e-2), Schedule(1, 8),
+                                   torch.Generator().manual_seed(seed)), solvers)
     for i in range(3):
         t0 = time.perf_counter()
         rows = joint.iterate()
@@ -222,12 +216,14 @@ def test_the_precision_reaches_every_batched_product(seed, monkeypatch):
         seen.append(dtype)
         return real(device, dtype)
 
-    monkeypatch.setattr(stacked, "autocast", spy)
+    monkeypatch.setattr(stacked, "autocast", spy)  # the training steps
+    monkeypatch.setattr(training, "autocast", spy)  # the reconstruction
     X, _ = planted(seed, n=64, d=12)
     params = {**EXACT, "dtype": None, "precision": "bfloat16", "outer_iter": 2}
     ests = fit_together([RobustAutoencoder(lam=lam, random_state=seed, **params) for lam in (0.5, 0.9)], X)
     steps = params["outer_iter"] * params["inner_epochs"] * 2  # 64 rows in batches of 32
-    assert seen == [torch.bfloat16] * (steps + params["outer_iter"])  # plus one reconstruction chunk each
+    # Plus one reconstruction chunk per outer iteration, and one chunk of training scores per estimator.
+    assert seen == [torch.bfloat16] * (steps + params["outer_iter"] + len(ests))
     assert ests[0].L_.dtype == np.float32 and next(ests[0].model_.parameters()).dtype == torch.float32
 
 

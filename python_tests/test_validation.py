@@ -232,7 +232,7 @@ def test_results_take_the_callers_form():
 @pytest.mark.parametrize("n, batch, epochs", [(6316, 128, 1), (6400, 128, 1), (6401, 128, 1), (527, 128, 10),
                                               (190, 128, 25), (1, 128, 50), (60000, 128, 1), (527, 64, 6)])
 def test_auto_inner_epochs_are_the_fewest_whole_epochs_of_at_least_50_steps(n, batch, epochs):
-    from rda_ext.validation import AUTO_STEPS, resolve_inner_epochs
+    from rda_ext.solver.schedule import AUTO_STEPS, resolve_inner_epochs
 
     assert AUTO_STEPS == 50
     assert resolve_inner_epochs("auto", n, batch) == epochs
