@@ -26,7 +26,7 @@ from machine import machine, write_result
 
 from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import load_mnist_5k
-from rda_ext.data.files import row_range
+from rda_ext.io.readers import row_range
 from rda_ext.solver.collectives import RowGroup
 
 PENALTIES = ("l21_rows", "l1", "l21_cols")

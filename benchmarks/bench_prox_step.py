@@ -78,10 +78,7 @@ def main() -> None:
                 (X - L).abs() if ops.GROUP_DIM[penalty] is None else ops.group_norms(X, ops.GROUP_DIM[penalty], minus=L),
                 CONTAMINATION,
             )
-            solver = RDASolver(
-                None, None, X, S_b, P_b, penalty=penalty, lam=lam, contamination=CONTAMINATION,
-                inner_epochs=0, batch_size=1, generator=gen,
-            )
+            solver = RDASolver(X, S_b, P_b, penalty=penalty, lam=lam, contamination=CONTAMINATION)
             solver.L = L
             # The same numbers both ways, checked on the first call of each.
             ref, new = before(X, L, S_a, P_a, penalty, lam), after(solver)

@@ -43,7 +43,7 @@ from rda_ext.data.datasets import load_fashion_mnist, load_mnist_5k, make_outlie
 from rda_ext.estimator.scoring import score_terms
 from rda_ext.experiments.baselines import autoencoder_scores
 from rda_ext.experiments.metrics import precision_recall_f1, roc_auc
-from rda_ext.validation import resolve_inner_epochs
+from rda_ext.solver.schedule import resolve_inner_epochs
 
 WIDTHS = {"784-64-16": (64, 16), "784-128-32": (128, 32), "784-256-64": (256, 64), "784-400-200": (400, 200)}
 SCHEDULES = {"5x1": (5, 1), "10x1": (10, 1), "20x1": (20, 1)}
