@@ -241,3 +241,44 @@ def test_seconds_are_the_time_the_iteration_took(gen):
     t0 = time.perf_counter()
     (row,) = fit.iterate()
     assert 0 < row["seconds"] <= time.perf_counter() - t0
+
+
+def test_the_schedule_of_a_fit_follows_its_largest_shard():
+    # "auto": the fewest epochs of the largest shard (100 rows, 4 batches of 32) that make 50 steps.
+    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=True) == Schedule(13, 32, steps=4)
+    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=False) == Schedule(13, 32, steps=None)
+    assert Schedule.of_fit(3, 32, [5], lockstep=False) == Schedule(3, 32)
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(70, 32, [32, 32, 6]), (64, 32, [32, 32]), (5, 32, [5])])
+def test_an_epoch_is_a_permutation_cut_into_batches(gen, n, batch_size, sizes):
+    batches = Schedule(1, batch_size).batches(n, gen, torch.device("cpu"))
+    assert [len(b) for b in batches] == sizes
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("n, steps, sizes", [(70, 4, [18, 18, 17, 17]), (3, 5, [2, 1, 1, 1, 1]), (2, 7, [2, 1, 1, 1, 1, 1, 1])])
+def test_a_lockstep_epoch_takes_its_steps_whatever_the_rows(gen, n, steps, sizes):
+    """Every row once where there are enough of them; where there are fewer rows than steps, each
+    is drawn again (as a whole permutation) until every step has one."""
+    batches = Schedule(1, 32, steps=steps).batches(n, gen, torch.device("cpu"))
+    assert [len(b) for b in batches] == sizes
+    rows = torch.cat(batches)
+    assert set(rows.tolist()) == set(range(n))
+    assert rows.dtype == torch.int64
+
+
+@pytest.mark.parametrize("epochs, n, batch_size, mean", [(2, 70, 32, 70 / 3), (1, 70, 100, 70.0), (3, 4, 1, 1.0)])
+def test_training_reports_the_mean_loss_of_the_last_epoch(gen, epochs, n, batch_size, mean):
+    calls = []
+
+    def step(rows):
+        calls.append(len(rows))
+        return torch.tensor([float(len(rows)), 1.0])
+
+    got = Schedule(epochs, batch_size).train(step, n, gen, torch.device("cpu"), shape=(2,))
+    assert sum(calls) == epochs * n
+    assert got.dtype == torch.float64 and got.shape == (2,)
+    assert got[0].item() == pytest.approx(mean, rel=1e-15)  # were every epoch summed, epochs times this
+    assert got[1].item() == 1.0
+    assert Schedule(0, batch_size).train(step, n, gen, torch.device("cpu")).item() == 0

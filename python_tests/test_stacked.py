@@ -102,12 +102,15 @@ def test_fit_together_ends_where_each_fit_ends(seed, penalty):
         assert est._optim is None  # a warm start from here begins a fresh optimizer
 
 
-def test_a_fit_that_converges_stops_there_as_it_would_alone(seed):
+@pytest.mark.parametrize("penalty, outlier_score", [("l21_rows", "residual+code"), ("l21_rows", "residual"),
+                                                    ("l1", "residual+code")])
+def test_a_fit_that_converges_stops_there_as_it_would_alone(seed, penalty, outlier_score):
     """lam = 0: S takes all of X - L, so c1 = 0 at once and c2 = 0 from the second iteration; the
-    fit with lam 0.9 goes on. Each ends where its own fit ends."""
+    fit with lam 0.9 goes on. Each ends where its own fit ends, with the group norms of its own
+    last step (the "residual" labels of "l21_rows" are the rows those norms put above lam)."""
     X, _ = planted(seed, n=60, d=12)
     X = X.astype(np.float64)
-    params = {**EXACT, "outer_iter": 4, "tol": 1e-9}
+    params = {**EXACT, "outer_iter": 4, "tol": 1e-9, "penalty": penalty, "outlier_score": outlier_score}
     together = fit_together([RobustAutoencoder(lam=lam, random_state=seed, **params) for lam in (0.0, 0.9)], X)
     assert [est.n_iter_ for est in together] == [2, 4]
     for est, lam in zip(together, (0.0, 0.9)):
@@ -115,6 +118,7 @@ def test_a_fit_that_converges_stops_there_as_it_would_alone(seed):
         assert est.n_iter_ == alone.n_iter_
         np.testing.assert_allclose(est.L_, alone.L_, rtol=0, atol=1e-9)
         np.testing.assert_allclose(est.decision_function(X), alone.decision_function(X), rtol=1e-9)
+        np.testing.assert_array_equal(est.labels_, alone.labels_)
 
 
 def test_fit_together_starts_each_network_from_its_random_state(seed):
