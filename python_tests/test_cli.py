@@ -466,6 +466,24 @@ def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
     assert out.endswith("(default: False)\n")
 
 
+def test_fit_help_spells_out_the_result_files(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "3000")
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert ("  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history, history_columns; "
+            "or a folder (a path ending in /): L.npy, S.npy, scores.npy, labels.npy and result.json (lam, threshold, "
+            "history_columns, history, rows, world_size, backend), which the ranks of a torchrun job write their rows "
+            "into\n") in out
+    assert ("\nWhat the result holds: L: the part of X that the autoencoder reconstructs, in X's units; S: the sparse "
+            "part, X - L; scores: the outlier score of each row; labels: 1 for a row that scores above threshold (an "
+            "outlier), else 0; lam: the lam of the last proximal step; threshold: the score above which a row is an "
+            "outlier; history: one row per outer iteration, in the columns named by history_columns; "
+            "history_columns: the names of the columns of history; rows: the number of rows (result.json only); "
+            "world_size: the number of processes that fitted them (result.json only); backend: their "
+            "torch.distributed backend, null for one process (result.json only).\n") in out
+
+
 def test_a_percent_sign_in_a_parameters_help_is_shown_as_is(capsys, monkeypatch):
     from rda_ext import cli
 
