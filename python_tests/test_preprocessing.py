@@ -14,15 +14,19 @@ import torch
 from rda_ext import RobustAutoencoder, TrainingDiverged
 from rda_ext.estimator import preprocessing as scaling_module
 from rda_ext.estimator.preprocessing import (
+    CHUNK_ENTRIES,
     IQR_PER_SD,
     column_quantile,
     column_sd,
     resolve_output_activation,
     robust_scaling,
     scale_rows,
+    scaled_range,
     scaling_for,
     unscale_rows,
 )
+from rda_ext.io.fingerprint import Fingerprint, fingerprint
+from rda_ext.validation import CONVERT_ENTRIES, checked_matrix
 
 FAST = dict(hidden=(6, 3), outer_iter=3, inner_epochs=3, batch_size=16, lr=1e-2, activation="elu", dtype="float64",
             device="cpu", tol=0)
@@ -329,3 +333,44 @@ def test_new_rows_that_the_fitted_scaling_takes_beyond_the_dtype_are_refused():
     est.set_params(warm_start=True)
     with pytest.raises(ValueError, match=r'^column 0 of X is not finite in float32 once scaled by the fitted'):
         est.fit(np.r_[X, new])
+
+
+@pytest.mark.parametrize("source", ["float64 array", "int tensor", "float32 tensor", "transposed float64"])
+def test_the_pass_that_converts_x_also_measures_its_columns_range(seed, source):
+    g = np.random.default_rng(seed)
+    a = g.normal(size=(CONVERT_ENTRIES // 3 + 7, 5)) * 10  # several blocks and a short last one
+    X = {"float64 array": a, "int tensor": torch.from_numpy(a.astype(np.int64)),
+         "float32 tensor": torch.from_numpy(a.astype(np.float32)),
+         "transposed float64": torch.from_numpy(np.ascontiguousarray(a.T)).T}[source]
+    t, (lo, hi) = checked_matrix(X, "X", torch.device("cpu"), torch.float32)
+    expected = torch.as_tensor(X).to(torch.float32)
+    assert torch.equal(t, expected)
+    assert torch.equal(lo, expected.amin(0)) and torch.equal(hi, expected.amax(0))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_entry_in_any_block_is_refused(bad):
+    X = np.random.default_rng(0).normal(size=(CONVERT_ENTRIES // 4 + 3, 4))
+    X[-1, 2] = bad
+    with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+        checked_matrix(X, "X", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["minmax", "standardize"])
+def test_the_scaled_columns_ends_are_the_scaled_ends(seed, name):
+    X = torch.from_numpy(np.random.default_rng(seed).standard_t(2, size=(301, 6)).astype(np.float32))
+    column_range = torch.aminmax(X, dim=0)
+    scaling = scaling_for(name, X, column_range)
+    lo, hi = scaled_range(column_range, scaling, how=name)
+    Xs = scale_rows(X, scaling, how=name)
+    assert torch.equal(lo, Xs.amin(0)) and torch.equal(hi, Xs.amax(0))
+    assert scaled_range(column_range, None, how=name) is column_range
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_pass_that_scales_x_hashes_what_it_writes(seed, scaled):
+    X = torch.from_numpy(np.random.default_rng(seed).normal(size=(CHUNK_ENTRIES // 5 + 11, 5)))
+    scaling = scaling_for("minmax", X) if scaled else None
+    digest = Fingerprint(X.dtype, X.shape)
+    Xs = scale_rows(X, scaling, digest=digest)
+    assert digest.hexdigest() == fingerprint(Xs)

@@ -16,6 +16,9 @@ from rda_ext import ops
 from rda_ext.solver.autoencoder import ACTIVATIONS
 from rda_ext.solver.training import OPTIMIZERS
 
+# Entries per block of a conversion (1 MiB of float32): small enough to be measured while cached.
+CONVERT_ENTRIES = 1 << 18
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # How the autoencoder computes: "bfloat16" runs its forward and backward under autocast (the weights,
 # the optimizer state, X, L, S and the proximal step stay in dtype); "auto" is bfloat16 where the
@@ -141,6 +144,12 @@ def is_real(v) -> bool:
 def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     """X (numpy array, tensor or array-like) as a finite 2-D tensor on ``device`` in ``dtype``.
     The caller's data is never written to."""
+    return checked_matrix(X, name, device, dtype)[0]
+
+
+def checked_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``as_matrix`` and the (min, max) of each column of the result, found in the one pass that
+    converts X and checks it: a fit decides its scaling from them without reading X again."""
     if isinstance(X, Tensor):
         if X.is_nested:
             raise TypeError(f"{name} is a nested tensor, which is not supported: pass a 2-D matrix (rows of one length)")
@@ -184,10 +193,35 @@ def as_matrix(X, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
         raise ValueError(f"{name} has 0 sample(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
     if t.shape[1] == 0:
         raise ValueError(f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
-    t = t.to(device=device, dtype=dtype)
-    if not bool(torch.isfinite(t).all()):
+    t, lo, hi = _converted(t, device, dtype)
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):  # a NaN is its column's min
         raise ValueError(f"{name} contains NaN or infinite values")
-    return t
+    return t, (lo, hi)
+
+
+def _converted(t: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """t on ``device`` in ``dtype`` and its columns' (min, max), each block measured while the
+    conversion has it in the cache."""
+    if t.dtype == dtype:
+        t = t.to(device=device)  # t itself where it is on the device already
+        return (t, *column_range(t))
+    out = torch.empty(t.shape, dtype=dtype, device=device)
+    rows = max(1, CONVERT_ENTRIES // t.shape[1])
+    lo, hi = column_range(out[:rows].copy_(t[:rows]))
+    for start in range(rows, t.shape[0], rows):
+        block_lo, block_hi = column_range(out[start:start + rows].copy_(t[start:start + rows]))
+        torch.minimum(lo, block_lo, out=lo)
+        torch.maximum(hi, block_hi, out=hi)
+    return out, lo, hi
+
+
+def column_range(t: Tensor) -> tuple[Tensor, Tensor]:
+    """The (min, max) of each column of t, NaN where the column has one. On the CPU by numpy's
+    reductions, which read a wide matrix several times faster than torch's column reductions."""
+    if t.device.type == "cpu":
+        a = t.numpy()
+        return torch.from_numpy(a.min(0)), torch.from_numpy(a.max(0))
+    return torch.aminmax(t, dim=0)
 
 
 def warn_if_outside_output_range(X: Tensor, output_activation: str, stacklevel: int = 3) -> None:

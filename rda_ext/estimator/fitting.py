@@ -18,19 +18,20 @@ from tqdm.auto import tqdm
 
 from rda_ext.estimator import scoring
 from rda_ext.estimator.fitted_state import FittedState
-from rda_ext.estimator.preprocessing import in_unit_interval, resolve_output_activation, scale_rows, scaling_for
+from rda_ext.estimator.preprocessing import resolve_output_activation, scale_rows, scaled_range, scaling_for
 from rda_ext.estimator.preprocessing import in_xs_units
 from rda_ext.io.checkpoint import Checkpoint, data_identity
-from rda_ext.io.fingerprint import fingerprint
+from rda_ext.io.fingerprint import Fingerprint
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.collectives import RowGroup, agree_on_parameters, agree_on_width, agreed, row_group
 from rda_ext.solver.distributed import DistributedRDASolver
 from rda_ext.solver.engine import Engine
 from rda_ext.solver.loop import RDASolver
 from rda_ext.solver.schedule import Schedule, converged
-from rda_ext.solver.training import GraphedStep, Network, make_optimizer, map_chunks
+from rda_ext.solver.training import GraphedStep, Network, make_optimizer
 from rda_ext.validation import (
     as_matrix,
+    checked_matrix,
     check_params,
     is_int,
     resolve_device,
@@ -74,20 +75,20 @@ def prepare(est, X) -> Prepared:
     ranks = row_group(est.distributed)
     agree_on_parameters(ranks, est.get_params(), lambda: check_params(est.get_params()))
     device, dtype = resolve_device(est.device), resolve_dtype(est.dtype)
-    X_in = agreed(ranks, lambda: _check_input(est, X, device, dtype, ranks))
+    X_in, column_range = agreed(ranks, lambda: _check_input(est, X, device, dtype, ranks))
     agree_on_width(ranks, X_in.shape[1])
     previous = FittedState.of(est) if hasattr(est, "model_") else None
     _check_warm_preprocessing(est, previous)
-    Xt, scaling, output_activation = network_input(est, X_in, ranks)
+    # What S and the c2 reference of a warm start belong to: the network's input, bytes and all.
+    # The same shape is not enough: other rows, or the same rows in another order, have other S.
+    Xt, scaling, output_activation, data_print = network_input(est, X_in, column_range, ranks)
     architecture = ((Xt.shape[1], *est.hidden), est.activation, output_activation, bool(est.tied_weights))
     warm = previous if est.warm_start and previous is not None and previous.model_.architecture == architecture \
         else None
     if warm is not None:  # the network continues in the input space it was trained in
-        scaling = scaling_on(warm, device)
-        Xt = agreed(ranks, lambda: scale_rows(X_in, scaling, how=fitted_scaling(warm)))
-    # What S and the c2 reference of a warm start belong to: the network's input, bytes and all.
-    # The same shape is not enough: other rows, or the same rows in another order, have other S.
-    data_print = fingerprint(Xt)
+        scaling, digest = scaling_on(warm, device), Fingerprint(X_in.dtype, X_in.shape)
+        Xt = agreed(ranks, lambda: scale_rows(X_in, scaling, how=fitted_scaling(warm), digest=digest))
+        data_print = digest.hexdigest()
     if warm is not None or est.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
         warn_if_outside_output_range(Xt, output_activation, stacklevel=4)  # through fit and prepare
     S, LS_prev = torch.zeros_like(Xt), torch.zeros_like(Xt)
@@ -173,7 +174,8 @@ def finalize_prepared(fit: Prepared, history: list[dict]) -> FittedState:
                     len(history) - fit.warm_rows, fit.scaling, fit.ranks, fit.data_print)
 
 
-def _check_input(est, X, device: torch.device, dtype: torch.dtype, ranks: RowGroup) -> Tensor:
+def _check_input(est, X, device: torch.device, dtype: torch.dtype,
+                 ranks: RowGroup) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     # The two options that a row-sharded fit cannot honour.
     if ranks.distributed and est.preprocessing == "standardize":
         raise ValueError('preprocessing="standardize" is not available in a distributed fit (its column '
@@ -181,18 +183,22 @@ def _check_input(est, X, device: torch.device, dtype: torch.dtype, ranks: RowGro
     if ranks.distributed and est.cuda_graphs:
         raise ValueError("cuda_graphs is not available in a distributed fit (the gradient all-reduce runs "
                          "outside the captured step)")
-    return as_matrix(X, "X", device, dtype)
+    return checked_matrix(X, "X", device, dtype)
 
 
-def network_input(est, X: Tensor, ranks: RowGroup) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str]:
+def network_input(est, X: Tensor, column_range: tuple[Tensor, Tensor],
+                  ranks: RowGroup) -> tuple[Tensor, tuple[Tensor, Tensor] | None, str, str]:
     """What a fresh fit's network sees of X (scaled or not), the (center, scale) of the scaling
-    (None without), and the output activation that suits it (over all ranks' rows)."""
-    # One pass over X decides both "auto"s while X is not scaled.
-    inside = in_unit_interval(X, ranks) if "auto" in (est.preprocessing, est.output_activation) else None
-    scaling = scaling_for(est.preprocessing, X, inside, ranks)
-    Xs = scale_rows(X, scaling, how=f'preprocessing="{est.preprocessing}"')
-    return Xs, scaling, resolve_output_activation(est.output_activation, Xs, inside if scaling is None else None,
-                                                  ranks)
+    (None without), the output activation that suits it (over all ranks' rows) and its fingerprint.
+    ``column_range``: the (min, max) of X's columns, from the pass that checked X; with the pass
+    that scales and hashes it, X is read twice before training."""
+    how = f'preprocessing="{est.preprocessing}"'
+    scaling = scaling_for(est.preprocessing, X, column_range, ranks)
+    digest = Fingerprint(X.dtype, X.shape)
+    Xs = scale_rows(X, scaling, how=how, digest=digest)
+    output_activation = resolve_output_activation(est.output_activation, Xs,
+                                                  scaled_range(column_range, scaling, how), ranks)
+    return Xs, scaling, output_activation, digest.hexdigest()
 
 
 def _check_warm_preprocessing(est, previous: FittedState | None) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rda_ext.io.fingerprint import Fingerprint
 from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup
 from rda_ext.validation import like_input, output_dtype
 
@@ -20,30 +21,32 @@ IQR_PER_SD = 1.3489795003921634
 CHUNK_ENTRIES = 1 << 22
 
 
-def in_unit_interval(X: Tensor, ranks: RowGroup = SINGLE_PROCESS) -> bool:
-    """Whether X (all ranks' rows of it) lies in [0, 1]."""
-    lo, hi = torch.aminmax(X)
-    lo, hi = ranks.min(lo), ranks.max(hi)
+def in_unit_interval(column_range: tuple[Tensor, Tensor], ranks: RowGroup = SINGLE_PROCESS) -> bool:
+    """Whether a matrix of columns' (min, max) ``column_range`` (all ranks' rows of it) lies in [0, 1]."""
+    lo, hi = column_range
+    lo, hi = ranks.min(lo.min()), ranks.max(hi.max())
     return bool(lo >= 0) and bool(hi <= 1)
 
 
-def scaling_for(name: str, X: Tensor, inside: bool | None = None,
+def scaling_for(name: str, X: Tensor, column_range: tuple[Tensor, Tensor] | None = None,
                 ranks: RowGroup = SINGLE_PROCESS) -> tuple[Tensor, Tensor] | None:
     """The (center, scale) per column (float64) of preprocessing ``name`` on X; None for "none".
     "auto" is "minmax" when X has values outside [0, 1], else "none": on the tables of
     benchmarks/quality/tabular.py the range kept the detection of the defaults (a sigmoid output
-    on [0, 1]) where a standardisation lost much of it. ``inside``: whether X lies in [0, 1],
-    where the caller knows it already (None: measured here). ``ranks``: X is this rank's rows of a
+    on [0, 1]) where a standardisation lost much of it. ``column_range``: the (min, max) of X's
+    columns, where the caller has them already (None: measured here). ``ranks``: X is this rank's rows of a
     row-sharded fit ("minmax" then spans all ranks; "standardize" is refused before). A scale that
     float64 cannot hold (a column spanning more than it) is a ValueError naming the column."""
     label = f'preprocessing="{name}"'
+    if column_range is None and name in ("auto", "minmax"):
+        column_range = torch.aminmax(X, dim=0)
     if name == "auto":
-        name = "none" if (in_unit_interval(X, ranks) if inside is None else inside) else "minmax"
+        name = "none" if in_unit_interval(column_range, ranks) else "minmax"
         label += f' (here "{name}")'
     if name == "none":
         return None
     if name == "minmax":
-        lo, hi = (t.double() for t in torch.aminmax(X, dim=0))
+        lo, hi = (t.double() for t in column_range)
         lo, hi = ranks.min(lo), ranks.max(hi)
         center, scale, spread = lo, torch.where(hi > lo, hi - lo, torch.ones_like(lo)), "range"
     else:
@@ -110,12 +113,15 @@ def column_quantile(X: Tensor, q: float) -> Tensor:
 
 
 def scale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool = True, *, name: str = "X",
-               how: str = "the preprocessing") -> Tensor:
+               how: str = "the preprocessing", digest: Fingerprint | None = None) -> Tensor:
     """(X - center) / scale per column (without ``center``: X / scale, for S), computed in float64
     and rounded to X's dtype. The network is never given a value that the scaling made
     non-finite: a column taken beyond X's dtype is a ValueError naming it, ``name`` and ``how``
-    X was scaled (e.g. 'preprocessing="standardize"')."""
+    X was scaled (e.g. 'preprocessing="standardize"'). ``digest`` is fed the result, each block
+    in the pass that writes it."""
     if scaling is None:
+        if digest is not None:
+            digest.update(X)
         return X
     c, s = (t.to(device=X.device, dtype=torch.float64) for t in scaling)
     out = torch.empty(X.shape, dtype=X.dtype, device=X.device)
@@ -128,6 +134,8 @@ def scale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool = 
         else:
             out[rows] = block / s
         finite &= torch.isfinite(out[rows]).all(0)
+        if digest is not None:
+            digest.update(out[rows])
     if not bool(finite.all()):
         j = int((~finite).nonzero()[0])
         lo, hi = (float(v) for v in torch.aminmax(X[:, j]))
@@ -157,13 +165,24 @@ def unscale_rows(X: Tensor, scaling: tuple[Tensor, Tensor] | None, center: bool 
     return out
 
 
-def resolve_output_activation(name: str, X: Tensor, inside: bool | None = None,
+def resolve_output_activation(name: str, X: Tensor, column_range: tuple[Tensor, Tensor] | None = None,
                               ranks: RowGroup = SINGLE_PROCESS) -> str:
-    """"auto": "sigmoid" when the network's input X lies in [0, 1] (``inside``, where the caller
-    knows it already), else "linear"."""
+    """"auto": "sigmoid" when the network's input X lies in [0, 1] (by the (min, max) of its
+    columns ``column_range``, where the caller has them already), else "linear"."""
     if name == "auto":
-        return "sigmoid" if (in_unit_interval(X, ranks) if inside is None else inside) else "linear"
+        return "sigmoid" if in_unit_interval(torch.aminmax(X, dim=0) if column_range is None else column_range,
+                                             ranks) else "linear"
     return name
+
+
+def scaled_range(column_range: tuple[Tensor, Tensor], scaling: tuple[Tensor, Tensor] | None,
+                 how: str) -> tuple[Tensor, Tensor]:
+    """The (min, max) of the columns of a matrix scaled by ``scaling`` from those of the matrix: the
+    scaling maps each column monotonically, entry by entry, so the scaled ends are the ends' images."""
+    if scaling is None:
+        return column_range
+    ends = scale_rows(torch.stack(column_range), scaling, how=how)
+    return ends.amin(0), ends.amax(0)
 
 
 def in_xs_units(t: Tensor, X, name: str, scaling: tuple[Tensor, Tensor] | None, center: bool = True):

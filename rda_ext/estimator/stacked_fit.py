@@ -7,14 +7,13 @@ import torch
 
 from rda_ext.estimator import fitting
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
-from rda_ext.io.fingerprint import fingerprint
 from rda_ext.solver.collectives import SINGLE_PROCESS, row_group
 from rda_ext.solver.engine import Engine
 from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.stacked import StackedAutoencoder, StackedNetworks
 from rda_ext.solver.training import make_optimizer
 from rda_ext.validation import (
-    as_matrix,
+    checked_matrix,
     check_params,
     resolve_device,
     resolve_dtype,
@@ -65,7 +64,8 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                                  "them in one step, which needs it shared")
     device, dtype = resolve_device(first.device), resolve_dtype(first.dtype)
     # The shared parameters decide the standardisation and the output activation alike for all.
-    Xt, scaling, output_activation = fitting.network_input(first, as_matrix(X, "X", device, dtype), SINGLE_PROCESS)
+    Xt, scaling, output_activation, data_print = fitting.network_input(first, *checked_matrix(X, "X", device, dtype),
+                                                                       SINGLE_PROCESS)
     if first.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
         warn_if_outside_output_range(Xt, output_activation)
     nets, batch_seeds = zip(*(fitting.new_network(est, Xt.shape[1], device, dtype, output_activation, SINGLE_PROCESS)
@@ -77,7 +77,6 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                               resolve_precision(first.precision, device, dtype))
     solvers = [fitting.new_solver(est, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), SINGLE_PROCESS)
                for est in estimators]
-    data_print = fingerprint(Xt)
     for est, (rows, solver, net) in zip(estimators, Engine(network, solvers).run(first.outer_iter, first.tol)):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
         fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling, SINGLE_PROCESS,

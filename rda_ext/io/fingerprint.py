@@ -14,15 +14,29 @@ from torch import Tensor
 _BLOCK_BYTES = 1 << 24
 
 
+class Fingerprint:
+    """The SHA-256 of a matrix's dtype, shape and values in row-major order, fed its rows in order,
+    a block at a time: a pass that writes the matrix can hash each block as it is written.
+    (SHA-256 because the processors' SHA extensions make it the fastest of hashlib's here, about
+    three times BLAKE2b.)"""
+
+    def __init__(self, dtype: torch.dtype, shape: tuple[int, ...]):
+        self._hash = hashlib.sha256(f"{dtype} {tuple(shape)}".encode())
+
+    def update(self, rows: Tensor) -> None:
+        """Hash the next ``rows`` (any layout or device), copied to the host a block at a time."""
+        if rows.numel():
+            step = max(1, _BLOCK_BYTES // (rows.element_size() * rows[0].numel()))
+            for start in range(0, rows.shape[0], step):
+                block = rows[start:start + step].detach().to("cpu", copy=False).contiguous()
+                self._hash.update(block.view(torch.uint8).numpy())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 def fingerprint(X: Tensor) -> str:
-    """SHA-256 of X's dtype, shape and values in row-major order, whatever its layout or device:
-    equal for equal matrices and, but for a collision, different otherwise. (SHA-256 because the
-    processors' SHA extensions make it the fastest of hashlib's here, about three times BLAKE2b.)"""
-    h = hashlib.sha256()
-    h.update(f"{X.dtype} {tuple(X.shape)}".encode())
-    if X.numel():
-        rows = max(1, _BLOCK_BYTES // (X.element_size() * X[0].numel()))
-        for start in range(0, X.shape[0], rows):
-            block = X[start:start + rows].detach().to("cpu", copy=False).contiguous()
-            h.update(block.view(torch.uint8).numpy())
-    return h.hexdigest()
+    """The ``Fingerprint`` of X: equal for equal matrices and, but for a collision, different otherwise."""
+    digest = Fingerprint(X.dtype, X.shape)
+    digest.update(X)
+    return digest.hexdigest()
