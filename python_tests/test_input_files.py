@@ -230,6 +230,22 @@ MALFORMED = {
 }
 
 
+@pytest.mark.parametrize("which", ["npy", "npz"])
+def test_a_backslash_in_a_header_is_a_value_error_not_a_warning(tmp_path, which):
+    # Found by the damage test above: numpy warned of an invalid escape sequence while parsing.
+    buf = io.BytesIO()
+    np.save(buf, np.arange(6.0).reshape(2, 3))
+    raw = buf.getvalue().replace(b"'<f8'", b"'\\e8'", 1)
+    path = tmp_path / f"d.{which}"
+    if which == "npy":
+        path.write_bytes(raw)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("X.npy", raw)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_quietly(path)
+
+
 @pytest.mark.parametrize("name", MALFORMED)
 def test_malformed_files_are_one_error_naming_the_file(tmp_path, capfd, name):
     content, message = MALFORMED[name]

@@ -6,6 +6,7 @@ import math
 import os
 import stat
 import tokenize
+import warnings
 import zipfile
 import zlib
 
@@ -61,12 +62,18 @@ def read_matrix(
     regular = _check_input(path, ext, allow_special)
     skipped = None
     try:
-        if ext == ".npy":
-            a = _read_npy(path, stream=not regular, mmap=shard is not None)
-        elif ext == ".npz":
-            a = _read_npz(path, key)
-        else:
-            a, skipped = read_csv(path, header)
+        with warnings.catch_warnings():
+            # numpy parses an .npy header as a Python literal: a damaged one (a backslash in it)
+            # would warn of an invalid escape (a DeprecationWarning before Python 3.12); as an
+            # error, numpy reports it as an unparsable header.
+            for category in (SyntaxWarning, DeprecationWarning):
+                warnings.filterwarnings("error", "invalid escape sequence", category)
+            if ext == ".npy":
+                a = _read_npy(path, stream=not regular, mmap=shard is not None)
+            elif ext == ".npz":
+                a = _read_npz(path, key)
+            else:
+                a, skipped = read_csv(path, header)
     except CsvError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, tokenize.TokenError) as e:
