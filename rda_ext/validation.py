@@ -204,18 +204,18 @@ def _converted(t: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Ten
     conversion has it in the cache."""
     if t.dtype == dtype:
         t = t.to(device=device)  # t itself where it is on the device already
-        return (t, *column_range(t))
+        return (t, *column_min_max(t))
     out = torch.empty(t.shape, dtype=dtype, device=device)
     rows = max(1, CONVERT_ENTRIES // t.shape[1])
-    lo, hi = column_range(out[:rows].copy_(t[:rows]))
+    lo, hi = column_min_max(out[:rows].copy_(t[:rows]))
     for start in range(rows, t.shape[0], rows):
-        block_lo, block_hi = column_range(out[start:start + rows].copy_(t[start:start + rows]))
+        block_lo, block_hi = column_min_max(out[start:start + rows].copy_(t[start:start + rows]))
         torch.minimum(lo, block_lo, out=lo)
         torch.maximum(hi, block_hi, out=hi)
     return out, lo, hi
 
 
-def column_range(t: Tensor) -> tuple[Tensor, Tensor]:
+def column_min_max(t: Tensor) -> tuple[Tensor, Tensor]:
     """The (min, max) of each column of t, NaN where the column has one. On the CPU by numpy's
     reductions, which read a wide matrix several times faster than torch's column reductions."""
     if t.device.type == "cpu":

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rda_ext.io.fingerprint import Fingerprint
 from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup
-from rda_ext.validation import like_input, output_dtype
+from rda_ext.validation import column_min_max, like_input, output_dtype
 
 # The normal distribution's interquartile range in standard deviations: IQR / 1.349 estimates the
 # standard deviation of the bulk of a column without letting its outliers set the scale.
@@ -39,7 +39,7 @@ def scaling_for(name: str, X: Tensor, column_range: tuple[Tensor, Tensor] | None
     float64 cannot hold (a column spanning more than it) is a ValueError naming the column."""
     label = f'preprocessing="{name}"'
     if column_range is None and name in ("auto", "minmax"):
-        column_range = torch.aminmax(X, dim=0)
+        column_range = column_min_max(X)
     if name == "auto":
         name = "none" if in_unit_interval(column_range, ranks) else "minmax"
         label += f' (here "{name}")'
@@ -79,7 +79,7 @@ def robust_scaling(X: Tensor) -> tuple[Tensor, Tensor]:
 def column_sd(X: Tensor) -> Tensor:
     """The standard deviation of each column (population), in float64: of the column divided by its
     largest magnitude, times that magnitude, so that neither the squares nor the sum overflow."""
-    lo, hi = (t.double() for t in torch.aminmax(X, dim=0))
+    lo, hi = (t.double() for t in column_min_max(X))
     m = torch.maximum(lo.abs(), hi.abs())
     m = torch.where(m > 0, m, torch.ones_like(m))
     total = torch.zeros_like(m)
@@ -170,7 +170,7 @@ def resolve_output_activation(name: str, X: Tensor, column_range: tuple[Tensor, 
     """"auto": "sigmoid" when the network's input X lies in [0, 1] (by the (min, max) of its
     columns ``column_range``, where the caller has them already), else "linear"."""
     if name == "auto":
-        return "sigmoid" if in_unit_interval(torch.aminmax(X, dim=0) if column_range is None else column_range,
+        return "sigmoid" if in_unit_interval(column_min_max(X) if column_range is None else column_range,
                                              ranks) else "linear"
     return name
 
