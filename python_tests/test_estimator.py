@@ -1,4 +1,8 @@
-import copy
+"""The RobustAutoencoder estimator on planted outliers: the constructor only stores its parameters
+and fit checks them and the data; a fit finds the outliers, with labels, L_ and S_ as each penalty
+defines them, of the input's types and the same for the same seed; the fitted model scores new data;
+lambda_path fits a decreasing sequence of lam; errors, warnings and progress are clear."""
+
 import math
 import warnings
 
@@ -6,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES, requires_cuda
-from helpers import planted
+from helpers import SMALL, planted
 
 import rda_ext
 from rda_ext import RobustAutoencoder, lambda_path
 from rda_ext.experiments.metrics import roc_auc
 from rda_ext.solver import HISTORY_KEYS
-
-SMALL = dict(hidden=(16, 4), outer_iter=6, inner_epochs=10, batch_size=16, lr=1e-2, activation="elu")
 
 
 def test_constructor_only_stores_parameters():
@@ -115,66 +117,6 @@ def test_types_follow_the_input(seed):
     assert est.model_.enc_weight[0].dtype == torch.float64
     assert isinstance(est.decision_function(t), torch.Tensor)
     assert est.predict(t).dtype == torch.int64
-
-
-def test_save_load_round_trip(tmp_path, seed):
-    X, _ = planted(seed, n=120, n_out=6)
-    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
-    est.save(tmp_path / "m.pt")
-    back = RobustAutoencoder.load(tmp_path / "m.pt")
-    assert back.get_params() == est.get_params()
-    assert np.array_equal(back.decision_function(X), est.decision_function(X))
-    assert np.array_equal(back.L_, est.L_) and back.history_ == est.history_
-    assert back.threshold_ == est.threshold_ and np.array_equal(back.labels_, est.labels_)
-    est.save(tmp_path / "small.pt", data=False)
-    assert not hasattr(RobustAutoencoder.load(tmp_path / "small.pt"), "L_")
-
-
-def test_load_refuses_other_files(tmp_path):
-    torch.save({"format": "something else"}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not an rda_ext model"):
-        RobustAutoencoder.load(tmp_path / "x.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="not a readable rda_ext model"):
-        RobustAutoencoder.load(tmp_path / "junk.pt")
-
-
-def test_load_runs_no_code_from_the_file(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({"format": "rda_ext.RobustAutoencoder/1", "x": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="not a readable rda_ext model"):
-        RobustAutoencoder.load(tmp_path / "evil.pt")
-
-
-def test_failed_save_keeps_the_old_file(tmp_path, seed, monkeypatch):
-    X, _ = planted(seed, n=60, n_out=3)
-    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
-    target = tmp_path / "m.pt"
-    target.write_bytes(b"old")
-
-    def broken(obj, f):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError, match="disk full"):
-        est.save(target)
-    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
-
-
-def test_warm_start_continues(seed):
-    X, _ = planted(seed, n=100, n_out=5)
-    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
-    weights = est.model_.enc_weight[0].detach().clone()
-    est.set_params(warm_start=True, outer_iter=2).fit(X)
-    assert len(est.history_) == SMALL["outer_iter"] + 2 and est.n_iter_ == 2
-    assert [h["iteration"] for h in est.history_] == list(range(1, SMALL["outer_iter"] + 3))
-    # c2 of the first warm iteration measures the change from where the previous fit ended.
-    assert est.history_[0]["c2"] > 0.5 > est.history_[SMALL["outer_iter"]]["c2"]
-    assert not torch.equal(weights, est.model_.enc_weight[0])
 
 
 def test_lambda_path(seed):
@@ -324,80 +266,3 @@ def test_at_most_one_host_sync_per_outer_iteration(seed):
     # final scores: the lower bound shows that the detector sees the syncs at all.
     assert est.n_iter_ <= len(syncs) <= est.n_iter_ + 4, [str(w.message) for w in syncs[:8]]
 
-
-
-# ---------------------------------------------------------------- what a warm start continues, and what not
-WARM = dict(hidden=(8, 3), outer_iter=2, inner_epochs=2, batch_size=16, lr=1e-2, device="cpu", precision="float32",
-            lam=0.5, penalty="l1")
-
-
-@pytest.mark.parametrize("fitted, then", [("auto", "minmax"), ("minmax", "standardize"), ("none", "auto"),
-                                          ("standardize", "none")])
-def test_a_warm_start_refuses_another_preprocessing_and_keeps_the_fit(seed, fitted, then):
-    X, _ = planted(seed, n=60, d=8)
-    X = X * 5 - 1  # outside [0, 1]: "auto" scales it
-    est = RobustAutoencoder(preprocessing=fitted, random_state=seed, **WARM).fit(X)
-    center, scores = est.center_, est.decision_scores_.copy()
-    est.set_params(warm_start=True, preprocessing=then)
-    with pytest.raises(ValueError) as e:
-        est.fit(X)
-    assert str(e.value) == (f'warm_start continues the fitted network, which was trained on X scaled by '
-                            f'preprocessing="{fitted}" (center_, scale_ stay with it), so preprocessing="{then}" '
-                            f'cannot apply: set preprocessing="{fitted}", or refit with warm_start=False')
-    assert est.center_ is center and np.array_equal(est.decision_scores_, scores)
-    # Even with a network of another shape, which would start afresh: the rule has no exception.
-    with pytest.raises(ValueError, match="^warm_start continues the fitted network"):
-        est.set_params(hidden=(5,)).fit(X)
-    est.set_params(warm_start=False).fit(X)
-    assert est._fit_preprocessing == then
-    est.set_params(warm_start=True, outer_iter=1).fit(X)  # the preprocessing it was fitted with
-    assert len(est.history_) == 3
-
-
-@pytest.mark.parametrize("change", [dict(hidden=(6, 3)), dict(activation="tanh"), dict(tied_weights=False),
-                                    dict(output_activation="linear"), "columns"])
-def test_a_warm_start_of_another_network_shape_is_a_fresh_fit(seed, change):
-    X, _ = planted(seed, n=60, d=8)
-    est = RobustAutoencoder(random_state=seed, warm_start=True, **WARM).fit(X)
-    if change == "columns":
-        change, X = {}, X[:, :6]
-    est.set_params(**change).fit(X)
-    cold = RobustAutoencoder(random_state=seed, **{**WARM, **change}).fit(X)
-    assert est.n_iter_ == len(est.history_) == WARM["outer_iter"]
-    np.testing.assert_array_equal(est.decision_scores_, cold.decision_scores_)
-
-
-def test_a_warm_start_continues_the_batch_order_whatever_random_state_says(seed):
-    X, _ = planted(seed, n=60, d=8)
-    a = RobustAutoencoder(random_state=seed, **WARM).fit(X)
-    b = RobustAutoencoder(random_state=seed, **WARM).fit(X)
-    a.set_params(warm_start=True).fit(X)
-    b.set_params(warm_start=True, random_state=seed + 1).fit(X)
-    np.testing.assert_array_equal(a.L_, b.L_)
-
-
-def test_a_warm_start_on_other_rows_of_the_same_shape_starts_s_from_zeros(seed):
-    """With inner_epochs=0 the network stays as it is and L = AE(X - S) for the S a warm start
-    begins with: S_ of the previous fit on the same X, zeros on the rows in another order."""
-    X, _ = planted(seed, n=60, d=8)
-    kw = dict(random_state=seed, preprocessing="none", **WARM)
-    fitted = RobustAutoencoder(**kw).fit(X)
-    assert np.abs(fitted.S_).sum() > 0
-    perm = np.random.default_rng(seed).permutation(len(X))
-    Xp = X[perm]
-    warm = dict(warm_start=True, inner_epochs=0, outer_iter=1)
-
-    other = copy.deepcopy(fitted).set_params(**warm).fit(Xp)
-    np.testing.assert_allclose(other.L_, fitted.reconstruct(Xp), rtol=1e-6, atol=1e-7)
-    # c2 of its first iteration is measured from zeros, not from the previous fit's L + S
-    assert other.history_[-1]["c2"] == pytest.approx(np.linalg.norm(other.L_ + other.S_) / np.linalg.norm(Xp),
-                                                     rel=1e-5)
-
-    same = copy.deepcopy(fitted).set_params(**warm).fit(X)
-    np.testing.assert_allclose(same.L_, fitted.reconstruct(X - fitted.S_), rtol=1e-6, atol=1e-7)
-    prev = fitted.L_ + fitted.S_
-    assert same.history_[-1]["c2"] == pytest.approx(
-        np.linalg.norm(prev - same.L_ - same.S_) / np.linalg.norm(X), rel=1e-5)
-    # The same values in another dtype are another input to the network.
-    other_dtype = copy.deepcopy(fitted).set_params(dtype="float64", **warm).fit(X)
-    np.testing.assert_allclose(other_dtype.L_, fitted.reconstruct(X), rtol=1e-5, atol=1e-6)

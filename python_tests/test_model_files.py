@@ -1,15 +1,18 @@
 """Model files and the fitted state, random_state included.
 
+- save -> load gives back the parameters, the fitted state and the scores (the data only where
+  saved); a save that fails leaves the file it would have replaced as it was.
 - Parameters given as numpy scalars (which fit accepts) survive save -> load, stored as plain
   Python values, without the estimator's own parameters being changed.
 - pickle and joblib round-trip a fitted model, whatever its activations (a lambda would not pickle).
-- A warm start after a dtype, device or optimizer change, or after a fit that raised mid-loop,
-  trains the network that model_ reports; a failed fit leaves the previous fitted state whole.
+- A model file keeps what the fit ran with (precision, preprocessing, the data's fingerprint), and a
+  loaded model warm-starts as the original does.
 - A file that is not a whole rda_ext model is a ValueError naming the file and what is wrong,
-  never a KeyError/RuntimeError traceback nor torch's advice to load it with weights_only=False.
+  never a KeyError/RuntimeError traceback nor torch's advice to load it with weights_only=False;
+  loading runs no code from the file.
 - random_state takes None, an integer seed or a numpy RandomState/Generator, and nothing else.
 
-Fits are tiny (one hidden layer of 4 units, 2 outer iterations of one epoch, 48 rows)."""
+Most fits are tiny (one hidden layer of 4 units, 2 outer iterations of one epoch, 48 rows)."""
 
 from __future__ import annotations
 
@@ -18,24 +21,22 @@ import math
 import copy
 import os
 import pickle
+import re
 import tempfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import requires_cuda
+from helpers import SMALL, TINY, TINY_X as X, assert_same_model, planted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rda_ext.solver.loop
 from rda_ext import RobustAutoencoder
 from rda_ext.io.model_file import FORMAT, _ADDED_PARAMS as ADDED_PARAMS
 from rda_ext.solver.autoencoder import ACTIVATIONS
 from rda_ext.validation import check_params
 
-TINY = dict(hidden=(4,), outer_iter=2, inner_epochs=1, batch_size=16, device="cpu", random_state=0)
-X = np.random.default_rng(12345).random((48, 6)).astype(np.float32)
 TOP_KEYS = ("format", "params", "sizes", "weights", "fitted")
 FITTED_KEYS = ("n_features_in_", "n_iter_", "lam_", "threshold_", "history_", "decision_scores_", "labels_", "batch_seed")
 DATA_KEYS = ("L_", "S_", "input")
@@ -77,21 +78,37 @@ def plain_leaves(value):
         yield value
 
 
-def assert_same_model(a: RobustAutoencoder, b: RobustAutoencoder) -> None:
-    np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
-    np.testing.assert_array_equal(a.predict(X), b.predict(X))
-    assert a.threshold_ == b.threshold_ and a.lam_ == b.lam_
-    np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
-    np.testing.assert_array_equal(a.labels_, b.labels_)
-    assert timeless(a.history_) == timeless(b.history_)
+# ---------------------------------------------------------------- save and load
+def test_save_load_round_trip(tmp_path, seed):
+    X, _ = planted(seed, n=120, n_out=6)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.get_params() == est.get_params()
+    assert np.array_equal(back.decision_function(X), est.decision_function(X))
+    assert np.array_equal(back.L_, est.L_) and back.history_ == est.history_
+    assert back.threshold_ == est.threshold_ and np.array_equal(back.labels_, est.labels_)
+    est.save(tmp_path / "small.pt", data=False)
+    assert not hasattr(RobustAutoencoder.load(tmp_path / "small.pt"), "L_")
 
 
-def timeless(history: list[dict]) -> list[dict]:
-    """A history without the seconds taken, which differ between two runs of the same fit."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+def test_failed_save_keeps_the_old_file(tmp_path, seed, monkeypatch):
+    X, _ = planted(seed, n=60, n_out=3)
+    est = RobustAutoencoder(random_state=seed, **SMALL).fit(X)
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"old")
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        est.save(target)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
-# ---------------------------------------------------------------- 7: numpy scalars in the file
+# ---------------------------------------------------------------- numpy scalars in the file
 @settings(max_examples=30, deadline=None)
 @given(st.fixed_dictionaries({}, optional=NUMPY_PARAMS).filter(bool))
 def test_numpy_scalar_parameters_round_trip(numpy_params):
@@ -137,7 +154,7 @@ def test_all_numpy_parameters_at_once(tmp_path):
     assert est.lam is params["lam"] and est.hidden is params["hidden"]
 
 
-# ---------------------------------------------------------------- 8: pickle and joblib
+# ---------------------------------------------------------------- pickle and joblib
 @pytest.mark.parametrize(
     "activation, output_activation",
     [("linear", "linear"), *((name, "linear") for name in ACTIVATIONS if name != "linear"), ("linear", "sigmoid")],
@@ -156,150 +173,17 @@ def test_pickle_and_joblib_round_trip(tmp_path, activation, output_activation):
     back.set_params(warm_start=True).fit(data)
     assert_same_model(back, est)
 
-
-# ---------------------------------------------------------------- 9: warm starts
-def optimizer_trains_model(est: RobustAutoencoder) -> bool:
-    """The optimizer kept for the next warm start updates exactly model_'s parameters."""
-    in_optim = [p for group in est._optim.param_groups for p in group["params"]]
-    return len(in_optim) == len(list(est.model_.parameters())) and all(
-        a is b for a, b in zip(in_optim, est.model_.parameters())
-    )
-
-
-def weights(est: RobustAutoencoder) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in est.model_.parameters()]
+def test_an_estimator_unpickled_from_before_the_fit_facts_saves_its_parameters_as_them(tmp_path):
+    est = RobustAutoencoder(**TINY, preprocessing="minmax").fit(X)
+    old = pickle.loads(pickle.dumps(est))
+    for name in ("_fit_precision", "_fit_preprocessing", "_fit_fingerprint"):
+        delattr(old, name)  # as a pickle of a fit from before they were kept
+    old.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert (back._fit_precision, back._fit_preprocessing, back._fit_fingerprint) == (est.precision, "minmax", None)
 
 
-def changed(before: list[torch.Tensor], est: RobustAutoencoder) -> bool:
-    """Every parameter tensor of model_ differs from ``before`` (compared in float64)."""
-    after = list(est.model_.parameters())
-    return all(not torch.equal(a.double().cpu(), b.detach().double().cpu()) for a, b in zip(before, after))
-
-
-@pytest.mark.parametrize("first, then", [(None, "float64"), ("float64", "float32"), ("float32", "float32")])
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_warm_start_after_a_dtype_change(first, then, optimizer):
-    est = RobustAutoencoder(**TINY, dtype=first, optimizer=optimizer).fit(X)
-    before = weights(est)
-    est.set_params(warm_start=True, dtype=then).fit(X)
-    want = torch.float64 if then == "float64" else torch.float32
-    assert all(p.dtype == want for p in est.model_.parameters())
-    assert changed(before, est) and optimizer_trains_model(est)
-    state = [t for s in est._optim.state.values() for k, t in s.items() if k != "step" and torch.is_tensor(t)]
-    assert state and all(t.dtype == want for t in state)
-    if optimizer == "adam":  # Adam's moments go on from the previous fit, cast to the new dtype
-        steps = TINY["outer_iter"] * TINY["inner_epochs"] * math.ceil(len(X) / TINY["batch_size"])
-        assert all(int(s["step"]) == 2 * steps for s in est._optim.state.values())
-    # and once more in the same dtype, now with the optimizer's state of the previous fit
-    before = weights(est)
-    est.fit(X)
-    assert changed(before, est) and optimizer_trains_model(est)
-
-
-@requires_cuda
-def test_warm_start_after_a_device_change():
-    est = RobustAutoencoder(**TINY).fit(X)
-    for device in ("cuda", "cpu", "cuda"):
-        before = weights(est)
-        est.set_params(warm_start=True, device=device).fit(X)
-        assert next(est.model_.parameters()).device.type == device
-        assert changed(before, est) and optimizer_trains_model(est)
-
-
-def test_warm_start_after_an_optimizer_change():
-    est = RobustAutoencoder(**TINY, optimizer="adam").fit(X)
-    before = weights(est)
-    est.set_params(warm_start=True, optimizer="sgd", lr=0.1).fit(X)
-    assert isinstance(est._optim, torch.optim.SGD) and est._optim.param_groups[0]["lr"] == 0.1
-    assert changed(before, est) and optimizer_trains_model(est)
-
-
-class Injected(RuntimeError):
-    pass
-
-
-@pytest.mark.parametrize("change", [dict(activation="relu"), dict(output_activation="linear"),
-                                    dict(tied_weights=False), dict(hidden=(3,))])
-def test_warm_start_after_an_architecture_change_trains_a_new_network(change):
-    """The network a warm start would continue is a different one: the fit starts afresh, exactly as
-    a cold fit with the new parameters."""
-    est = RobustAutoencoder(**TINY, warm_start=True).fit(X)
-    est.set_params(**change).fit(X)
-    cold = RobustAutoencoder(**{**TINY, **change}).fit(X)
-    assert est.model_.architecture == cold.model_.architecture
-    np.testing.assert_array_equal(est.decision_scores_, cold.decision_scores_)
-
-
-@pytest.fixture
-def fail_in_training(monkeypatch):
-    """fail_in_training(k): the k-th training call from now on raises (after training), so that
-    the fit stops mid-loop with the network already updated."""
-    real = rda_ext.solver.training.train_epochs
-    calls = {"n": 0, "fail_at": None}
-
-    def train_epochs(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == calls["fail_at"]:
-            raise Injected("injected failure in the training step")
-        return result
-
-    monkeypatch.setattr(rda_ext.solver.training, "train_epochs", train_epochs)
-
-    def arm(k):
-        calls["n"], calls["fail_at"] = 0, k
-
-    return arm
-
-
-def snapshot(est: RobustAutoencoder) -> dict:
-    return dict(
-        model=est.model_, weights=weights(est), optim=est._optim, batch_seed=est._batch_seed,
-        history=list(est.history_), scores=est.decision_scores_.copy(), L=est.L_.copy(), S=est.S_.copy(),
-    )
-
-
-def assert_untouched(est: RobustAutoencoder, snap: dict) -> None:
-    assert est.model_ is snap["model"] and est._optim is snap["optim"] and est._batch_seed == snap["batch_seed"]
-    assert all(torch.equal(a, b) for a, b in zip(snap["weights"], est.model_.parameters()))
-    assert est.history_ == snap["history"]
-    np.testing.assert_array_equal(est.decision_scores_, snap["scores"])
-    np.testing.assert_array_equal(est.L_, snap["L"])
-    np.testing.assert_array_equal(est.S_, snap["S"])
-
-
-def test_first_fit_that_fails_leaves_no_fitted_state(fail_in_training):
-    est = RobustAutoencoder(**TINY)
-    fail_in_training(2)
-    with pytest.raises(Injected):
-        est.fit(X)
-    assert set(vars(est)) == set(est.get_params()), vars(est)  # no fitted state, nothing half-made
-    fail_in_training(None)
-    est.set_params(warm_start=True).fit(X)  # nothing to continue from: a fresh fit
-    reference = RobustAutoencoder(**TINY).fit(X)
-    assert_same_model(est, reference)
-
-
-@pytest.mark.parametrize("warm", [False, True])
-def test_failed_fit_keeps_the_previous_fit_and_warm_start_trains_model(fail_in_training, warm):
-    est = RobustAutoencoder(**TINY).fit(X)
-    twin = RobustAutoencoder(**TINY).fit(X)
-    snap = snapshot(est)
-    fail_in_training(2)
-    with pytest.raises(Injected):
-        est.set_params(warm_start=warm, random_state=1).fit(X)
-    assert_untouched(est, snap)
-    fail_in_training(None)
-    # The next warm fit trains the network model_ reports, exactly as if the failed fit never was.
-    before = weights(est)
-    est.set_params(warm_start=True, random_state=0).fit(X)
-    assert changed(before, est) and optimizer_trains_model(est)
-    twin.set_params(warm_start=True).fit(X)
-    assert_same_model(est, twin)
-    assert len(est.history_) == 2 * TINY["outer_iter"]
-
-
-# ---------------------------------------------------------------- 10: files that are not models
+# ---------------------------------------------------------------- files that are not models
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A valid model file (with data) and the estimator that wrote it."""
@@ -335,6 +219,26 @@ def test_valid_file_loads(model_file):
     assert_same_model(RobustAutoencoder.load(path), est)
 
 
+def test_load_refuses_other_files(tmp_path):
+    torch.save({"format": "something else"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "junk.pt")
+
+
+def test_load_runs_no_code_from_the_file(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "rda_ext.RobustAutoencoder/1", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable rda_ext model"):
+        RobustAutoencoder.load(tmp_path / "evil.pt")
+
+
+
 @settings(max_examples=40, deadline=None)
 @given(cut=st.floats(0, 1, exclude_max=True))
 def test_truncated_file(model_file, cut):
@@ -362,7 +266,22 @@ def test_random_bytes(data):
 
 def test_file_with_objects_that_would_run_code(tmp_path):
     torch.save({"format": FORMAT, "params": np.float64(0.5)}, tmp_path / "np.pt")
-    assert_clear_error(tmp_path / "np.pt", "not a readable rda_ext model", "numpy")
+    message = assert_clear_error(tmp_path / "np.pt", "not a readable rda_ext model", "numpy")
+    assert re.fullmatch(rf"{re.escape(repr(str(tmp_path / 'np.pt')))} is not a readable rda_ext model "
+                        r"\(it holds a numpy\.\S+ object, which a model file never does\)", message), message
+
+
+def test_a_fault_the_checks_did_not_foresee_is_still_the_files(tmp_path, model_file, monkeypatch):
+    from rda_ext.io import model_file as model_file_module
+
+    def unforeseen(*args):
+        raise RuntimeError("an unforeseen fault. More about it.")
+
+    monkeypatch.setattr(model_file_module, "_build", unforeseen)
+    with pytest.raises(ValueError) as e:
+        RobustAutoencoder.load(model_file[0])
+    assert str(e.value) == (f"{str(model_file[0])!r} is not a valid rda_ext model file: RuntimeError: "
+                            "an unforeseen fault")
 
 
 @pytest.mark.parametrize(
@@ -612,7 +531,7 @@ def test_missing_file_is_still_file_not_found(tmp_path):
         RobustAutoencoder.load(tmp_path / "absent.pt")
 
 
-# ---------------------------------------------------------------- 15: random_state
+# ---------------------------------------------------------------- random_state
 @settings(max_examples=100, deadline=None)
 @given(
     st.floats(allow_nan=True) | st.booleans() | st.text() | st.integers(max_value=-1) | st.integers(min_value=2**64)
@@ -761,6 +680,7 @@ BROKEN = [
     ([("sizes",), ("weights",)], [_DELETE, _DELETE], "missing key 'sizes', 'weights'"),
     ([("params", "lam"), ("params", "tol")], [_DELETE, _DELETE], "parameters invalid: missing 'lam', 'tol'"),
     ([("params", "lam"), ("params", "x")], [_DELETE, 1], "parameters invalid: missing 'lam'; unknown 'x'"),
+    ([("params", "x"), ("params", "y")], [1, 2], "parameters invalid: unknown 'x', 'y'"),
     ([("params", "random_state")], [{"numpy_random": "Generator", "state": {"bit_generator": "RandomState"}}],
      "parameters invalid: random_state is not a readable numpy random state ('RandomState' is not a numpy bit "
      "generator)"),
@@ -769,6 +689,27 @@ BROKEN = [
      "generator)"),
     ([("params", "random_state")], [{"numpy_random": "Philox", "state": {}}],
      "parameters invalid: random_state is not a readable numpy random state (unknown kind 'Philox')"),
+    ([("fitted", "output_activation_")], [_DELETE], "missing key 'fitted.output_activation_'"),
+    ([("fitted", "decision_scores_")], [torch.zeros(48, 2)], "decision_scores_ is not a vector of floats"),
+    ([("fitted", "decision_scores_")], [torch.zeros(48, dtype=torch.int64)], "decision_scores_ is not a vector of floats"),
+    ([("fitted", "decision_scores_")], [[0.5] * 48], "decision_scores_ is not a vector of floats"),
+    ([("fitted", "labels_")], [torch.tensor([0, 1, 9, 7, 3, 2] * 8)], "labels_ holds [2, 3, 7], not only 0 and 1"),
+    ([("fitted", "L_")], [torch.zeros(48, 5)], "L_ is not a (48, 6) tensor but shape (48, 5)"),
+    ([("fitted", "S_")], [[0.0] * 6], "S_ is not a (48, 6) tensor but a list"),
+    ([("fitted", "center_")], [torch.zeros(6, dtype=torch.float64)], "center_ and scale_ are saved together or not at all"),
+    ([("fitted", "center_"), ("fitted", "scale_")], [torch.zeros(6, dtype=torch.float64), torch.ones(5, dtype=torch.float64)],
+     "scale_ is not a finite float64 vector of 6 numbers"),
+    ([("fitted", "center_"), ("fitted", "scale_")], [torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)],
+     "scale_ has entries <= 0"),
+    ([("fitted", "residual_scale_")], [torch.zeros(6, dtype=torch.float64)], "residual_scale_ has entries <= 0"),
+    ([("fitted", "residual_scale_")], [torch.ones(6)],
+     "residual_scale_ is not a finite float64 tensor of shape (6,) (saved with residual_scale_, code_center_, "
+     "code_precision_)"),
+    ([("fitted", "code_center_")], [torch.ones(4, dtype=torch.float64)],
+     "code_center_ is not a finite float64 tensor of shape (3,) (saved with residual_scale_, code_center_, "
+     "code_precision_)"),
+    ([("fitted", "residual_scale_"), ("fitted", "code_center_")], [_DELETE, _DELETE],
+     "residual_scale_ is not a finite float64 tensor of shape (6,) (saved with code_precision_)"),
 ]
 
 
@@ -780,6 +721,20 @@ def test_what_is_wrong_with_a_model_file_is_said_exactly(tmp_path, model_file, w
     write_state(tmp_path / "m.pt", state)
     message = assert_clear_error(tmp_path / "m.pt")
     assert message == f"{str(tmp_path / 'm.pt')!r} is not a valid rda_ext model file: {detail}"
+
+
+def test_a_file_from_before_the_output_activation_was_saved_takes_its_parameter(tmp_path, model_file):
+    state = load_state(model_file[0])
+    del state["fitted"]["output_activation_"]
+    state["params"]["output_activation"] = "linear"  # as such a file names it
+    write_state(tmp_path / "m.pt", state)
+    assert RobustAutoencoder.load(tmp_path / "m.pt").model_.architecture[2] == "linear"
+
+
+def test_a_checkpoint_path_is_saved_as_text(tmp_path):
+    est = RobustAutoencoder(**TINY, checkpoint=tmp_path / "ck").fit(X)
+    est.save(tmp_path / "m.pt")
+    assert RobustAutoencoder.load(tmp_path / "m.pt").get_params()["checkpoint"] == str(tmp_path / "ck")
 
 
 def test_zero_counts_load_and_a_loaded_model_warm_starts_as_the_original(tmp_path, model_file):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import DEVICES
 from helpers import planted
-from test_estimator import SMALL
+from helpers import SMALL
 
 from rda_ext import RobustAutoencoder
 from rda_ext.estimator import scoring
