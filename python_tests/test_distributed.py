@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from distributed_ranks import run_ranks
+from distributed_ranks import run_ranks, run_threads
 
 from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
@@ -23,6 +23,13 @@ from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.training import train_epochs
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+
+
+@pytest.fixture(params=[pytest.param(run_ranks, id="processes", marks=pytest.mark.child_process),
+                        pytest.param(run_threads, id="threads")])
+def run(request):
+    """How the ranks run: spawned gloo processes, or threads of the test's process."""
+    return request.param
 
 
 def _seed() -> int:
@@ -64,9 +71,9 @@ def _proximal_steps(rank, world, seed, dtype, ties):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True])
-def test_the_distributed_proximal_step_is_the_single_process_one(dtype, ties):
+def test_the_distributed_proximal_step_is_the_single_process_one(run, dtype, ties):
     seed = _seed()
-    ranks = run_ranks(_proximal_steps, 3, seed, dtype, ties)
+    ranks = run(_proximal_steps, 3, seed, dtype, ties)
     X, L, P, _ = _problem(seed, dtype, ties)
     for penalty in PENALTIES:
         for lam in (None, 0.8):
@@ -107,6 +114,9 @@ def test_the_distributed_proximal_step_is_the_single_process_one(dtype, ties):
             assert torch.equal(torch.cat([r[penalty, lam][4] for r in ranks]), s.row_scores())
 
 
+FRACTIONS = (1e-4, 0.001, 0.05, 0.1, 0.3)  # 1e-4 of the 1300 values: none survives
+
+
 def _selections(rank, world, seed):
     gen = torch.Generator().manual_seed(seed + rank)
     ranks = RowGroup()
@@ -120,14 +130,24 @@ def _selections(rank, world, seed):
         ks = [1, 2, total // 2, total - 1, total]
         out.append((dtype, v, [ranks.kth_largest(v, k) for k in ks], ks,
                     [ranks.quantile(v.double(), q) for q in (0.0, 0.1, 0.9, 0.95, 1.0)],
-                    [ranks.survival_threshold(v, f) for f in (0.001, 0.05, 0.1, 0.3)]))
+                    [ranks.survival_threshold(v, f) for f in FRACTIONS]))
     return out
 
 
-def test_the_distributed_selection_is_exact():
+def test_the_distributed_selection_is_exact(run):
+    _check_selections(run(_selections, 3, _seed()))
+
+
+def test_the_selection_in_chunks_is_the_selection_at_once(monkeypatch):
+    from rda_ext.solver import collectives
+
+    monkeypatch.setattr(collectives, "SELECT_CHUNK", 7)  # bounds the temporaries of a large shard
+    _check_selections(run_threads(_selections, 3, _seed()))
+
+
+def _check_selections(ranks):
     from rda_ext.solver.loop import survival_threshold
 
-    ranks = run_ranks(_selections, 3, _seed())
     for i, (dtype, _, kth, ks, quantiles, thresholds) in enumerate(ranks[0]):
         allv = torch.cat([r[i][1] for r in ranks])
         desc = allv.sort(descending=True).values
@@ -135,7 +155,7 @@ def test_the_distributed_selection_is_exact():
             assert got.dtype == dtype and got == desc[k - 1]
         expected = [float(np.quantile(allv.double().numpy(), q)) for q in (0.0, 0.1, 0.9, 0.95, 1.0)]
         assert quantiles == pytest.approx(expected, rel=1e-15, abs=0)
-        assert thresholds == [survival_threshold(allv, f) for f in (0.001, 0.05, 0.1, 0.3)]
+        assert thresholds == [survival_threshold(allv, f) for f in FRACTIONS]
         assert all(r[i][2:] == ranks[0][i][2:] for r in ranks)
 
 
@@ -156,13 +176,13 @@ def _score_statistics(rank, world, seed):
     return scoring.fit_statistics(X[lo:hi], L[lo:hi], torch.sigmoid(X[lo:hi] @ W), reference[lo:hi], RowGroup())
 
 
-def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows():
+def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows(run):
     from rda_ext.estimator import scoring
 
     seed = _seed()
     X, L, W, reference = _score_data(seed)
     want = scoring.fit_statistics(X, L, torch.sigmoid(X @ W), reference)
-    for got in run_ranks(_score_statistics, 3, seed):
+    for got in run(_score_statistics, 3, seed):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
@@ -185,12 +205,12 @@ def _fit_shard(rank, world, params, checkpoint=None):
 
 
 @pytest.mark.parametrize("penalty", ["l21_rows", "l1"])
-def test_a_distributed_fit_flags_nearly_the_rows_of_a_single_process_fit(penalty):
+def test_a_distributed_fit_flags_nearly_the_rows_of_a_single_process_fit(run, penalty):
     """The batches differ (each rank draws from its rows), so the fits are not bit-equal: on the
     MNIST subset (digit 4 + 5% others, 527 rows) 2 ranks flag nearly the same rows as 1 process."""
     X, outlier, _ = _mnist_subset()
     single = RobustAutoencoder(**_FIT, penalty=penalty, contamination=0.05).fit(X)
-    ranks = run_ranks(_fit_shard, 2, dict(penalty=penalty, contamination=0.05))
+    ranks = run(_fit_shard, 2, dict(penalty=penalty, contamination=0.05))
     labels = np.concatenate([r["labels"] for r in ranks])
     scores = np.concatenate([r["scores"] for r in ranks])
     # Every rank holds the same global numbers and the same network.
@@ -215,8 +235,8 @@ def _resumed(rank, world, tmp):
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_a_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(world, tmp_path):
-    for whole, resumed in run_ranks(_resumed, world, str(tmp_path)):
+def test_a_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(run, world, tmp_path):
+    for whole, resumed in run(_resumed, world, str(tmp_path)):
         assert len(resumed["history"]) == 4
         for key in ("labels", "scores", "S", "L"):
             assert np.array_equal(whole[key], resumed[key]), key
@@ -252,8 +272,10 @@ def test_a_checkpoint_is_refused_by_another_fit_and_kept_whole(tmp_path):
 
 
 def test_distributed_true_needs_a_process_group():
-    with pytest.raises(ValueError, match="distributed=True needs an initialised torch.distributed process group"):
+    with pytest.raises(ValueError) as e:
         RobustAutoencoder(**_FIT, distributed=True).fit(_small())
+    assert str(e.value) == ("distributed=True needs an initialised torch.distributed process group "
+                            "(torch.distributed.init_process_group, or a launch with torchrun)")
 
 
 @pytest.mark.parametrize("ext", [".npy", ".csv"])
@@ -310,8 +332,8 @@ def _stacked_refused(rank, world):
     return fit_together([RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=1, distributed=False)], _small())[0].n_iter_
 
 
-def test_fit_together_refuses_a_process_group_unless_told_to_fit_alone():
-    assert run_ranks(_stacked_refused, 2) == [1, 1]
+def test_fit_together_refuses_a_process_group_unless_told_to_fit_alone(run):
+    assert run(_stacked_refused, 2) == [1, 1]
 
 
 def test_an_explicit_gpu_index_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
@@ -368,13 +390,16 @@ def _disagreeing(rank, world):
     return out
 
 
-def test_ranks_that_disagree_all_raise_the_same_error_naming_it():
-    ranks = run_ranks(_disagreeing, 2)
+def test_ranks_that_disagree_all_raise_the_same_error_naming_it(run):
+    ranks = run(_disagreeing, 2)
     assert ranks[0] == ranks[1]  # the same message on both ranks, case by case
     messages = ranks[0]
     for (_, _, name, mine, theirs), message in zip(_DISAGREEMENTS, messages):
         assert message is not None and message.startswith(
             f"the ranks disagree on {name}: rank 0 has {mine}, rank 1 has {theirs} ("), message
+    assert messages[0].endswith(" (every rank passes its rows of the same columns)")
+    assert messages[1].endswith(" (every rank's estimator must have the same parameters but device, verbose, "
+                                "checkpoint's path and a random_state that is not an integer)")
     device, empty, several = messages[len(_DISAGREEMENTS):]
     assert device.startswith("device must be")
     assert "0 sample(s)" in empty
@@ -396,8 +421,8 @@ def _differing_but_allowed(rank, world, tmp):
                 weights=est.model_.state_dict(), rows=len(est.labels_))
 
 
-def test_ranks_may_differ_in_device_verbose_checkpoint_path_and_a_drawn_seed(tmp_path):
-    first, second = run_ranks(_differing_but_allowed, 2, str(tmp_path))
+def test_ranks_may_differ_in_device_verbose_checkpoint_path_and_a_drawn_seed(run, tmp_path):
+    first, second = run(_differing_but_allowed, 2, str(tmp_path))
     assert first["n_iter"] == second["n_iter"] == 2 and (first["rows"], second["rows"]) == (30, 31)
     assert first["history"] == second["history"]
     assert all(torch.equal(v, second["weights"][k]) for k, v in first["weights"].items())
@@ -422,3 +447,171 @@ def test_what_the_ranks_compare_of_a_parameter():
     assert _parameter_description("hidden", [8, np.int64(3)])[1] == "(8, 3)"
     assert [_ranks_text(r) for r in ([1], [0, 1], [0, 2], [0, 1, 2, 3, 5, 7, 8])] == \
         ["rank 1", "ranks 0, 1", "ranks 0, 2", "ranks 0-3, 5, 7, 8"]
+
+
+# ---- what the ranks write: rda_ext.io.results --------------------------------------------------
+
+def _written(rank, world, tmp, model):
+    from rda_ext.io.results import write_fit
+
+    X = np.random.default_rng(rank).random((20 + 7 * rank, 5)).astype(np.float32)
+    X[rank] += 3  # one outlying row per rank
+    est = RobustAutoencoder(**{**_TINY, "outer_iter": 2}, contamination=0.1).fit(X)
+    flagged = [write_fit(est, f"{tmp}/r.npz", f"{tmp}/m.pt" if model else None, False, RowGroup()),
+               write_fit(est, f"{tmp}/folder", f"{tmp}/f.pt" if model else None, True, RowGroup())]
+    return dict(flagged=flagged, L=est.L_, S=est.S_, scores=est.decision_scores_, labels=est.labels_,
+                lam=est.lam_, threshold=est.threshold_, history=est.history_, backend=torch.distributed.get_backend())
+
+
+@pytest.mark.parametrize("model", [False, True])
+def test_the_ranks_write_their_rows_into_one_npz_or_one_folder(run, tmp_path, model):
+    import json
+
+    from rda_ext.solver.loop import HISTORY_KEYS
+
+    ranks = run(_written, 2, str(tmp_path), model)
+    total = int(sum(r["labels"].sum() for r in ranks))
+    assert total > 0
+    assert ranks[0]["flagged"] == [total, total] and ranks[1]["flagged"] == [0, total]
+    npz = np.load(tmp_path / "r.npz")
+    folder = tmp_path / "folder"
+    meta = json.loads((folder / "result.json").read_text())
+    assert list(npz.files) == ["L", "S", "scores", "labels", "lam", "threshold", "history", "history_columns"]
+    assert sorted(os.listdir(folder)) == ["L.npy", "S.npy", "labels.npy", "result.json", "scores.npy"]
+    for key in ("L", "S", "scores", "labels"):
+        whole = np.concatenate([r[key] for r in ranks])
+        assert np.array_equal(npz[key], whole) and npz[key].dtype == whole.dtype, key
+        assert np.array_equal(np.load(folder / f"{key}.npy"), whole), key
+    history = [[h[k] for k in HISTORY_KEYS] for h in ranks[0]["history"]]
+    assert float(npz["lam"]) == meta["lam"] == ranks[0]["lam"]
+    assert float(npz["threshold"]) == meta["threshold"] == ranks[0]["threshold"]
+    assert npz["history"].tolist() == meta["history"] == history
+    assert npz["history_columns"].tolist() == meta["history_columns"] == list(HISTORY_KEYS)
+    assert (meta["rows"], meta["world_size"], meta["backend"]) == (27 + 20, 2, ranks[0]["backend"])
+    expected = ["f.pt", "folder", "m.pt", "r.npz"] if model else ["folder", "r.npz"]
+    assert sorted(os.listdir(tmp_path)) == expected  # and no temporary left
+    for name in ("m.pt", "f.pt") if model else ():
+        loaded = RobustAutoencoder.load(tmp_path / name)
+        # The model file holds the training scores and labels of all rows, of rank 0's network.
+        assert np.array_equal(loaded.decision_scores_, npz["scores"])
+        assert np.array_equal(loaded.labels_, npz["labels"])
+        assert loaded.threshold_ == ranks[0]["threshold"]
+
+
+# ---- the row group's exchanges, rank by rank ----------------------------------------------------
+
+def _exchanges(rank, world):
+    from rda_ext.solver.collectives import agreed
+
+    ranks = RowGroup()
+    t = torch.tensor([float(rank), -float(rank), 2.0 ** rank])
+
+    def fails_on_ranks_1_and_2():
+        if rank:
+            raise ValueError(f"rank {rank} failed")
+
+    try:
+        agreed(ranks, fails_on_ranks_1_and_2)
+        failure = None
+    except ValueError as e:
+        failure = str(e)
+    disagreements = []
+    for values, note in (({"a": ("1", "one")} if rank < 2 else {"a": ("2", "two")}, None),
+                         ({"a": ("1", "one")} if rank == 0 else {}, "a note")):
+        try:
+            ranks.agree(values) if note is None else ranks.agree(values, note=note)
+        except ValueError as e:
+            disagreements.append(str(e))
+    v = torch.tensor([0.5, 0.25, 1.0][rank:rank + 1] + [0.125] * rank, dtype=torch.float64)  # 6 values in all
+    return dict(rank=ranks.rank, size=ranks.size, seed=ranks.broadcast_int(rank + 7), disagreements=disagreements,
+                quantiles=[ranks.quantile(v, q) for q in (0.5, 0.9, 0.99)],
+                norms=[ranks.norms(torch.full((2,), x, dtype=torch.float64)).tolist() for x in (0.0, 1e-200, 1e200)],
+                sum=ranks.sum(t).tolist(), max=ranks.max(t).tolist(), min=ranks.min(t).tolist(),
+                count=ranks.count(rank + 1), rows=ranks.rows_per_rank(10 * rank), parts=ranks.gather_to_first(rank * "x"),
+                first_error=ranks.first_error(None if rank == 0 else RuntimeError(f"at {rank}")),
+                no_error=ranks.first_error(None), failure=failure, shard=ranks.shard)
+
+
+def test_each_exchange_of_the_ranks(run):
+    got = run(_exchanges, 3)
+    for rank, g in enumerate(got):
+        assert (g["rank"], g["size"], g["shard"]) == (rank, 3, (rank, 3))
+        assert g["seed"] == 7  # rank 0's value
+        assert g["sum"] == [3.0, -3.0, 7.0] and g["max"] == [2.0, 0.0, 4.0] and g["min"] == [0.0, -2.0, 1.0]
+        assert g["count"] == 6 and g["rows"] == [0, 10, 20]
+        assert g["parts"] == (["", "x", "xx"] if rank == 0 else None)
+        assert g["first_error"] == "at 1" and g["no_error"] is None
+        # The failing ranks raise their own error, the others the lowest failing rank's message.
+        assert g["failure"] == ("rank 1 failed" if rank < 2 else "rank 2 failed")
+        assert g["disagreements"] == ["the ranks disagree on a: ranks 0, 1 have one, rank 2 has two",
+                                      "the ranks disagree on a: rank 0 has one, ranks 1, 2 have nothing (a note)"]
+        values = np.array([0.5, 0.25, 0.125, 1.0, 0.125, 0.125])
+        assert g["quantiles"] == [float(np.quantile(values, q)) for q in (0.5, 0.9, 0.99)]
+        # Summed as squares relative to the largest part: neither 1e-200 nor 1e200 under- or overflows.
+        assert g["norms"][0] == [0.0, 0.0]
+        np.testing.assert_allclose(g["norms"][1:], [[math.sqrt(3) * 1e-200] * 2, [math.sqrt(3) * 1e200] * 2],
+                                   rtol=1e-15)
+
+
+def test_only_rank_0_allocates_the_folder_and_puts_it_in_place(tmp_path, monkeypatch):
+    from rda_ext.io import result_folder
+
+    calls = []
+    for name in ("create", "finish"):
+        original = getattr(result_folder, name)
+        monkeypatch.setattr(result_folder, name, lambda *a, _name=name, _original=original: (
+            calls.append((_name, torch.distributed.get_rank())), _original(*a))[1])
+    run_threads(_written, 2, str(tmp_path), False)
+    assert sorted(calls) == [("create", 0), ("finish", 0)]
+
+
+def _training_stats(rank, world):
+    X = torch.rand(5 + rank, 3, generator=torch.Generator().manual_seed(rank), dtype=torch.float64)
+    s = _solver(DistributedRDASolver, X, X.clone(), X.clone(), "l1", 0.5, ranks=RowGroup())
+    loss, recon = s.training_stats(torch.tensor(float(rank + 1)), torch.tensor(10.0 * (rank + 1)))
+    return loss.item(), recon.item()
+
+
+def test_the_training_loss_is_the_mean_of_the_ranks_and_the_reconstruction_their_sum(run):
+    assert run(_training_stats, 2) == [(1.5, 30.0), (1.5, 30.0)]
+
+
+def _convergence_problem(seed, scale, exact):
+    X, L, P, cuts = _problem(seed, torch.float64, False)
+    return X * scale, (X if exact else L) * scale, P * scale, cuts
+
+
+def _convergence(rank, world, seed, scale, exact):
+    X, L, P, cuts = _convergence_problem(seed, scale, exact)
+    rows = slice(cuts[rank], cuts[rank + 1])
+    s = _solver(DistributedRDASolver, X[rows], L[rows], P[rows], "l1", 0.1, ranks=RowGroup())
+    return s.convergence()
+
+
+@pytest.mark.parametrize("scale, exact", [(0.0, False), (1e-3, False), (1.0, False), (1e-3, True)])
+def test_the_convergence_numbers_of_the_ranks_are_those_of_all_rows(run, scale, exact):
+    """c1 and c2 relative to ||X||, also where ||X|| < 1 and where L is X (c1 = 0); the plain norms
+    where X is 0."""
+    seed = _seed()
+    X, L, P, _ = _convergence_problem(seed, scale, exact)
+    want = _solver(RDASolver, X, L, P, "l1", 0.1).convergence()
+    assert (want[0] == 0) == (exact or scale == 0)
+    for got in run(_convergence, 3, seed, scale, exact):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def _resumed_with_other_rows_on_rank_1(rank, world, tmp):
+    X = np.random.default_rng(rank).random((20, 4)).astype(np.float32)
+    params = dict(**{**_TINY, "outer_iter": 2}, checkpoint=f"{tmp}/ck")
+    RobustAutoencoder(**params).fit(X)
+    try:
+        RobustAutoencoder(**params).fit(X[::-1].copy() if rank == 1 else X)
+    except ValueError as e:
+        return str(e)
+
+
+def test_a_checkpoint_names_the_rank_whose_rows_are_not_those_it_was_written_for(run, tmp_path):
+    message = (f"checkpoint {tmp_path}/ck holds the state of another fit, which differs in its data of rank 1 "
+               "(other values, or the same in another order of rows or columns): remove it, or choose another "
+               "directory")
+    assert run(_resumed_with_other_rows_on_rank_1, 2, str(tmp_path)) == [message, message]

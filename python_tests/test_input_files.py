@@ -611,7 +611,8 @@ def test_fewer_rows_than_ranks_fails_alike_on_every_rank(tmp_path, ext):
     """Every rank, not only those left without rows, fails, with the same message: none of them
     then waits for the others in a collective."""
     path = save_as(tmp_path / f"X{ext}", np.arange(6.0).reshape(3, 2))
-    for world, which in ((4, "rank 0"), (8, "5 ranks (0, 1, 3, 4, 6)"), (30, "27 ranks (0, 1, 2, 3, 4, 5, 6, 7, ...)")):
+    for world, which in ((4, "rank 0"), (8, "5 ranks (0, 1, 3, 4, 6)"), (11, "8 ranks (0, 1, 2, 4, 5, 6, 8, 9)"),
+                         (12, "9 ranks (0, 1, 2, 4, 5, 6, 8, 9, ...)"), (30, "27 ranks (0, 1, 2, 3, 4, 5, 6, 7, ...)")):
         messages = set()
         for rank in range(world):
             with pytest.raises(ValueError) as e:
@@ -700,6 +701,19 @@ def test_a_symlink_to_a_regular_file_is_read(tmp_path):
     assert read_matrix(tmp_path / "link.npy").tolist() == [[1, 1], [1, 1]]
 
 
+def _pipe(path, data: bytes):
+    """A FIFO at ``path`` and a thread that writes ``data`` into it; join the thread after reading."""
+    os.mkfifo(path)
+
+    def writer():
+        with open(path, "wb") as f:
+            f.write(data)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    return thread
+
+
 def test_allow_special_reads_a_pipe(tmp_path):
     """For a Python caller feeding a FIFO: .csv and .npy (read as a stream, a shard too)."""
     X = np.arange(40.0).reshape(20, 2)
@@ -708,14 +722,7 @@ def test_allow_special_reads_a_pipe(tmp_path):
         path = tmp_path / name
         if path.exists():
             path.unlink()
-        os.mkfifo(path)
-
-        def writer():
-            with open(path, "wb") as f:
-                f.write(data)
-
-        thread = threading.Thread(target=writer)
-        thread.start()
+        thread = _pipe(path, data)
         try:
             A = read_quietly(path, allow_special=True, shard=shard)
         finally:
@@ -803,3 +810,100 @@ def test_the_command_line_reports_each_kind_in_one_line(tmp_path, capsys, fifo):
             assert_user_error(code, err, message)
             assert out == ""
     assert not opened.is_set() and not (tmp_path / "r.npz").exists()
+
+
+def test_an_object_array_from_a_pipe_is_refused_not_unpickled(tmp_path):
+    thread = _pipe(tmp_path / "p.npy", npy_bytes(np.array([[1, "x"]], dtype=object)))
+    try:
+        with pytest.raises(ValueError) as e:
+            read_matrix(tmp_path / "p.npy", allow_special=True)
+    finally:
+        thread.join()
+    assert str(e.value) == f"{tmp_path / 'p.npy'}: cannot read: Object arrays cannot be loaded when allow_pickle=False"
+
+
+def test_a_stream_is_read_through_its_first_bytes_then_the_rest():
+    from rda_ext.io.readers import _Prefixed
+
+    p = _Prefixed(b"abc", io.BytesIO(b"defg"))
+    assert [p.read(0), p.read(3), p.read(0), p.read(2), p.read(-1), p.read()] == [b"", b"abc", b"", b"de", b"fg", b""]
+    p = _Prefixed(b"abc", io.BytesIO(b"defg"))
+    assert [p.read(2), p.read(3), p.read(5)] == [b"ab", b"cde", b"fg"]
+    p = _Prefixed(b"abc", io.BytesIO(b"defg"))
+    assert p.read() == b"abcdefg"
+
+
+def test_a_version_2_npy_is_read_and_its_size_checked(tmp_path):
+    a = np.arange(12.0).reshape(4, 3)
+    f = io.BytesIO()
+    np.lib.format.write_array(f, a, version=(2, 0))
+    (tmp_path / "v2.npy").write_bytes(f.getvalue())
+    assert same_bits(read_matrix(tmp_path / "v2.npy"), a)
+    (tmp_path / "cut.npy").write_bytes(f.getvalue()[:-8])
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "cut.npy")
+    assert str(e.value) == (f"{tmp_path / 'cut.npy'}: cannot read: truncated: the header declares an array of shape "
+                            "(4, 3) and dtype float64, 96 bytes, but 88 bytes follow it")
+
+
+def test_an_array_of_one_byte_without_it_is_truncated(tmp_path):
+    data = npy_bytes(np.ones((1, 1), np.uint8))[:-1]
+    (tmp_path / "cut.npy").write_bytes(data)
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "cut.npy")
+    assert str(e.value).endswith("truncated: the header declares an array of shape (1, 1) and dtype uint8, "
+                                 "1 bytes, but 0 bytes follow it")
+
+
+def test_a_header_that_does_not_parse_is_named(tmp_path):
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2, }"
+    header += " " * (63 - len(header) % 64) + "\n"
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "bad.npy")
+    assert str(e.value) == f"{tmp_path / 'bad.npy'}: cannot read: cannot parse the header (EOF in multi-line statement)"
+
+
+def test_a_shard_of_an_npy_file_is_read_through_a_memory_map(tmp_path, monkeypatch):
+    from rda_ext.io import readers
+
+    np.save(tmp_path / "X.npy", np.arange(8.0).reshape(4, 2))
+    modes = []
+    load = np.load
+    monkeypatch.setattr(readers.np, "load", lambda *a, **k: modes.append(k.get("mmap_mode")) or load(*a, **k))
+    assert read_matrix(tmp_path / "X.npy", shard=(1, 2)).tolist() == [[4, 5], [6, 7]]
+    assert read_matrix(tmp_path / "X.npy").shape == (4, 2)
+    assert modes == ["r", None]
+
+
+def test_a_path_that_cannot_be_resolved_is_named_with_the_reason(tmp_path):
+    os.symlink(tmp_path / "b.npy", tmp_path / "a.npy")
+    os.symlink(tmp_path / "a.npy", tmp_path / "b.npy")
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "a.npy")
+    assert str(e.value) == f"{tmp_path / 'a.npy'}: cannot read: Too many levels of symbolic links"
+
+
+def test_what_is_not_a_zip_archive_is_said_with_the_signature(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "x.npz")
+    assert str(e.value) == (f"{tmp_path / 'x.npz'}: cannot read: not an .npz file (a zip archive of .npy files): "
+                            "it does not start with the signature of a zip archive b'PK\\x03\\x04'")
+    np.savez(tmp_path / "none.npz")
+    with pytest.raises(ValueError) as e:
+        read_matrix(tmp_path / "none.npz", key="X")
+    assert str(e.value) == f"{tmp_path / 'none.npz'}: cannot read: it has no array 'X' (it holds none)"
+
+
+def test_a_blank_line_inside_a_quoted_cell_counts_one_character(tmp_path, monkeypatch):
+    monkeypatch.setattr(csv_parser, "CSV_LINE_LIMIT", 20)
+    # 2 + 10 blank lines + 3 = 15 characters: within the bound, so the cell itself is the fault.
+    path = write(tmp_path / "x.csv", '"1' + "\n" * 10 + '",2\n')
+    with pytest.raises(ValueError) as e:
+        read_quietly(path)
+    assert str(e.value).startswith(f"{path}: line 11, column 1: ")
+    path = write(tmp_path / "y.csv", '"1' + "\n" * 19 + '",2\n')  # 24: past it
+    with pytest.raises(ValueError) as e:
+        read_quietly(path)
+    assert str(e.value).startswith(f"{path}: lines 1 to 20, one row")

@@ -32,4 +32,5 @@ jobs="${MUTATION_JOBS:-$(nproc)}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # mutmut exits non-zero when it cannot start (the clean tests fail): then there is nothing to sum up.
 "$(dirname "$python")/mutmut" run --max-children "$jobs" "$@"
-"$python" "$here/summary.py" "$work" "$here/EQUIVALENT.md" --json "$root/benchmarks/results/mutation-summary.json"
+"$python" "$here/summary.py" "$work" "$here/EQUIVALENT.md" --unreachable "$here/UNREACHABLE.md" \
+    --json "$root/benchmarks/results/mutation-summary.json"

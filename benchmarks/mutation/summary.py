@@ -1,9 +1,11 @@
 """Per-module summary of a `make mutation` run: killed, survived, equivalent (listed in
-EQUIVALENT.md with a reason) and the share of non-equivalent mutants killed, as a Markdown table
-and as JSON. The survivors not shown equivalent are listed by name (``mutmut show NAME`` in the
-scratch folder prints the change).
+EQUIVALENT.md with a reason), unreachable on the machine of the run (listed in UNREACHABLE.md
+with a reason: code that only a GPU or a system feature this machine lacks runs) and the share
+of the other mutants killed, as a Markdown table and as JSON; the share with the unreachable
+ones counted as survivors is given too. The survivors not accounted for are listed by name
+(``mutmut show NAME`` in the scratch folder prints the change).
 
-Usage: summary.py WORK_DIR EQUIVALENT_MD [--json PATH]"""
+Usage: summary.py WORK_DIR EQUIVALENT_MD [--unreachable UNREACHABLE_MD] [--json PATH]"""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def verdict(code) -> str:
 
 
 def equivalent_names(path: Path) -> dict[str, str]:
-    """``- `mutant name`: reason`` lines of EQUIVALENT.md."""
+    """``- `mutant name`: reason`` lines of EQUIVALENT.md (or UNREACHABLE.md)."""
     names = {}
     for line in path.read_text().splitlines():
         m = re.match(r"^- `([\w.]+__mutmut_\d+)`: (.+)$", line.strip())
@@ -40,7 +42,7 @@ def equivalent_names(path: Path) -> dict[str, str]:
     return names
 
 
-def summarise(work: Path, equivalent: dict[str, str]) -> dict:
+def summarise(work: Path, equivalent: dict[str, str], unreachable: dict[str, str]) -> dict:
     modules = {}
     seen = {}  # mutant name -> verdict, over all modules
     for meta in sorted((work / "mutants").rglob("*.py.meta")):
@@ -54,6 +56,8 @@ def summarise(work: Path, equivalent: dict[str, str]) -> dict:
             v = seen[name] = verdict(code)
             if v in SURVIVING and name in equivalent:
                 v = "equivalent"
+            elif v in SURVIVING and name in unreachable:
+                v = "unreachable"
             elif v in SURVIVING:
                 survivors.append(name)
             counts[v] += 1
@@ -62,12 +66,13 @@ def summarise(work: Path, equivalent: dict[str, str]) -> dict:
         modules[module] = dict(
             mutants=sum(counts.values()), killed=counts["killed"], timeout=counts["timeout"],
             crashed=counts["segfault"], survived=counts["survived"] + counts["suspicious"],
-            no_tests=counts["no tests"], equivalent=counts["equivalent"],
-            not_run=sum(counts.values()) - relevant - counts["equivalent"],
-            killed_share=caught / relevant if relevant else None, survivors=survivors,
+            no_tests=counts["no tests"], equivalent=counts["equivalent"], unreachable=counts["unreachable"],
+            not_run=sum(counts.values()) - relevant - counts["equivalent"] - counts["unreachable"],
+            killed_share=caught / relevant if relevant else None,
+            killed_share_with_unreachable=_share(caught, relevant + counts["unreachable"]), survivors=survivors,
         )
-    # Listed as equivalent but killed by a test since, or gone: the list must say so.
-    stale = sorted(name for name in equivalent if name not in seen or seen[name] in KILLED)
+    # Listed but killed by a test since, or gone: the lists must say so.
+    stale = sorted(name for name in {**equivalent, **unreachable} if name not in seen or seen[name] in KILLED)
     return dict(date=str(date.today()), machine=_machine(), modules=modules, equivalent_but_not_surviving=stale)
 
 
@@ -81,32 +86,44 @@ def _machine() -> str:
 
 
 def table(summary: dict) -> str:
-    rows = ["| module | mutants | killed | timeout or crash | survived | no test | equivalent | killed of non-equivalent |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    keys = ("mutants", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "not_run")
+    rows = ["| module | mutants | killed | timeout or crash | survived | no test | equivalent | unreachable here "
+            "| killed of the rest | killed, unreachable counted |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = ("mutants", "killed", "timeout", "crashed", "survived", "no_tests", "equivalent", "unreachable", "not_run")
     total = Counter()
     for module, m in summary["modules"].items():
         rows.append(_row(f"`{module}`", m))
         total.update({k: m[k] for k in keys})
-    relevant = total["mutants"] - total["equivalent"] - total["not_run"]
+    relevant = total["mutants"] - total["equivalent"] - total["unreachable"] - total["not_run"]
     caught = total["killed"] + total["timeout"] + total["crashed"]
-    rows.append(_row("all", dict(total, killed_share=caught / relevant if relevant else None)))
+    rows.append(_row("all", dict(total, killed_share=_share(caught, relevant),
+                                 killed_share_with_unreachable=_share(caught, relevant + total["unreachable"]))))
     return "\n".join(rows)
 
 
+def _share(caught: int, of: int) -> float | None:
+    return caught / of if of else None
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
 def _row(name: str, m: dict) -> str:
-    share = "-" if m["killed_share"] is None else f"{100 * m['killed_share']:.1f}%"
     return (f"| {name} | {m['mutants']} | {m['killed']} | {m['timeout'] + m['crashed']} | {m['survived']} | "
-            f"{m['no_tests']} | {m['equivalent']} | {share} |")
+            f"{m['no_tests']} | {m['equivalent']} | {m['unreachable']} | {_percent(m['killed_share'])} | "
+            f"{_percent(m['killed_share_with_unreachable'])} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("equivalent", type=Path)
+    parser.add_argument("--unreachable", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    summary = summarise(args.work, equivalent_names(args.equivalent))
+    unreachable = equivalent_names(args.unreachable) if args.unreachable else {}
+    summary = summarise(args.work, equivalent_names(args.equivalent), unreachable)
     print(table(summary))
     for module, m in summary["modules"].items():
         if m["not_run"]:
@@ -114,7 +131,8 @@ def main() -> int:
         for name in m["survivors"]:
             print(f"survivor: {name}")
     for name in summary["equivalent_but_not_surviving"]:
-        print(f"EQUIVALENT.md lists {name}, which no longer survives (or no longer exists): remove it")
+        print(f"EQUIVALENT.md or UNREACHABLE.md lists {name}, which no longer survives (or no longer exists): "
+              "remove it")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return 0

@@ -50,22 +50,17 @@ class FittedState:
     @classmethod
     def of(cls, est) -> FittedState:
         """The state of a fitted estimator (NotFittedError before a fit). One unpickled from before
-        the fit's facts were kept ran with its parameters and has no fingerprint."""
+        the fit's facts were kept ran with its parameters and has no fingerprint (None)."""
         check_fitted(est)
-        defaults = dict(_fit_precision=est.precision, _fit_preprocessing=est.preprocessing, _fit_fingerprint=None)
+        defaults = dict(_fit_precision=est.precision, _fit_preprocessing=est.preprocessing)
         return cls(**{f.name: getattr(est, f.name, defaults.get(f.name)) for f in fields(cls)})
 
     def apply(self, est):
         """Sets every field on ``est``; returns it. Rows that are None (L_ and S_ of a model file
-        saved without data) are not set: the estimator has no such attribute, as scikit-learn's."""
+        saved without data, which ``load`` applies to a new estimator) are not set: the estimator
+        then has no such attribute, as scikit-learn's."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.metadata.get("per_row"):
-                if hasattr(est, f.name):
-                    delattr(est, f.name)
-                continue
-            setattr(est, f.name, value)
+            if not (value is None and f.metadata.get("per_row")):
+                setattr(est, f.name, value)
         return est
-
-
-PER_ROW = tuple(f.name for f in fields(FittedState) if f.metadata.get("per_row"))

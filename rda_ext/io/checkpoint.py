@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from rda_ext.io.atomic import atomic_write, is_temporary
-from rda_ext.io.fingerprint import fingerprint
 from rda_ext.io.state_files import (
     InvalidState,
     check_dict,
@@ -179,10 +178,10 @@ class Checkpoint:
         )
 
 
-def data_identity(X: Tensor, digest: str | None = None) -> dict:
-    """What identifies a rank's rows: their shape, dtype and the fingerprint of their bytes
-    (``digest``, where the caller has it already)."""
-    return dict(shape=list(X.shape), dtype=str(X.dtype), fingerprint=fingerprint(X) if digest is None else digest)
+def data_identity(X: Tensor, digest: str) -> dict:
+    """What identifies a rank's rows: their shape, dtype and ``digest``, the fingerprint of their
+    bytes (``io.fingerprint``, taken while the fit prepared them)."""
+    return dict(shape=list(X.shape), dtype=str(X.dtype), fingerprint=digest)
 
 
 def _shared(identity: dict) -> dict:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rda_ext.solver.loop import survival_threshold, survivors_of, threshold_between
+from rda_ext.solver.loop import survivors_of, threshold_between
 
 # Bits of the float pattern resolved per round of the selection: 2 rounds for float32 data,
 # 4 for float64, each an all-reduce of 2**16 int64 counts (512 KiB) and one pass over the values.
@@ -136,17 +136,16 @@ def _ranks_text(ranks: list[int]) -> str:
 
 
 class RowGroup:
-    """This process's place in a row-sharded fit: the process group, its rank and size, and the
-    device collectives run on (the data's own with NCCL, the CPU with gloo). ``distributed``: the
-    fit's rows are split over processes (a ``SingleProcess`` holds them all)."""
+    """This process's place in a row-sharded fit over the default process group: its rank and
+    size, and the device collectives run on (the data's own with NCCL, the CPU with gloo).
+    ``distributed``: the fit's rows are split over processes (a ``SingleProcess`` holds them all)."""
 
     distributed = True
 
-    def __init__(self, group: dist.ProcessGroup | None = None):
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
-        self.backend = dist.get_backend(group)
+    def __init__(self):
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        self.backend = dist.get_backend()
 
     def _on_wire(self, t: Tensor) -> Tensor:
         if self.backend == "nccl":
@@ -155,7 +154,7 @@ class RowGroup:
 
     def _reduce(self, t: Tensor, op) -> Tensor:
         wire = self._on_wire(t).clone()
-        dist.all_reduce(wire, op=op, group=self.group)
+        dist.all_reduce(wire, op=op)
         return wire.to(t.device)
 
     def sum(self, t: Tensor) -> Tensor:
@@ -171,15 +170,14 @@ class RowGroup:
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every rank."""
         wire = self._on_wire(torch.tensor([value], dtype=torch.int64))
-        dist.broadcast(wire, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        dist.broadcast(wire, src=0)
         return int(wire.item())
 
     def replicated(self, model: nn.Module) -> nn.Module:
         """``model`` wrapped for training on this rank's rows: DistributedDataParallel broadcasts
         rank 0's weights and averages the gradients over the ranks."""
         device = next(model.parameters()).device
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       process_group=self.group)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     @property
     def shard(self) -> tuple[int, int] | None:
@@ -189,7 +187,7 @@ class RowGroup:
     def gather_to_first(self, obj) -> list | None:
         """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the others."""
         parts = [None] * self.size if self.rank == 0 else None
-        dist.gather_object(obj, parts, dst=0, group=self.group)
+        dist.gather_object(obj, parts, dst=0)
         return parts
 
     def rows_per_rank(self, n_local: int) -> list[int]:
@@ -202,7 +200,7 @@ class RowGroup:
         """The message of the lowest rank's error, on every rank (None where no rank has one): a
         rank that fails alone would leave the others waiting in their next collective."""
         messages: list[str | None] = [None] * self.size
-        dist.all_gather_object(messages, None if error is None else str(error), group=self.group)
+        dist.all_gather_object(messages, None if error is None else str(error))
         return next((m for m in messages if m is not None), None)
 
     def agree(self, values: dict[str, tuple[str, str]], error: BaseException | None = None, *,
@@ -213,7 +211,7 @@ class RowGroup:
         error, that error on it and a ValueError with the lowest failing rank's message on the
         others."""
         everyone: list = [None] * self.size
-        dist.all_gather_object(everyone, (values, None if error is None else str(error)), group=self.group)
+        dist.all_gather_object(everyone, (values, None if error is None else str(error)))
         names = list(dict.fromkeys(name for theirs, _ in everyone for name in theirs))
         missing = ("", "nothing")
         differ = []
@@ -303,10 +301,12 @@ class RowGroup:
 
 class SingleProcess(RowGroup):
     """A fit on one process, as a row group of size one: every collective is the identity and the
-    order statistics are taken locally (exactly the numbers the selection gives, without its rounds)."""
+    quantile is taken locally (exactly the number the selection gives, without its rounds). Its
+    proximal step is ``RDASolver``'s own (``fitting.new_solver``), which never asks a row group
+    for norms or a survival threshold."""
 
     distributed = False
-    group, rank, size, backend = None, 0, 1, None
+    rank, size, backend = 0, 1, None
 
     def __init__(self):
         pass
@@ -342,14 +342,8 @@ class SingleProcess(RowGroup):
         if error is not None:
             raise error
 
-    def norms(self, local: Tensor) -> Tensor:
-        return local.double()
-
     def count(self, n_local: int) -> int:
         return n_local
-
-    def survival_threshold(self, values: Tensor, fraction: float) -> float:
-        return survival_threshold(values, fraction)
 
     def quantile(self, values: Tensor, q: float) -> float:
         return float(np.quantile(values.cpu().numpy(), q))
