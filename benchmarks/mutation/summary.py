@@ -32,7 +32,7 @@ def verdict(code) -> str:
     return status_by_exit_code[code]
 
 
-def equivalent_names(path: Path) -> dict[str, str]:
+def listed_mutants(path: Path) -> dict[str, str]:
     """``- `mutant name`: reason`` lines of EQUIVALENT.md (or UNREACHABLE.md)."""
     names = {}
     for line in path.read_text().splitlines():
@@ -68,7 +68,7 @@ def summarise(work: Path, equivalent: dict[str, str], unreachable: dict[str, str
             crashed=counts["segfault"], survived=counts["survived"] + counts["suspicious"],
             no_tests=counts["no tests"], equivalent=counts["equivalent"], unreachable=counts["unreachable"],
             not_run=sum(counts.values()) - relevant - counts["equivalent"] - counts["unreachable"],
-            killed_share=caught / relevant if relevant else None,
+            killed_share=_share(caught, relevant),
             killed_share_with_unreachable=_share(caught, relevant + counts["unreachable"]), survivors=survivors,
         )
     # Listed but killed by a test since, or gone: the lists must say so.
@@ -122,8 +122,8 @@ def main() -> int:
     parser.add_argument("--unreachable", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    unreachable = equivalent_names(args.unreachable) if args.unreachable else {}
-    summary = summarise(args.work, equivalent_names(args.equivalent), unreachable)
+    unreachable = listed_mutants(args.unreachable) if args.unreachable else {}
+    summary = summarise(args.work, listed_mutants(args.equivalent), unreachable)
     print(table(summary))
     for module, m in summary["modules"].items():
         if m["not_run"]:
