@@ -78,7 +78,9 @@ def _folder(name):
 
 
 COLLISIONS = {
-    "fit: --out is the .npz input": (None, ["fit", "X.npz", "--out", "X.npz"], "--out X.npz is the same file as input"),
+    "fit: --out is the .npz input": (None, ["fit", "X.npz", "--out", "X.npz"],
+                                     "--out X.npz is the same file as input X.npz: it would be replaced by the output; "
+                                     "choose another path"),
     "fit: --out is the input through ./ and ..": (None, ["fit", "X.npz", "--out", "./E/../X.npz"], "same file as input"),
     "fit: --out is the input by its absolute path": ("abs", ["fit", "X.npz", "--out", "{abs}/X.npz"], "same file"),
     "fit: --out a symlink to the input": (_link("X.npz", "l.npz"), ["fit", "X.npz", "--out", "l.npz"], "same file"),
@@ -93,7 +95,9 @@ COLLISIONS = {
                                         "--out and --model are the same file"),
     "fit: --model inside the --out folder": (_folder("D"), ["fit", "X.npy", "--out", "D/", "--model", "D/m2.pt"],
                                              "lies inside the --out folder"),
-    "fit: --checkpoint is the --out folder": (None, ["fit", "X.npy", "--out", "D/", "--checkpoint", "D"], "overlap"),
+    "fit: --checkpoint is the --out folder": (None, ["fit", "X.npy", "--out", "D/", "--checkpoint", "D"],
+                                              "the --out folder D/ and the --checkpoint folder D overlap: each must be "
+                                              "a folder of its own"),
     "fit: --checkpoint inside the --out folder": (_folder("D"), ["fit", "X.npy", "--out", "D/", "--checkpoint", "D/ck"],
                                                   "overlap"),
     "fit: the --out folder inside --checkpoint": (_folder("ck"), ["fit", "X.npy", "--out", "ck/r/", "--checkpoint",
@@ -168,7 +172,8 @@ def test_an_output_that_exists_and_is_not_a_regular_file_is_never_replaced(work,
             "score --out": ["score", "m.pt", "X.npy", "--out", "o"]}[flag]
     code, _, err = run_main(capsys, *argv)
     name = {"fifo": "a FIFO", "socket": "a socket", "device": "a character device"}[kind]
-    assert code == 2 and f"o exists and is {name}, not a regular file" in err, err
+    label = flag.split()[-1]
+    assert code == 2 and f"{label} o exists and is {name}, not a regular file" in err, err
     assert os.lstat("o").st_mode == mode and not os.path.exists("r.npz")
 
 
@@ -180,6 +185,24 @@ def test_a_folder_output_or_checkpoint_that_is_not_a_folder_is_refused(work, cap
     code, _, err = run_main(capsys, "fit", "X.npy", "--out", "r.npz", "--checkpoint", "o", *TINY)
     assert code == 2 and "exists and is" in err and "not a folder" in err, err
     assert stat.S_IFMT(os.lstat("o").st_mode) != stat.S_IFDIR and not os.path.exists("r.npz")
+
+
+def test_a_folder_output_that_is_not_empty_is_refused(work, capsys):
+    os.mkdir("F")
+    open("F/mine", "wb").close()
+    code, out, err = run_main(capsys, "fit", "X.npy", "--out", "F/", *TINY)
+    assert code == 2 and out == "" and err == (
+        "rda-ext: error: F/: the folder exists and is not empty; remove it or choose another --out\n")
+    assert os.listdir("F") == ["mine"]
+
+
+def test_within_takes_the_root_and_a_folder_whose_name_ends_in_a_space(tmp_path):
+    from rda_ext.io.paths import within
+
+    os.mkdir(tmp_path / "d ")
+    assert within(str(tmp_path / "d " / "x"), str(tmp_path / "d "))
+    assert not within(str(tmp_path / "d" / "x"), str(tmp_path / "d "))
+    assert within(str(tmp_path), os.sep)
 
 
 def test_a_symlink_to_an_empty_folder_receives_the_folder_output(work, capsys):

@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 from helpers import SMALL, TINY, TINY_X as X, assert_same_model, planted
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -610,6 +611,32 @@ def test_reason_is_the_gist_of_the_load_error(error, expected):
     assert reason(error, "a model file") == expected
 
 
+@pytest.mark.parametrize("value, message", [
+    (torch.zeros(3).to_sparse(), "w is a torch.sparse_coo tensor, not a dense one"),
+    (torch.zeros(3, dtype=torch.int64), "w has dtype torch.int64, not a floating dtype"),
+    (torch.zeros(3, dtype=torch.float32), "w has dtype torch.float32, not torch.float64"),
+    (torch.zeros(3, dtype=torch.float64), "w has shape (3,), not (2,)"),
+    (torch.tensor([0.0, math.nan], dtype=torch.float64), "w holds NaN or infinite values"),
+])
+def test_a_tensor_of_a_state_file_is_checked_for_layout_dtype_shape_and_values(value, message):
+    from rda_ext.io.state_files import InvalidState, check_tensor
+
+    dtype = None if message.endswith("floating dtype") or message.endswith("dense one") else torch.float64
+    with pytest.raises(InvalidState) as e:
+        check_tensor(value, "w", shape=(2,) if "shape" in message else None, dtype=dtype)
+    assert str(e.value) == message
+
+
+@requires_cuda
+def test_a_model_fitted_on_the_cpu_loads_onto_a_gpu(tmp_path, gen):
+    X = np.random.default_rng(int(gen.initial_seed())).random((40, 6)).astype(np.float32)
+    est = RobustAutoencoder(hidden=(4, 2), outer_iter=1, inner_epochs=1, random_state=0).fit(X)
+    est.save(tmp_path / "m.pt")
+    back = RobustAutoencoder.load(tmp_path / "m.pt", device="cuda")
+    assert all(p.device.type == "cuda" for p in back.model_.parameters())
+    np.testing.assert_allclose(back.decision_function(X), est.decision_function(X), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float64", torch.float64])
 def test_a_float64_model_keeps_its_weights_exactly(tmp_path, gen, dtype):
     """The network is built in the saved dtype before the weights are copied in (a float32 network
@@ -690,6 +717,7 @@ BROKEN = [
     ([("params", "random_state")], [{"numpy_random": "Philox", "state": {}}],
      "parameters invalid: random_state is not a readable numpy random state (unknown kind 'Philox')"),
     ([("fitted", "output_activation_")], [_DELETE], "missing key 'fitted.output_activation_'"),
+    ([("fitted", "S_"), ("fitted", "input")], [_DELETE, _DELETE], "missing key 'fitted.S_', 'fitted.input'"),
     ([("fitted", "decision_scores_")], [torch.zeros(48, 2)], "decision_scores_ is not a vector of floats"),
     ([("fitted", "decision_scores_")], [torch.zeros(48, dtype=torch.int64)], "decision_scores_ is not a vector of floats"),
     ([("fitted", "decision_scores_")], [[0.5] * 48], "decision_scores_ is not a vector of floats"),

@@ -109,7 +109,12 @@ def test_stale_temp_of_dead_process_is_removed(tmp_path, write_path):
 def test_pid_alive_asks_without_signalling(tmp_path):
     from rda_ext.io.atomic import _pid_alive
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Every signal at its default action (a parent such as nohup may have set SIGHUP to ignored,
+    # which a child inherits): any signal but 0 would then end the child.
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                              "for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):\n"
+                              "    signal.signal(s, signal.SIG_DFL)\n"
+                              "time.sleep(60)"])
     try:
         assert _pid_alive(child.pid)
         time.sleep(0.2)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import requires_cuda
 from rda_ext import RobustAutoencoder, TrainingDiverged
 from rda_ext.estimator import preprocessing as scaling_module
 from rda_ext.estimator.preprocessing import (
@@ -365,6 +366,22 @@ def test_the_scaled_columns_ends_are_the_scaled_ends(seed, name):
     Xs = scale_rows(X, scaling, how=name)
     assert torch.equal(lo, Xs.amin(0)) and torch.equal(hi, Xs.amax(0))
     assert scaled_range(column_range, None, how=name) is column_range
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 1), (40, 5)])
+def test_a_fingerprint_hashes_dtype_shape_and_bytes_in_row_major_order(seed, shape):
+    import hashlib
+
+    X = torch.from_numpy(np.random.default_rng(seed).normal(size=shape))
+    expected = hashlib.sha256(f"{X.dtype} {tuple(X.shape)}".encode() + X.numpy().tobytes()).hexdigest()
+    assert fingerprint(X) == expected
+    assert fingerprint(X.T.contiguous().T) == expected  # column-major storage, the same matrix
+
+
+@requires_cuda
+def test_the_fingerprint_of_a_gpu_matrix_is_that_of_its_host_copy(seed):
+    X = torch.from_numpy(np.random.default_rng(seed).normal(size=(300, 7)))
+    assert fingerprint(X.cuda()) == fingerprint(X)
 
 
 @pytest.mark.parametrize("scaled", [False, True])

@@ -149,7 +149,7 @@ def load_model(cls, path, *, device: str | None = None):
     except _Unusable as e:
         raise ValueError(f"{name!r}: {e}") from None
     except Exception as e:  # whatever the checks above missed: still the file's fault, said as such
-        raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {reason(e)}") from None
+        raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {reason(e, 'a model file')}") from None
     # Outside the file checks: running out of device memory here is not the file's fault.
     est.model_ = est.model_.to(device=resolve_device(est.device), dtype=resolve_dtype(est.dtype)).eval()
     return est
@@ -265,7 +265,7 @@ def _build(cls, state: dict, params: dict, device):
         decision_scores_=scores.numpy(), labels_=labels.numpy(),
         center_=None if center is None else center.numpy(), scale_=None if scale is None else scale.numpy(),
         residual_scale_=residual_scale, code_center_=code_center, code_precision_=code_precision,
-        _optim=None, _batch_seed=fitted["batch_seed"], _fit_precision=precision, _fit_preprocessing=preprocessing,
+        _batch_seed=fitted["batch_seed"], _fit_precision=precision, _fit_preprocessing=preprocessing,
         _fit_fingerprint=data_print,
     ).apply(est)
     return est

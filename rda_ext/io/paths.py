@@ -33,7 +33,7 @@ def asks_for_folder(path: str) -> bool:
     return path.endswith(os.sep) or os.path.isdir(path)
 
 
-def check_folder(label: str, path: str, whole: bool = False) -> None:
+def check_folder(label: str, path: str, whole: bool) -> None:
     """A folder that a command will create or fill: absent, or a directory (a symlink to one
     counts as the folder it names). ``whole``: one that is put in place whole, by a rename in the
     folder that holds it (a result folder): that folder must be writable, and this one empty."""

@@ -17,7 +17,7 @@ class InvalidState(Exception):
     """What is wrong with a file's content (the caller adds the file's name)."""
 
 
-def load_state(path: str, what: str = "such a file"):
+def load_state(path: str, what: str):
     """The content of the torch file ``path``; a file torch cannot read, or that holds anything but
     plain values and tensors (a pickled object), is an ``InvalidState`` with the reason in one
     line, without torch's advice to load it with ``weights_only=False``. ``what`` names the kind
@@ -33,7 +33,7 @@ def load_state(path: str, what: str = "such a file"):
         raise InvalidState(reason(e, what)) from None
 
 
-def reason(e: BaseException, what: str = "such a file") -> str:
+def reason(e: BaseException, what: str) -> str:
     """The gist of a torch.load error in one line, without torch's advice to load the file with
     ``weights_only=False`` (which would run code from it) or to allowlist its globals."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
@@ -59,7 +59,7 @@ def check_dict(value, name: str, keys=()) -> dict:
     return value
 
 
-def check_int(value, name: str, low: int = 0) -> int:
+def check_int(value, name: str, low: int) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
         raise InvalidState(f"{name} is {value!r}, not an integer >= {low}")
     return value
@@ -83,7 +83,7 @@ def check_tensor(value, name: str, shape=None, dtype: torch.dtype | None = None,
     return value
 
 
-def check_weights(weights, expected: dict, name: str = "the weights") -> dict:
+def check_weights(weights, expected: dict, name: str) -> dict:
     """A network's state dict: exactly the keys of ``expected`` (the network's own), each a
     finite float tensor of its shape."""
     check_dict(weights, name)
