@@ -98,6 +98,7 @@ def test_a_solver_with_a_graphed_step_iterates_as_without(gen):
                         [solver])
         rows.append([{k: v for k, v in engine.iterate()[0].items() if k != "seconds"} for _ in range(3)])
         rows[-1].append(solver.S.clone())
+        assert step is None or step.captured  # the network trained through it
     for a, b in zip(rows[0][:3], rows[1][:3]):
         assert b == pytest.approx(a, rel=1e-10)
     torch.testing.assert_close(rows[1][3], rows[0][3], rtol=1e-10, atol=1e-12)
@@ -149,5 +150,40 @@ def test_a_graphed_step_refuses_a_target_or_a_loss(gen):
     model, optim = network(1, 5)
     graphed = GraphedStep(model, optim, data.new_empty(8, 5), capture=eager_capture([]))
     for extra in (dict(target=data), dict(loss_fn=lambda batch: model(batch).sum())):
-        with pytest.raises(ValueError, match="no target or loss_fn"):
+        with pytest.raises(ValueError) as info:
             train_epochs(model, optim, data, Schedule(1, 8), torch.Generator().manual_seed(0), graphed=graphed, **extra)
+        assert str(info.value) == "a graphed step trains an autoencoder's own loss: no target or loss_fn with it"
+    with pytest.raises(ValueError) as info:
+        train_epochs(model, optim, data, Schedule(1, 8, steps=5), torch.Generator().manual_seed(0), graphed=graphed)
+    assert str(info.value) == "a graphed step trains full batches: not with a schedule of lockstep batches"
+
+
+@pytest.mark.parametrize("graphed", [False, True])
+def test_every_step_runs_in_the_fits_precision(gen, graphed):
+    """A network with amp=bfloat16 trains, eagerly or through its graphed step, bit for bit as a
+    hand-written loop of steps under bfloat16 autocast, and not as the float32 steps."""
+    seed = int(gen.initial_seed())
+    data = torch.rand(64, 7, generator=gen)
+
+    def fresh():
+        return network(seed, 7, torch.float32)
+
+    def trained(amp):
+        model, optim = fresh()
+        step = GraphedStep(model, optim, data.new_empty(16, 7), amp, capture=eager_capture([])) if graphed else None
+        Network(model, optim, Schedule(2, 16), torch.Generator().manual_seed(seed), amp=amp, graphed=step).train(data)
+        assert step is None or step.captured
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    model, optim = fresh()
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        for rows in torch.randperm(64, generator=order).split(16):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.mse_loss(model(data[rows]), data[rows])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    by_hand = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(trained(torch.bfloat16), by_hand)
+    assert not torch.equal(trained(None), by_hand)

@@ -265,6 +265,26 @@ def test_random_bytes(data):
         assert not caught, [str(w.message) for w in caught]  # the error says it all
 
 
+def test_a_pickle_of_another_protocol_is_the_error_without_torchs_warning(tmp_path):
+    """torch warns of a pickle protocol other than its own 2 before it finds no torch file: the
+    error says enough."""
+    path = tmp_path / "p4.pt"
+    path.write_bytes(pickle.dumps(1, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        message = assert_clear_error(path)
+    assert message == f"{str(path)!r} is not a readable rda_ext model (Invalid magic number; corrupt file?)"
+
+
+def test_a_model_with_lam_zero_loads(tmp_path):
+    """lam = 0 (S = X - L: no shrinkage) is a fit's own value, which the file checks accept."""
+    est = RobustAutoencoder(**TINY, lam=0.0).fit(X)
+    est.save(tmp_path / "m.pt")
+    loaded = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert loaded.lam_ == est.lam_ == 0.0
+    np.testing.assert_array_equal(loaded.decision_scores_, est.decision_scores_)
+
+
 def test_file_with_objects_that_would_run_code(tmp_path):
     torch.save({"format": FORMAT, "params": np.float64(0.5)}, tmp_path / "np.pt")
     message = assert_clear_error(tmp_path / "np.pt", "not a readable rda_ext model", "numpy")

@@ -151,7 +151,7 @@ def load_model(cls, path, *, device: str | None = None):
     except Exception as e:  # whatever the checks above missed: still the file's fault, said as such
         raise ValueError(f"{name!r} is not a valid rda_ext model file: {type(e).__name__}: {reason(e, 'a model file')}") from None
     # Outside the file checks: running out of device memory here is not the file's fault.
-    est.model_ = est.model_.to(device=resolve_device(est.device), dtype=resolve_dtype(est.dtype)).eval()
+    est.model_ = est.model_.to(resolve_device(est.device)).eval()  # _build made it in the saved dtype
     return est
 
 
