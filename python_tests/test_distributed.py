@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -327,7 +328,9 @@ def test_a_warm_start_into_a_new_checkpoint_runs_its_own_iterations(tmp_path):
 def _stacked_refused(rank, world):
     from rda_ext import fit_together
 
-    with pytest.raises(ValueError, match="runs on one process"):
+    message = ("fit_together (and lambda_path) runs on one process: with a torch.distributed process group "
+               "initialised, pass distributed=False to fit each rank's rows alone")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         fit_together([RobustAutoencoder(**_FIT)], _small())
     return fit_together([RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=1, distributed=False)], _small())[0].n_iter_
 

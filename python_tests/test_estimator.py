@@ -98,6 +98,11 @@ def test_new_data_scoring(seed):
     scores = est.decision_function(X[300:])
     assert scores.shape == (100,) and scores.dtype == np.float64
     assert roc_auc(is_out[300:], scores) > 0.9
+    # A tensor's scores come in the fit's dtype (float32 here), whatever the tensor's own.
+    for dtype in (torch.float32, torch.float64):
+        tensor_scores = est.decision_function(torch.from_numpy(X[300:]).to(dtype))
+        assert tensor_scores.dtype == torch.float32
+        np.testing.assert_allclose(tensor_scores.numpy(), scores, rtol=1e-6)
     assert np.array_equal(est.predict(X[300:]), (scores > est.threshold_).astype(int))
     code = est.transform(X[300:])
     assert code.shape == (100, SMALL["hidden"][-1]) and code.dtype == np.float32

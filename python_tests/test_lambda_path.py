@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -102,7 +103,9 @@ def test_lams_may_be_a_number_or_a_1d_sequence(lams):
 
 
 def _path_in_a_process_group(rank, world):
-    with pytest.raises(ValueError, match="lambda_path runs on one process: .* pass distributed=False"):
+    message = ("lambda_path runs on one process: with a torch.distributed process group initialised, "
+               "pass distributed=False to fit each rank's rows alone")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         lambda_path(_data(), [1.0, 0.5], **TINY)
     return len(lambda_path(_data(), [1.0, 0.5], **{**TINY, "outer_iter": 1}, distributed=False))
 

@@ -391,3 +391,65 @@ def test_the_pass_that_scales_x_hashes_what_it_writes(seed, scaled):
     digest = Fingerprint(X.dtype, X.shape)
     Xs = scale_rows(X, scaling, digest=digest)
     assert digest.hexdigest() == fingerprint(Xs)
+
+
+def test_a_reconstruction_beyond_the_range_of_xs_dtype_is_refused_by_name():
+    X = table(0).astype(np.float32)
+    est = RobustAutoencoder(**{**FAST, "dtype": "float32"}, output_activation="linear").fit(X)
+    with torch.no_grad():
+        est.model_.dec_bias[-1][1] = float("inf")  # a network whose output in column 1 float32 cannot hold
+    with pytest.raises(ValueError) as e:
+        est.reconstruct(X)
+    assert str(e.value) == ("the reconstruction (in X's units) has values beyond the range of float32 in column 1: "
+                            "pass X as float64, or divide that column by a constant")
+
+
+@pytest.mark.parametrize("chunk_entries", [CHUNK_ENTRIES, 12])
+def test_the_column_sd_is_numpys_in_chunks_for_zero_tiny_and_huge_columns(monkeypatch, gen, chunk_entries):
+    """Each column divided by its largest magnitude first: the squares of 1e-200 would underflow,
+    those of 1e300 overflow; a column of zeros has sd 0."""
+    monkeypatch.setattr(scaling_module, "CHUNK_ENTRIES", chunk_entries)  # 12: two rows of 5 a chunk
+    X = torch.randn(37, 5, generator=gen, dtype=torch.float64)
+    X[:, 1] = 0.0
+    X[:, 2] *= 1e-200
+    X[:, 3] *= 1e300
+    X[:, 4] = X[:, 4] * 0.25 + 0.5  # magnitudes below 1
+    expected = np.std(X.numpy() / np.array([1, 1, 1e-200, 1e300, 1]), axis=0) * np.array([1, 1, 1e-200, 1e300, 1])
+    sd = column_sd(X)
+    assert sd[1].item() == 0.0
+    np.testing.assert_allclose(sd.numpy(), expected, rtol=1e-13, atol=0)
+
+
+def test_quartiles_at_both_ends_of_float64_give_a_finite_iqr_scale():
+    X = torch.tensor([[-1e308]] * 10 + [[1e308]] * 10, dtype=torch.float64)  # IQR 2e308 overflows
+    _, scale = robust_scaling(X)
+    assert scale.item() == pytest.approx(1e308 / IQR_PER_SD * 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_column_scaled_beyond_its_dtype_is_named_with_its_scaling_from_any_chunk(monkeypatch, dtype, center):
+    monkeypatch.setattr(scaling_module, "CHUNK_ENTRIES", 6)  # rows of 3: two rows a chunk
+    big = 3e38 if dtype == torch.float32 else 1.7e308
+    X = torch.ones(7, 3, dtype=dtype)
+    X[0, 1] = big  # in the first of four chunks: (big - 0.25) / 0.001 is beyond the dtype
+    scaling = (torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64), torch.tensor([1.0, 1e-3, 2.0], dtype=torch.float64))
+    with pytest.raises(ValueError) as e:
+        scale_rows(X, scaling, center)
+    name = str(dtype).removeprefix("torch.")
+    advice = "divide the column by a constant" + (', or fit in float64 (dtype="float64")' if name == "float32" else "")
+    assert str(e.value) == (f"column 1 of X is not finite in {name} once scaled by the preprocessing (center "
+                            f"{0.25 if center else 0.0:.6g}, scale 0.001; the column spans [1, {big:.6g}]): {advice}")
+
+
+def test_unscaling_is_rounded_once_to_the_dtype_asked_for(gen):
+    X = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    assert unscale_rows(X, None) is X
+    assert unscale_rows(X, None, dtype=torch.float32).dtype == torch.float32
+    assert torch.equal(unscale_rows(X, None, dtype=torch.float32), X.float())
+    c, s = torch.randn(3, generator=gen, dtype=torch.float64), torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+    x32 = X.float()
+    exact = x32.double() * s + c
+    assert torch.equal(unscale_rows(x32, (c, s), dtype=torch.float64), exact)
+    assert torch.equal(unscale_rows(x32, (c, s)), exact.float())
+    assert torch.equal(unscale_rows(x32, (c, s), center=False), (x32.double() * s).float())

@@ -102,6 +102,17 @@ def test_fit_together_ends_where_each_fit_ends(seed, penalty):
         assert est._optim is None  # a warm start from here begins a fresh optimizer
 
 
+def test_auto_epochs_of_a_joint_fit_count_its_rows_as_a_fit_does(seed):
+    """90 rows in batches of 32 make 17 epochs of 3 steps under "auto" (12 columns would make 50)."""
+    X, _ = planted(seed, n=90, d=12)
+    X = X.astype(np.float64)
+    params = {**EXACT, "inner_epochs": "auto", "outer_iter": 1}
+    (together,) = fit_together([RobustAutoencoder(random_state=seed, **params)], X)
+    alone = RobustAutoencoder(random_state=seed, **params).fit(X)
+    assert together.history_[0]["train_loss"] == pytest.approx(alone.history_[0]["train_loss"], rel=1e-9)
+    np.testing.assert_allclose(together.L_, alone.L_, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("penalty, outlier_score", [("l21_rows", "residual+code"), ("l21_rows", "residual"),
                                                     ("l1", "residual+code")])
 def test_a_fit_that_converges_stops_there_as_it_would_alone(seed, penalty, outlier_score):
