@@ -367,3 +367,41 @@ def test_an_old_iteration_folder_that_cannot_be_removed_does_not_stop_the_fit(tm
     monkeypatch.setattr(os, "rmdir", refused)
     est = RobustAutoencoder(**FIT, checkpoint=ck).fit(_data())
     assert est.n_iter_ == 2 and sorted(os.listdir(ck)) == ["iter-000002", "iter-000005", "latest.json"]
+
+
+def test_a_warm_start_is_part_of_the_checkpoints_identity(tmp_path):
+    X = _data()
+    warm = RobustAutoencoder(**FIT).fit(X)
+    warm.set_params(warm_start=True, checkpoint=tmp_path / "ck").fit(X)
+    with pytest.raises(ValueError) as e:
+        _resume(tmp_path / "ck", X, warm_start=True)  # the same data and parameters, but nothing to continue
+    assert str(e.value).endswith("differs in its warm start: remove it, or choose another directory")
+
+
+def _stopping_tol(history) -> tuple[float, int]:
+    """A tol at which a fit with this history stops at its third iteration or later: (tol, iterations)."""
+    size = [max(h["c1"], h["c2"]) for h in history]
+    for k in range(2, len(size)):
+        tol = size[k] * (1 + 1e-9)
+        if all(s >= tol for s in size[:k]):
+            return tol, k + 1
+    raise AssertionError(f"no iteration after the second is below all before it: {size}")
+
+
+def test_a_resumed_fit_that_had_converged_trains_no_further(tmp_path, capsys):
+    X = _data(n=60)
+    params = {**FIT, "outer_iter": 8}
+    tol, stop = _stopping_tol(RobustAutoencoder(**params).fit(X).history_)
+    est = RobustAutoencoder(**{**params, "tol": tol}, checkpoint=tmp_path / "ck").fit(X)
+    assert est.n_iter_ == stop < 8
+    again = RobustAutoencoder(**{**params, "tol": tol}, checkpoint=tmp_path / "ck", verbose=True).fit(X)
+    assert again.history_ == est.history_ and again.n_iter_ == stop and np.array_equal(again.S_, est.S_)
+    # The progress bar starts from the iterations restored, and stays there.
+    assert set(re.findall(r"\| (\d+)/8 \[", capsys.readouterr().err)) == {str(stop)}
+
+
+def test_a_resumed_fit_counts_its_restored_iterations_on_the_progress_bar(written, tmp_path, capsys):
+    ck = _copy(written[0], tmp_path / "ck")
+    _resume(ck, _data(), outer_iter=4, verbose=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "| 2/4 [" in bar and "| 4/4 [" in bar and "| 3/4 [" in bar and "| 1/4 [" not in bar

@@ -59,22 +59,29 @@ def _run(*args, restarts: int = 0) -> str:
 
 
 def test_the_ranks_write_one_npz_or_one_folder_and_the_model_scores_alone(mnist, tmp_path):
-    out = _run("fit", mnist, "--out", str(tmp_path / "r.npz"), "--model", str(tmp_path / "m.pt"), *FIT)
+    # Rows beyond [0, 1] under a sigmoid output: every rank's fit warns, rank 0 says it for the job.
+    data = str(tmp_path / "x.npy")
+    np.save(data, np.load(mnist) * 1.5)
+    sigmoid = ["--preprocessing", "none", "--output-activation", "sigmoid"]
+    code, out, err = _wait(_torchrun("fit", data, "--out", str(tmp_path / "r.npz"), "--model", str(tmp_path / "m.pt"),
+                                     *FIT, *sigmoid))
+    assert code == 0, err[-3000:]
     assert "on 2 ranks (gloo)" in out and out.count("rows flagged") == 1  # rank 0 speaks for the job
-    _run("fit", mnist, "--out", str(tmp_path / "folder") + "/", *FIT)
+    assert err.count("rda-ext: warning: ") == 1 and "sigmoid" in err, err[-3000:]
+    _run("fit", data, "--out", str(tmp_path / "folder") + "/", *FIT, *sigmoid)
     r = np.load(tmp_path / "r.npz")
     folder = tmp_path / "folder"
     meta = json.loads((folder / "result.json").read_text())
-    assert meta["world_size"] == 2 and meta["backend"] == "gloo" and meta["rows"] == len(np.load(mnist))
+    assert meta["world_size"] == 2 and meta["backend"] == "gloo" and meta["rows"] == len(np.load(data))
     # The same seed and the same shards on a CPU: the same fit, to the bit.
     for key in ("L", "S", "scores", "labels"):
         assert np.array_equal(r[key], np.load(folder / f"{key}.npy")), key
     assert meta["lam"] == float(r["lam"]) and meta["threshold"] == float(r["threshold"])
     seconds = meta["history_columns"].index("seconds")
     assert np.array_equal(np.delete(meta["history"], seconds, 1), np.delete(r["history"], seconds, 1))
-    assert sorted(os.listdir(tmp_path)) == ["folder", "m.pt", "r.npz"]  # no temporary left
+    assert sorted(os.listdir(tmp_path)) == ["folder", "m.pt", "r.npz", "x.npy"]  # no temporary left
     # The model file of the job scores new rows on one process, as a single-process fit's does.
-    subprocess.run([sys.executable, "-m", "rda_ext", "score", str(tmp_path / "m.pt"), mnist, "--out",
+    subprocess.run([sys.executable, "-m", "rda_ext", "score", str(tmp_path / "m.pt"), data, "--out",
                     str(tmp_path / "s.npz"), "--device", "cpu"], check=True, timeout=TIMEOUT, capture_output=True,
                    cwd=tmp_path)
     s = np.load(tmp_path / "s.npz")

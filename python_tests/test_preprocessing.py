@@ -393,15 +393,33 @@ def test_the_pass_that_scales_x_hashes_what_it_writes(seed, scaled):
     assert digest.hexdigest() == fingerprint(Xs)
 
 
-def test_a_reconstruction_beyond_the_range_of_xs_dtype_is_refused_by_name():
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_a_reconstruction_beyond_the_range_of_xs_dtype_is_refused_by_name(kind):
     X = table(0).astype(np.float32)
     est = RobustAutoencoder(**{**FAST, "dtype": "float32"}, output_activation="linear").fit(X)
     with torch.no_grad():
         est.model_.dec_bias[-1][1] = float("inf")  # a network whose output in column 1 float32 cannot hold
     with pytest.raises(ValueError) as e:
-        est.reconstruct(X)
+        est.reconstruct(X if kind == "numpy" else torch.from_numpy(X))
     assert str(e.value) == ("the reconstruction (in X's units) has values beyond the range of float32 in column 1: "
                             "pass X as float64, or divide that column by a constant")
+
+
+def test_an_l_beyond_the_range_of_xs_dtype_is_refused_by_name_and_the_fit_is_kept():
+    """A network continued by a warm start whose output in column 1 lies far beyond the training
+    range: L_ in X's units exceeds float32 (S_ is 0: lam is above every residual)."""
+    X = table(0).astype(np.float32)
+    X[:, 1] = np.linspace(0, 1e38, len(X), dtype=np.float32)
+    params = dict(FAST, dtype="float32", preprocessing="minmax", output_activation="linear", lam=1e30, outer_iter=1)
+    est = RobustAutoencoder(**params).fit(X)
+    with torch.no_grad():
+        est.model_.dec_bias[-1][1] = 10.0  # 10 times the column's range
+    kept = est.L_.copy()
+    with pytest.raises(ValueError) as e:
+        est.set_params(warm_start=True, lr=1e-12).fit(X)
+    assert str(e.value) == ("L_ (in X's units) has values beyond the range of float32 in column 1: pass X as float64, "
+                            "or divide that column by a constant")
+    np.testing.assert_array_equal(est.L_, kept)
 
 
 @pytest.mark.parametrize("chunk_entries", [CHUNK_ENTRIES, 12])
@@ -453,3 +471,34 @@ def test_unscaling_is_rounded_once_to_the_dtype_asked_for(gen):
     assert torch.equal(unscale_rows(x32, (c, s), dtype=torch.float64), exact)
     assert torch.equal(unscale_rows(x32, (c, s)), exact.float())
     assert torch.equal(unscale_rows(x32, (c, s), center=False), (x32.double() * s).float())
+
+
+def test_a_spread_beyond_float64_is_refused_by_name():
+    """Quartiles at both ends of float64: IQR / 1.349 is beyond it too."""
+    X = np.zeros((8, 2))
+    X[:, 0] = np.arange(8.0)
+    X[:4, 1], X[4:, 1] = -1.7e308, 1.7e308
+    with pytest.raises(ValueError) as e:
+        scaling_for("standardize", torch.from_numpy(X))
+    assert str(e.value) == ('preprocessing="standardize" cannot scale column 1 of X: its spread (interquartile range '
+                            "/ 1.349, or standard deviation) is beyond float64 (the column spans [-1.7e+308, "
+                            "1.7e+308]); divide X by a constant first")
+
+
+def test_a_quantile_between_order_statistics_at_both_ends_of_float64_is_interpolated():
+    """hi - lo is beyond float64 there: lo * (1 - t) + hi * t is not."""
+    X = torch.tensor([[-1.7e308], [-1.6e308], [1.6e308], [1.7e308]], dtype=torch.float64)
+    q = column_quantile(X, 0.4)  # position 1.2: 0.8 of -1.6e308 and 0.2 of 1.6e308
+    assert q.item() == pytest.approx(-1.6e308 * 0.8 + 1.6e308 * 0.2, rel=1e-12)
+    assert column_quantile(X, 0.1).item() == pytest.approx(-1.7e308 * 0.7 - 1.6e308 * 0.3, rel=1e-12)
+
+
+def test_a_column_without_middle_spread_keeps_the_iqr_scale_of_the_others_below_1():
+    """Once one column falls back to its sd, the others keep IQR / 1.349, however small."""
+    X = torch.zeros(40, 2, dtype=torch.float64)
+    X[-3:, 0] = 5.0  # IQR 0: its sd
+    X[:, 1] = torch.linspace(0.0, 0.01, 40, dtype=torch.float64)
+    _, scale = robust_scaling(X)
+    iqr = np.subtract(*np.quantile(X[:, 1].numpy(), [0.75, 0.25]))
+    assert scale[1].item() == pytest.approx(iqr / IQR_PER_SD, rel=1e-12)
+    assert scale[0].item() == pytest.approx(float(np.std(X[:, 0].numpy())), rel=1e-12)

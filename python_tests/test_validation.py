@@ -15,7 +15,9 @@ from rda_ext import RobustAutoencoder
 from rda_ext.validation import (
     as_matrix,
     check_params,
+    fast_bfloat16,
     like_input,
+    output_dtype,
     resolve_device,
     resolve_dtype,
     to_cpu,
@@ -347,3 +349,41 @@ def test_fit_and_new_data_name_x_when_it_is_not_a_matrix(X):
     est.fit(np.random.default_rng(0).random((8, 2)))
     with pytest.raises((TypeError, ValueError), match="^X must be a 2-D matrix"):
         est.decision_function(X)
+
+
+def test_float64_results_for_float16_numpy_input_are_rounded_once(gen):
+    """torch rounds float64 to float16 through float32; numpy rounds once, to the nearest."""
+    t = torch.rand(20000, 2, generator=gen, dtype=torch.float64)
+    assert (t.to(torch.float16).numpy() != t.numpy().astype(np.float16)).any()  # what is avoided
+    np.testing.assert_array_equal(like_input(t, np.zeros((1, 2), np.float16)), t.numpy().astype(np.float16))
+
+
+def test_a_decomposition_of_float16_numpy_input_is_rounded_once(gen):
+    from rda_ext.estimator.preprocessing import in_xs_units
+
+    t = torch.rand(20000, 2, generator=gen, dtype=torch.float64)
+    scaling = (torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([3.0, 0.25], dtype=torch.float64))
+    exact = (t * scaling[1] + scaling[0]).numpy()
+    got = in_xs_units(t, np.zeros((1, 2), np.float16), "L_", scaling)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, exact.astype(np.float16))
+
+
+def test_a_tensor_of_another_dense_layout_is_refused_by_its_layout():
+    X = torch.rand(3, 3).to_mkldnn()
+    with pytest.raises(TypeError) as e:
+        as_matrix(X, "M", CPU, torch.float32)
+    assert str(e.value) == ("M is a tensor of layout torch._mkldnn, which is not supported: pass a dense tensor "
+                            "(M.to_dense())")
+
+
+def test_a_cpu_has_fast_bfloat16_with_either_avx512_bf16_or_amx():
+    expected = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert fast_bfloat16(CPU) is expected
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [(np.float16, torch.float16), (np.float32, torch.float32),
+                                                 (np.dtype(">f4"), torch.float32), (np.float64, torch.float64),
+                                                 (np.int64, torch.float32), (np.bool_, torch.float32)])
+def test_results_for_numpy_input_are_in_its_float_dtype_else_float32(dtype, expected):
+    assert output_dtype(np.zeros((2, 3), dtype=dtype), torch.float64) == expected

@@ -247,7 +247,8 @@ def like_input(t: Tensor, X):
         return t.to(device=X.device, dtype=output_dtype(X, t.dtype))
     a = np.asarray(X)
     dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32  # a big-endian X's byte order too
-    return t.to(output_dtype(a, t.dtype)).cpu().numpy().astype(dtype, copy=False)
+    # Cast by numpy: torch rounds float64 to float16 through float32, rounding twice.
+    return t.cpu().numpy().astype(dtype, copy=False)
 
 
 def output_dtype(X, dtype: torch.dtype) -> torch.dtype:

@@ -189,7 +189,10 @@ def in_xs_units(t: Tensor, X, name: str, scaling: tuple[Tensor, Tensor] | None, 
     """``t`` (L or S in the network's input space) in X's units and in the form of the caller's X
     (rounded once, to its dtype), refused where that dtype cannot hold it: the residual of a column
     near the ends of float32 may span twice as much."""
-    out = like_input(unscale_rows(t, scaling, center, dtype=output_dtype(X, t.dtype)), X)
+    dtype = output_dtype(X, t.dtype)
+    if dtype == torch.float16 and not isinstance(X, Tensor):
+        dtype = torch.float64  # like_input rounds it once; torch rounds float64 to float16 through float32
+    out = like_input(unscale_rows(t, scaling, center, dtype=dtype), X)
     finite = np.isfinite(out).all(0) if isinstance(out, np.ndarray) else torch.isfinite(out).all(0).cpu().numpy()
     if not finite.all():
         j = int(np.flatnonzero(~finite)[0])
