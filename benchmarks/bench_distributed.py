@@ -1,8 +1,9 @@
 """Weak scaling of a row-sharded fit: 1 process of 1 thread on n rows against P processes of 1
 thread each on P x n rows (gloo, this machine), the time per outer iteration, and what the ranks
-exchange: the gradient all-reduce of every training step (DistributedDataParallel, the network's
-parameters in float32) and the solver's own collectives per outer iteration (column norms,
-convergence norms, the contamination selection, the history's sums), counted as they happen.
+exchange: the gradient all-reduce of every training step (one flat buffer of the network's
+parameters in float32, ``RowGroup.shared_gradients``) and the solver's own collectives per outer
+iteration (column norms, convergence norms, the contamination selection, the history's sums),
+counted as they happen.
 
 Data: the embedded MNIST digits, n rows per process (rows repeated when P x n exceeds 5,000).
 Weak-scaling efficiency = time per iteration on 1 process / time per iteration on P processes
@@ -28,6 +29,7 @@ from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import load_mnist_5k
 from rda_ext.io.readers import row_range
 from rda_ext.solver.collectives import RowGroup
+from rda_ext.solver.schedule import Schedule
 
 PENALTIES = ("l21_rows", "l1", "l21_cols")
 
@@ -75,13 +77,12 @@ def run(world: int, rows: int, params: dict) -> dict:
         mp.start_processes(_fit, args=(world, _port(), rows, params, out), nprocs=world, start_method="spawn")
         r = torch.load(out, weights_only=False)
     h = r["history"]
-    steps = -(-rows // params["batch_size"])  # per epoch, the same on every rank
-    epochs = -(-50 // steps) if params["inner_epochs"] == "auto" else params["inner_epochs"]
+    schedule = Schedule.of_fit(params["inner_epochs"], params["batch_size"], [rows], lockstep=True)
     grad_bytes = 4 * r["params"]
     return dict(
         processes=world, rows=rows * world, rows_per_process=rows,
         seconds_per_iteration=statistics.median(x["seconds"] for x in h[1:]) if len(h) > 1 else h[0]["seconds"],
-        steps_per_iteration=steps * epochs,
+        steps_per_iteration=schedule.epochs * min(schedule.steps, schedule.budget or schedule.steps),
         gradient_bytes_per_step=grad_bytes if world > 1 else 0,
         # A ring all-reduce sends and receives 2 (P - 1) / P of the payload per rank.
         gradient_bytes_sent_per_step=int(2 * (world - 1) / world * grad_bytes),

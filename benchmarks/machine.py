@@ -46,3 +46,19 @@ def write_result(result: dict, out: Path | None, name: str, device: str) -> Path
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def log_log(ax, xlabel: str, ylabel: str) -> None:
+    """An axis of a cost figure: both scales logarithmic, labelled, a light grid."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save_figure(fig, path: Path, title: str) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")

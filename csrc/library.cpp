@@ -18,6 +18,8 @@ TORCH_LIBRARY(rda_ext, m) {
   m.def("group_norms(Tensor x, int dim, Tensor? minus=None) -> Tensor");
   m.def("convergence(Tensor X, Tensor L, Tensor S, Tensor LS_prev, bool norms=False) -> Tensor");
   m.def("convergence_step(Tensor X, Tensor L, Tensor S, Tensor(a!) LS_prev, bool norms=False) -> Tensor");
+  m.def("autoencoder_grads(Tensor x, Tensor[] params, Tensor(a!)[] grads, int depth, str activation, "
+        "str output_activation, ScalarType? compute_dtype=None) -> Tensor");
 }
 
 // The front ends are device-agnostic (they call kernels_for(tensor)), so both keys register them.
@@ -30,7 +32,8 @@ TORCH_LIBRARY(rda_ext, m) {
   m.impl("shrink_residual_out", &rda_ext::shrink_residual_out); \
   m.impl("group_norms", &rda_ext::group_norms);                \
   m.impl("convergence", &rda_ext::convergence);                \
-  m.impl("convergence_step", &rda_ext::convergence_step)
+  m.impl("convergence_step", &rda_ext::convergence_step);      \
+  m.impl("autoencoder_grads", &rda_ext::autoencoder_grads)
 
 TORCH_LIBRARY_IMPL(rda_ext, CPU, m) { RDA_EXT_REGISTER_ALL(m); }
 

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts that the suite can afford: the kernel, proximal-step,
-trainer, lambda-path and distributed benchmarks on small problems, and the GPU check's refusal to start without a GPU."""
+training-step, trainer, scale, lambda-path and distributed benchmarks on small problems, and the
+GPU check's refusal to start without a GPU."""
 
 import gzip
 import json
@@ -28,6 +29,41 @@ def test_prox_step_benchmark_runs_and_records_both_sequences(tmp_path):
     for r in result["results"]:
         assert r["before_ms"] > 0 and r["after_ms"] > 0
         assert r["speedup"] == pytest.approx(r["before_ms"] / r["after_ms"])
+
+
+def test_step_benchmark_times_both_steps_and_counts_their_flops(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_step.py"), "--widths", "3,20", "--batch-sizes", "16",
+                          "--steps", "5", "--gemm-size", "128", "--rows", "3000", "--out", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["machine"]["cpu"] and (tmp_path / "s.png").exists()
+    assert [(r["d"], r["batch"], r["precision"]) for r in result["rows"]] == [(3, 16, "float32"), (20, 16, "float32")]
+    for r in result["rows"]:
+        # d-128-32-128-d: 6 FLOPs per multiply-add and row but the first layer's input gradient.
+        macs = 2 * (r["d"] * 128 + 128 * 32)
+        assert r["flops"] == 16 * (6 * macs - 2 * r["d"] * 128)
+        assert r["speedup"] == pytest.approx(r["autograd"]["ms"] / r["fused"]["ms"])
+        assert r["fused"]["gflops"] == pytest.approx(r["flops"] / r["fused"]["ms"] / 1e6)
+    assert [(r["d"], r["rows"]) for r in result["reconstruction"]] == [(3, 3000), (20, 3000)]
+    from rda_ext.solver.training import CHUNK_ROWS
+
+    assert all(r["ms_chunks_of_65536"] > 0 and r[f"ms_chunks_of_{CHUNK_ROWS}"] > 0 for r in result["reconstruction"])
+
+
+def test_scale_benchmark_times_each_method_at_each_size_and_fits_the_slopes(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_scale.py"), "--quick", "--methods", "rda,iforest",
+                          "--out", str(tmp_path / "scale.json")], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "scale.json").read_text())
+    assert result["machine"]["cpu"] and (tmp_path / "scale.png").exists()
+    assert [(r["source"], r["rows"], r["method"]) for r in result["runs"]] == [
+        ("synthetic", n, m) for n in (2000, 6000) for m in ("rda", "iforest")]
+    for method in ("rda", "iforest"):
+        (a, b) = [r["seconds"] for r in result["runs"] if r["method"] == method]
+        assert result["slopes"]["synthetic"][method] == pytest.approx(np.log(b / a) / np.log(3))
+    assert all(0.5 < r["auroc"] <= 1 for r in result["runs"])
+    assert [r["rows"] for r in result["rda_against_iforest"]] == [2000, 6000]
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

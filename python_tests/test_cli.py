@@ -582,3 +582,11 @@ def test_an_ignored_signal_stays_ignored_and_threads_leave_handlers_alone(tmp_pa
     worker.join(60)
     assert not worker.is_alive()
     assert seen[-1] == (int_handler, previous)
+
+
+def test_the_last_parameters_help_ends_where_the_fitted_attributes_begin():
+    from rda_ext import cli
+
+    assert cli._parameter_help()["verbose"] == (
+        "show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups and the throughput "
+        "(rows trained per second over the iteration's time).")

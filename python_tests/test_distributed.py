@@ -246,6 +246,51 @@ def test_a_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(run, wor
         assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]]
 
 
+def _one_rank_elsewhere(rank, world, tmp):
+    """A checkpoint of the job's 2 iterations, then a resume where rank 1 looks in an empty folder."""
+    _fit_shard(rank, world, dict(outer_iter=2, inner_epochs=1), checkpoint=f"{tmp}/shared")
+    try:
+        _fit_shard(rank, world, dict(outer_iter=3, inner_epochs=1), checkpoint=f"{tmp}/{'shared' if rank == 0 else 'own'}")
+    except ValueError as e:
+        return str(e)
+
+
+def test_ranks_that_find_different_states_in_their_checkpoint_are_refused_alike(run, tmp_path):
+    messages = run(_one_rank_elsewhere, 2, str(tmp_path))
+    assert messages == [f"checkpoint {tmp_path}/shared: the ranks found different states in it; it must be one "
+                        "folder that every rank reads and writes (a shared file system)",
+                        f"checkpoint {tmp_path}/own: the ranks found different states in it; it must be one "
+                        "folder that every rank reads and writes (a shared file system)"]
+
+
+def _shard_beyond_the_unit_interval(rank, world, case):
+    """Rank 0's rows lie in [0, 1], rank 1's do not: what "auto" chooses must hold for the job."""
+    X = np.random.default_rng(rank).random((12, 3))
+    if case == "overflow":  # column 0 spans float64 over the two ranks, not on either
+        X[:, 0] = 1.7e308 * (1 if rank else -1)
+    elif rank == 1:
+        X[:, 1] += 1.5
+    params = dict(_TINY, outer_iter=1, dtype="float64",
+                  preprocessing="none" if case == "output" else ("minmax" if case == "overflow" else "auto"))
+    try:
+        est = RobustAutoencoder(**params).fit(X)
+    except ValueError as e:
+        return str(e)
+    return est.model_.architecture, est.center_, est.scale_
+
+
+def test_the_ranks_choose_the_scaling_and_the_output_for_the_rows_of_all(run):
+    (arch0, center0, scale0), (arch1, center1, scale1) = run(_shard_beyond_the_unit_interval, 2, "scaling")
+    assert arch0 == arch1 and arch0[2] == "sigmoid"  # the rows scaled by minmax lie in [0, 1]
+    assert center0 is not None and np.array_equal(center0, center1) and np.array_equal(scale0, scale1)
+    assert 2 < scale0[1] + center0[1] <= 2.5  # the largest value of column 1 is rank 1's
+    (arch0, center0, _), (arch1, center1, _) = run(_shard_beyond_the_unit_interval, 2, "output")
+    assert center0 is center1 is None and arch0 == arch1 and arch0[2] == "linear"
+    assert run(_shard_beyond_the_unit_interval, 2, "overflow") == [
+        'preprocessing="minmax" cannot scale column 0 of X: its range is beyond float64 (the column spans '
+        '[-1.7e+308, 1.7e+308]); divide X by a constant first'] * 2
+
+
 # ---- without a process group: checkpoints, shards, the batches of equal steps --------------------
 
 def _small():

@@ -5,14 +5,15 @@ import math
 import re
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
 
-from rda_ext import ops, reference
+from rda_ext import RobustAutoencoder, ops, reference
 from rda_ext.solver import RDASolver, TrainingDiverged, survival_threshold
 from rda_ext.solver.engine import Engine
-from rda_ext.solver.schedule import Schedule
+from rda_ext.solver.schedule import STEP_BUDGET, Schedule
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.training import Network, make_optimizer
 
@@ -243,11 +244,42 @@ def test_seconds_are_the_time_the_iteration_took(gen):
     assert 0 < row["seconds"] <= time.perf_counter() - t0
 
 
+def test_a_budget_trains_a_fresh_sample_of_distinct_rows_in_every_epoch():
+    gen = torch.Generator().manual_seed(0)
+    plain, lockstep = Schedule(1, 4, budget=3), Schedule(1, 4, steps=25, budget=3)
+    for schedule in (plain, lockstep):
+        first, second = schedule.batches(100, gen, torch.device("cpu")), schedule.batches(100, gen, torch.device("cpu"))
+        assert [len(b) for b in first] == [len(b) for b in second] == [4, 4, 4]
+        assert len(torch.cat(first).unique()) == 12 and not torch.equal(torch.cat(first), torch.cat(second))
+    assert [len(b) for b in Schedule(1, 4, budget=3).batches(9, gen, torch.device("cpu"))] == [4, 4, 1]
+    assert plain.rows_trained(100) == lockstep.rows_trained(100) == 12 and plain.rows_trained(9) == 9
+    assert Schedule(2, 4, steps=25, budget=30).rows_trained(100) == 200 and Schedule(3, 4).rows_trained(10) == 30
+
+
+def test_auto_epochs_of_many_rows_take_the_step_budget_and_numbers_of_epochs_take_every_batch(monkeypatch):
+    from rda_ext.solver import schedule
+    from rda_ext.solver.fused_step import FusedStep
+
+    monkeypatch.setattr(schedule, "STEP_BUDGET", 5)
+    steps = []
+    real = FusedStep.__call__
+    monkeypatch.setattr(FusedStep, "__call__", lambda self, batch: (steps.append(len(batch)), real(self, batch))[1])
+    X = np.random.default_rng(0).random((1000, 4)).astype(np.float32)
+    params = dict(hidden=(3,), outer_iter=2, batch_size=16, device="cpu", random_state=0)
+    RobustAutoencoder(**params).fit(X)
+    assert steps == [16] * 10  # 5 per outer iteration, not the epoch's 63
+    steps.clear()
+    RobustAutoencoder(**params, inner_epochs=1).fit(X)
+    assert steps == ([16] * 62 + [8]) * 2
+
+
 def test_the_schedule_of_a_fit_follows_its_largest_shard():
-    # "auto": the fewest epochs of the largest shard (100 rows, 4 batches of 32) that make 50 steps.
-    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=True) == Schedule(13, 32, steps=4)
-    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=False) == Schedule(13, 32, steps=None)
+    # "auto": the fewest epochs of the largest shard (100 rows, 4 batches of 32) that make 50 steps,
+    # each epoch cut to the step budget.
+    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=True) == Schedule(13, 32, steps=4, budget=STEP_BUDGET)
+    assert Schedule.of_fit("auto", 32, [100, 70], lockstep=False) == Schedule(13, 32, budget=STEP_BUDGET)
     assert Schedule.of_fit(3, 32, [5], lockstep=False) == Schedule(3, 32)
+    assert Schedule.of_fit("auto", np.int16(32), [10**6], lockstep=False) == Schedule(1, 32, budget=STEP_BUDGET)
 
 
 @pytest.mark.parametrize("n, batch_size, sizes", [(70, 32, [32, 32, 6]), (64, 32, [32, 32]), (5, 32, [5])])

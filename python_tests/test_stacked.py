@@ -13,12 +13,13 @@ from helpers import planted
 
 from rda_ext import RobustAutoencoder, fit_together, lambda_path
 from rda_ext.estimator.fitting import new_solver
-from rda_ext.solver import stacked, training
+from rda_ext.solver import training
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.collectives import SINGLE_PROCESS
 from rda_ext.solver.engine import Engine
+from rda_ext.solver.fused_step import FusedStep
 from rda_ext.solver.schedule import Schedule
-from rda_ext.solver.stacked import StackedAutoencoder, StackedNetworks, stacked_train_epochs
+from rda_ext.solver.stacked import StackedAutoencoder, StackedNetworks
 from rda_ext.solver.training import make_optimizer, reconstruct_into, train_epochs
 from rda_ext.validation import resolve_device
 
@@ -52,8 +53,8 @@ def test_each_network_learns_what_it_learns_alone(gen, seed, tied, optimizer):
     singles = nets(seed, 3, tied)
     stack = StackedAutoencoder(singles)
     data = torch.rand(3, 50, 12, generator=gen, dtype=torch.float64)
-    losses = stacked_train_epochs(stack, make_optimizer(stack, optimizer, 1e-2), data, Schedule(3, 16),
-                                  torch.Generator().manual_seed(seed))
+    losses = StackedNetworks(stack, make_optimizer(stack, optimizer, 1e-2), Schedule(3, 16),
+                             torch.Generator().manual_seed(seed)).train(data)
     recon = torch.empty_like(data)
     err = reconstruct_into(stack, data, recon)
     for k, net in enumerate(singles):
@@ -225,13 +226,13 @@ def test_the_precision_reaches_every_batched_product(seed, monkeypatch):
     """bfloat16: every training step and every reconstruction chunk of the stack runs under autocast
     to bfloat16 (as fit's own loop does), while X, L and S stay float32."""
     seen = []
-    real = stacked.autocast
+    real_step, real_autocast = FusedStep.__call__, training.autocast
 
     def spy(device, dtype):
         seen.append(dtype)
-        return real(device, dtype)
+        return real_autocast(device, dtype)
 
-    monkeypatch.setattr(stacked, "autocast", spy)  # the training steps
+    monkeypatch.setattr(FusedStep, "__call__", lambda self, batch: (seen.append(self.amp), real_step(self, batch))[1])
     monkeypatch.setattr(training, "autocast", spy)  # the reconstruction
     X, _ = planted(seed, n=64, d=12)
     params = {**EXACT, "dtype": None, "precision": "bfloat16", "outer_iter": 2}

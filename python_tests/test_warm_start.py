@@ -191,17 +191,17 @@ class Injected(RuntimeError):
 def fail_in_training(monkeypatch):
     """fail_in_training(k): the k-th training call from now on raises (after training), so that
     the fit stops mid-loop with the network already updated."""
-    real = rda_ext.solver.training.train_epochs
+    real = rda_ext.solver.training.Network.train
     calls = {"n": 0, "fail_at": None}
 
-    def train_epochs(*args, **kwargs):
+    def train(*args, **kwargs):
         result = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == calls["fail_at"]:
             raise Injected("injected failure in the training step")
         return result
 
-    monkeypatch.setattr(rda_ext.solver.training, "train_epochs", train_epochs)
+    monkeypatch.setattr(rda_ext.solver.training.Network, "train", train)
 
     def arm(k):
         calls["n"], calls["fail_at"] = 0, k
@@ -254,3 +254,12 @@ def test_failed_fit_keeps_the_previous_fit_and_warm_start_trains_model(fail_in_t
     twin.set_params(warm_start=True).fit(X)
     assert_same_model(est, twin)
     assert len(est.history_) == 2 * TINY["outer_iter"]
+
+
+def test_a_warm_start_warns_when_new_rows_leave_the_range_of_the_fitted_sigmoid(seed):
+    """The "auto" output chose a sigmoid for X in [0, 1]; new rows beyond it, in the fitted scaling,
+    cannot be reconstructed, which a fresh fit would have avoided by its choice."""
+    est = RobustAutoencoder(**{**WARM, "preprocessing": "minmax"}).fit(X)
+    assert est.model_.architecture[2] == "sigmoid"
+    with pytest.warns(UserWarning, match=r"^X has values in \[.*, 3.\d*\] but the output activation is sigmoid"):
+        est.set_params(warm_start=True).fit(X * 3)

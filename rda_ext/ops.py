@@ -87,6 +87,19 @@ def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, *, norms:
     return _ops.convergence_step(X, L, S, LS_prev, bool(norms))
 
 
+def autoencoder_grads(x: Tensor, params: list[Tensor], grads: list[Tensor], depth: int, activation: str,
+                      output_activation: str, compute_dtype: torch.dtype | None = None) -> Tensor:
+    """One training step's numbers for RDA's autoencoder (``solver.autoencoder.DeepAutoencoder``,
+    or K of them stacked): the mean squared error of its reconstruction of the batch ``x`` (rows,
+    d) (or (K, rows, d)), returned (0-dim, or (K,)), and the gradient of every parameter, written
+    into ``grads``. ``params`` in the order of ``model.parameters()``: the ``depth`` encoder
+    weights and biases, then the decoder's weights (none with tied weights) and biases.
+    ``compute_dtype`` (bfloat16): the products and activations in it, as under autocast. Not
+    differentiable (it computes the gradients): refuses grads that require grad in grad mode."""
+    _refuse_grad("autoencoder_grads", *grads)
+    return _ops.autoencoder_grads(x, params, grads, int(depth), activation, output_activation, compute_dtype)
+
+
 def _refuse_grad(name: str, *tensors: Tensor | None) -> None:
     """The mutating operators have no gradient: with grad mode on, refuse any argument that requires
     grad (the compiled front ends check it too, for direct torch.ops calls), before anything is
@@ -182,6 +195,13 @@ def _(X, L, S, LS_prev, norms=False):
     for t, name in ((L, "L"), (S, "S"), (LS_prev, "LS_prev")):
         _check_like(t, name, X, "X")
     return X.new_empty(3 if norms else 2, dtype=torch.float64)
+
+
+@torch.library.register_fake("rda_ext::autoencoder_grads")
+def _(x, params, grads, depth, activation, output_activation, compute_dtype=None):
+    for p, g in zip(params, grads):
+        _check_like(g, "each of grads", p, "its parameter")
+    return x.new_empty(x.shape[:-2])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rda_ext.ops import GROUP_DIM
+from rda_ext.solver.autoencoder import ACTIVATIONS
 
 _NARROW = (torch.float16, torch.bfloat16)
 
@@ -128,3 +129,23 @@ def convergence_step(X: Tensor, L: Tensor, S: Tensor, LS_prev: Tensor, norms: bo
     """convergence(X, L, S, LS_prev, norms) and the next LS_prev, L + S (in X's dtype, added in
     float32 for float16/bfloat16)."""
     return convergence(X, L, S, LS_prev, norms), (_wide(L) + _wide(S)).to(X.dtype)
+
+
+def autoencoder_grads(x: Tensor, params: list[Tensor], depth: int, activation: str, output_activation: str,
+                      compute_dtype: torch.dtype | None = None) -> tuple[Tensor, list[Tensor]]:
+    """The loss of the autoencoder with these parameters on the batch x (the mean squared error of
+    each network's reconstruction, of each of K stacked ones for x of (K, rows, d)) and the
+    gradient of every parameter (of the sum of the K losses), by autograd, under autocast to
+    ``compute_dtype`` where given."""
+    leaves = [p.detach().clone().requires_grad_() for p in params]
+    tied = len(params) == 3 * depth
+    enc_w, enc_b = leaves[:depth], leaves[depth : 2 * depth]
+    dec_w = [w.transpose(-2, -1) for w in reversed(enc_w)] if tied else leaves[2 * depth : 3 * depth]
+    acts = [ACTIVATIONS[activation]] * (2 * depth - 1) + [ACTIVATIONS[output_activation]]
+    with torch.enable_grad(), torch.autocast(x.device.type, dtype=compute_dtype, enabled=compute_dtype is not None):
+        h = x
+        for w, b, act in zip(enc_w + dec_w, enc_b + leaves[-depth:], acts):
+            h = act(torch.matmul(h, w.transpose(-2, -1)) + b.unsqueeze(-2))
+        loss = (h - x).square().mean(dim=(-2, -1))
+    loss.sum().backward()
+    return loss.detach(), [p.grad for p in leaves]

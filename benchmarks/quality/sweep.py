@@ -22,6 +22,7 @@ so that an interrupted sweep resumes where it stopped.
     python benchmarks/quality/sweep.py            # both data sets, every class, 3 seeds, every cell
     python benchmarks/quality/sweep.py --extra    # longer schedules on the MNIST subset
     python benchmarks/quality/sweep.py --extra --datasets mnist fashion500   # and on Fashion-MNIST's 5,000
+    python benchmarks/quality/sweep.py --cells "784-128-32 10 x auto, residual+code"   # named cells only
 
 Fashion-MNIST: ``apt-get install dataset-fashion-mnist`` (or --fashion-root FOLDER of IDX files).
 """
@@ -246,12 +247,16 @@ def main() -> None:
     cli.add_argument("--work", type=Path, default=Path("build/sweep"), help="scores of every fit, and the resume log")
     cli.add_argument("--extra", action="store_true", help="the longer schedules of EXTRA instead of the grid "
                      "(default data set: the MNIST subset; file sweep-extra-*.json)")
+    cli.add_argument("--cells", nargs="+", default=None, help="only these cells of the grid, e.g. the defaults' "
+                     "(file sweep-cells-*.json; a new --work folder, or the fits there are reused)")
     args = cli.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
     names = args.datasets or (["mnist"] if args.quick or args.extra else ["mnist", "fashion"])
     grid = EXTRA if args.extra else cells()
     if args.quick:  # the grid's first cell and the defaults
         grid = {cell: grid[cell] for cell in (next(iter(grid)), DEFAULTS_CELL)}
+    if args.cells:
+        grid = {cell: grid[cell] for cell in args.cells}
     done = run(names, grid, args)
     summary = summarise(done, names, grid, args)
     for name in names:
@@ -270,7 +275,7 @@ def main() -> None:
                   summary=summary, runs=done)
     if all(c in grid for c in (f"{w} {s}" for w in WIDTHS for s in SCHEDULES)):
         result["figure"] = heatmaps(summary, names, args)
-    path = report_path("sweep-extra" if args.extra else "sweep", args)
+    path = report_path("sweep-extra" if args.extra else "sweep-cells" if args.cells else "sweep", args)
     save_json(path, result, args.device)
     print(f"wrote {path}")
 

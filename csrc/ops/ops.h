@@ -3,6 +3,8 @@
 // its arguments, lays the operands out for the kernels and calls the kernels of their device.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ATen_fwd.h>
+#include <c10/core/ScalarType.h>
 
 #include <optional>
 #include <string_view>
@@ -33,5 +35,9 @@ at::Tensor convergence(const at::Tensor& X, const at::Tensor& L, const at::Tenso
                        const at::Tensor& LS_prev, bool norms);
 at::Tensor convergence_step(const at::Tensor& X, const at::Tensor& L, const at::Tensor& S,
                             const at::Tensor& LS_prev, bool norms);
+
+at::Tensor autoencoder_grads(const at::Tensor& x, at::TensorList params, at::TensorList grads, int64_t depth,
+                             std::string_view activation, std::string_view output_activation,
+                             std::optional<at::ScalarType> compute_dtype);
 
 }  // namespace rda_ext

@@ -102,15 +102,14 @@ def prepare(est, X) -> Prepared:
                 LS_prev = scale_rows(as_matrix(warm.L_, "L_", device, dtype), scaling, name="L_", how=how) + S
     else:
         model, batch_seed = new_network(est, Xt.shape[1], device, dtype, output_activation, ranks)
-        optim = make_optimizer(model, est.optimizer, float(est.lr), capturable=_graphs(est, device))
+        optim = make_optimizer(model, est.optimizer, float(est.lr))
     # Each rank draws its own batches (rank 0 those of a single-process fit).
     batches = torch.Generator(device=device).manual_seed(batch_seed + ranks.rank)
     rows_per_rank = ranks.rows_per_rank(Xt.shape[0])
     schedule = Schedule.of_fit(est.inner_epochs, est.batch_size, rows_per_rank, lockstep=ranks.distributed)
     amp = resolve_precision(est.precision, device, dtype)
-    graphed = GraphedStep(model, optim, Xt.new_empty(est.batch_size, Xt.shape[1]), amp) \
-        if _graphs(est, device) else None
-    network = Network(model, optim, schedule, batches, amp, graphed, replicate=ranks.replicated)
+    graphed = GraphedStep(Xt.new_empty(est.batch_size, Xt.shape[1])) if _graphs(est, device) else None
+    network = Network(model, optim, schedule, batches, amp, graphed, share=ranks.shared_gradients)
     engine = Engine(network, [new_solver(est, Xt, S, LS_prev, ranks)])
     history = list(warm.history_) if warm is not None else []
     prepared = Prepared(est, X, ranks, engine, scaling, batch_seed, history, len(history), 0, None, data_print,
@@ -135,7 +134,7 @@ def run(fit: Prepared) -> list[dict]:
         if fit.store is not None:
             fit.store.save(fit.engine, history)
         progress.update(1)
-        rate = fit.rows * network.schedule.epochs / max(row["seconds"], 1e-9)
+        rate = network.schedule.rows_trained(fit.rows) / max(row["seconds"], 1e-9)
         progress.set_postfix({"c1": f"{row['c1']:.2e}", "c2": f"{row['c2']:.2e}", "lam": f"{row['lam']:.4g}",
                               "nonzero": row["n_nonzero"], "rows/s": f"{rate:.3g}"})
 
@@ -229,12 +228,11 @@ def _continued(est, warm: FittedState, device: torch.device, dtype: torch.dtype)
     carried over, cast to the copy's dtype and device, so that a dtype or device change never
     mixes them."""
     model = copy.deepcopy(warm.model_).to(device=device, dtype=dtype)
-    optim = make_optimizer(model, est.optimizer, float(est.lr), capturable=_graphs(est, device))
+    optim = make_optimizer(model, est.optimizer, float(est.lr))
     if warm._optim is not None and type(warm._optim) is type(optim):
-        fresh = [{k: g[k] for k in ("lr", "capturable") if k in g} for g in optim.param_groups]
         optim.load_state_dict(copy.deepcopy(warm._optim.state_dict()))
-        for group, own in zip(optim.param_groups, fresh):  # not the previous fit's lr, capturable
-            group.update(own)
+        for group in optim.param_groups:  # not the previous fit's
+            group["lr"] = float(est.lr)
     return model, optim
 
 

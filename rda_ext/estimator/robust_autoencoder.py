@@ -46,7 +46,10 @@ class RobustAutoencoder(SklearnProtocol):
     outer_iter : the most outer iterations (autoencoder training, then the proximal step).
     inner_epochs : epochs of autoencoder training per outer iteration, or "auto" (default): the
         fewest whole epochs that make at least 50 minibatch steps (1 epoch from 6,400 rows at batch
-        128, 10 for 527 rows), so that small data gets as many steps as large.
+        128, 10 for 527 rows), so that small data gets as many steps as large, and at most 200
+        steps: beyond 25,600 rows at batch 128 each outer iteration trains on a fresh random sample
+        of 200 batches, so that the training cost does not grow with the rows (the reconstruction,
+        the proximal step and the scores still cover every row).
     batch_size : rows per minibatch.
     lr : learning rate.
     optimizer : "adam" or "sgd" (with momentum 0.9).
@@ -88,9 +91,9 @@ class RobustAutoencoder(SklearnProtocol):
     distributed : "auto" (default), True or False. With a ``torch.distributed`` process group
         initialised (e.g. under torchrun), "auto" and True fit the rows that each rank passes to
         ``fit`` as one data set: each rank holds only its rows of X, L and S, the autoencoder is
-        replicated and trained with DistributedDataParallel, and lam, the threshold, the history
-        (but its seconds) and the network are global and the same on every rank, while ``L_``, ``S_``,
-        ``decision_scores_`` and ``labels_`` hold the rank's rows. False fits each rank's rows
+        replicated (rank 0's weights, each step's gradients averaged over the ranks), and lam, the
+        threshold, the history (but its seconds) and the network are global and the same on every
+        rank, while ``L_``, ``S_``, ``decision_scores_`` and ``labels_`` hold the rank's rows. False fits each rank's rows
         alone. Not with ``cuda_graphs`` or ``preprocessing="standardize"``.
     checkpoint : a directory, or None (default). After every outer iteration the state of the fit
         (weights, optimizer, S and L of every rank, the batch generators, the history) is written
@@ -105,7 +108,7 @@ class RobustAutoencoder(SklearnProtocol):
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
-        and the throughput (rows trained per second: rows x inner epochs over the iteration's time).
+        and the throughput (rows trained per second over the iteration's time).
 
     Fitted attributes
     -----------------

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from rda_ext.solver.loop import survivors_of, threshold_between
 
@@ -173,11 +173,23 @@ class RowGroup:
         dist.broadcast(wire, src=0)
         return int(wire.item())
 
-    def replicated(self, model: nn.Module) -> nn.Module:
-        """``model`` wrapped for training on this rank's rows: DistributedDataParallel broadcasts
-        rank 0's weights and averages the gradients over the ranks."""
-        device = next(model.parameters()).device
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def shared_gradients(self, model: nn.Module) -> Callable[[Tensor], None]:
+        """For training ``model`` on this rank's rows as one network of the job: rank 0's weights
+        on every rank, then what averages a step's gradients (one flat tensor) over the ranks."""
+        with torch.no_grad():
+            for p in model.parameters():
+                wire = self._on_wire(p.detach())
+                dist.broadcast(wire, src=0)
+                p.copy_(wire)
+
+        def average_gradients(flat: Tensor) -> None:
+            wire = self._on_wire(flat)  # flat itself, but for a GPU's gradients over gloo
+            dist.all_reduce(wire)
+            if wire is not flat:
+                flat.copy_(wire)
+            flat.div_(self.size)
+
+        return average_gradients
 
     @property
     def shard(self) -> tuple[int, int] | None:
@@ -323,8 +335,8 @@ class SingleProcess(RowGroup):
     def broadcast_int(self, value: int) -> int:
         return value
 
-    def replicated(self, model: nn.Module) -> nn.Module:
-        return model
+    def shared_gradients(self, model: nn.Module) -> None:
+        return None
 
     shard = None  # the whole file, read as it is (no memory map)
 

@@ -1,5 +1,6 @@
 """RDA on row shards: each rank of a ``torch.distributed`` group holds its rows of X, L, S and
-LS_prev; the autoencoder is replicated and trained with DistributedDataParallel.
+LS_prev; the autoencoder is replicated: every rank holds the same network and averages each
+step's gradients with the others (one all-reduce of all of them, ``RowGroup.shared_gradients``).
 
 What is local and what is global, per penalty (``RowGroup`` does the exchanges):
 - "l21_rows" and "l1": the proximal step is row-local; lam from ``contamination`` is an order
@@ -9,9 +10,10 @@ What is local and what is global, per penalty (``RowGroup`` does the exchanges):
   combined before any rank shrinks; every rank then holds all d norms and chooses lam alone.
 - c1, c2: each rank's three convergence norms (``convergence_step(norms=True)``) are combined,
   then divided.
-- Training: the network is replicated with DistributedDataParallel and every rank runs the same
-  number of steps per epoch (``Schedule.of_fit`` with lockstep: the most any rank's rows need at
-  ``batch_size``), so that a shard a row shorter never leaves a gradient all-reduce waiting.
+- Training: the network is replicated (rank 0's weights, the gradients averaged at every step)
+  and every rank runs the same number of steps per epoch (``Schedule.of_fit`` with lockstep: the
+  most any rank's rows need at ``batch_size``), so that a shard a row shorter never leaves a
+  gradient all-reduce waiting.
 
 What the ranks must agree on: each rank passes its own estimator and rows, and ranks that take
 different steps would wait in different collectives (a hang, or gloo's "collective mismatch").
@@ -39,7 +41,7 @@ from rda_ext.solver.loop import RDASolver
 
 class DistributedRDASolver(RDASolver):
     """``RDASolver`` over this rank's rows; the history's numbers are global and the same on every
-    rank. Its network trains replicated (``RowGroup.replicated``) on the schedule's lockstep batches."""
+    rank. Its network trains replicated (``RowGroup.shared_gradients``) on the schedule's lockstep batches."""
 
     def __init__(self, X: Tensor, S: Tensor, LS_prev: Tensor, *, ranks: RowGroup, **kwargs):
         super().__init__(X, S, LS_prev, **kwargs)

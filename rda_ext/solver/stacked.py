@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from rda_ext.solver.autoencoder import ACTIVATIONS, DeepAutoencoder
-from rda_ext.solver.schedule import Schedule
-from rda_ext.solver.training import Network, autocast, reconstruct_into
+from rda_ext.solver.training import Network
 
 
 class StackedAutoencoder(nn.Module):
@@ -65,28 +63,11 @@ class StackedAutoencoder(nn.Module):
         return net
 
 
-def stacked_train_epochs(model: StackedAutoencoder, optimizer: torch.optim.Optimizer, data: Tensor,
-                         schedule: Schedule, generator: torch.Generator, amp: torch.dtype | None = None) -> Tensor:
-    """``train_epochs`` for K networks on data of shape (K, n, d), network k on data[k], all on the
-    same minibatch rows of ``schedule``. Returns the K mean batch losses of the last epoch (float64,
-    on the device)."""
-
-    def step(rows: Tensor) -> Tensor:
-        batch = data.index_select(1, rows)
-        with autocast(data.device, amp):
-            losses = F.mse_loss(model(batch), batch, reduction="none").mean(dim=(1, 2))
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-        return losses.detach()
-
-    model.train()
-    return schedule.train(step, data.shape[1], generator, data.device, shape=(len(model),))
-
-
 class StackedNetworks(Network):
     """``Network`` for K fits of one X: the stack trains on the K matrices L (K, n, d) on shared
-    minibatches, fit k on L[k]."""
+    minibatches (the same rows of each), fit k on L[k]; one fused step trains all K."""
+
+    batch_dim = 1
 
     def __len__(self) -> int:
         return len(self.model)
@@ -96,12 +77,6 @@ class StackedNetworks(Network):
 
     def part(self, L: Tensor, k: int) -> Tensor:
         return L[k]
-
-    def train(self, L: Tensor) -> Tensor:
-        return stacked_train_epochs(self.model, self.optimizer, L, self.schedule, self.generator, self.amp)
-
-    def reconstruct(self, L: Tensor) -> Tensor:
-        return reconstruct_into(self.model, L, L, self.amp)
 
     def network(self, k: int) -> DeepAutoencoder:
         return self.model.network(k)

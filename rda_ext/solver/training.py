@@ -13,32 +13,32 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rda_ext.solver.fused_step import FusedStep
 from rda_ext.solver.schedule import Schedule
 
 OPTIMIZERS = ("adam", "sgd")
 
 # Rows per chunk when the whole matrix goes through the network (reconstruction, encoding,
-# scoring): bounds the activations' memory independently of the data size.
-CHUNK_ROWS = 65536
+# scoring): bounds the activations' memory independently of the data size, and keeps a chunk's
+# activations in the cache while the layers read them (the reconstruction of 567,498 x 3 rows
+# through 3-128-32 took 2.5x as long in chunks of 65,536 rows: benchmarks/RESULTS.md).
+CHUNK_ROWS = 4096
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
-                   capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam or SGD with the fused (single-kernel) update, which torch provides on CPU and CUDA.
-    ``capturable``: Adam keeps its step count on the device, so that a CUDA graph can capture the
-    update (SGD's momentum update needs no host number)."""
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum 0.9) with the fused (single-kernel) update, which torch provides on CPU
+    and CUDA and which ``FusedStep`` calls directly."""
     params = list(model.parameters())
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True, capturable=capturable)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
-    """The autoencoder's computations in ``dtype`` (bfloat16) under autocast, or as they are (None).
-    ``cache=False`` for a graph capture, whose replays must cast the weights of their own step."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autoencoder's computations in ``dtype`` (bfloat16) under autocast, or as they are (None)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def capture_cuda_graph(step: Callable[[], Tensor]) -> Callable[[], Tensor]:
@@ -69,47 +69,35 @@ def _side_stream(device: torch.device):
 
 
 class GraphedStep:
-    """The autoencoder's training step on a full batch (forward, loss, backward, optimizer update),
+    """The training step of full batches (``FusedStep``: forward, backward, optimizer update),
     captured once in a CUDA graph and replayed for every later full batch, across epochs and outer
-    iterations. A step of a small network at a small batch is bound by kernel launches on a GPU;
-    a replay launches all of them at once. The caller gathers each batch into ``batch`` (a static
-    buffer, the graph's input); a last partial batch is trained eagerly by ``train_epochs``.
+    iterations. A step of a small network at a small batch is bound by kernel launches on a GPU; a
+    replay launches all of them at once. The caller gathers each batch into ``batch`` (a static
+    buffer, the graph's input); a last partial batch is trained eagerly.
 
     The first ``WARMUP`` steps run eagerly on a side stream (they are training steps like any
     other: they build the optimizer's state and let the allocator settle), the next one captures
-    and replays. The optimizer must be capturable on CUDA (``make_optimizer(capturable=True)``).
-    ``capture`` turns the step into its replay (``capture_cuda_graph``; tests give a function
-    that runs the step eagerly, the only way to run this path on a CPU)."""
+    and replays. ``capture`` turns the step into its replay (``capture_cuda_graph``; tests give a
+    function that runs the step eagerly, the only way to run this path on a CPU)."""
 
     WARMUP = 3
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor,
-                 amp: torch.dtype | None = None, capture: Callable = capture_cuda_graph):
-        self.model, self.optimizer, self.batch, self.amp, self.capture = model, optimizer, batch, amp, capture
+    def __init__(self, batch: Tensor, capture: Callable = capture_cuda_graph):
+        self.batch, self.capture = batch, capture
         self.warmed, self.replay = 0, None
 
     @property
     def captured(self) -> bool:
         return self.replay is not None
 
-    def _step(self) -> Tensor:
-        with autocast(self.batch.device, self.amp, cache=False):
-            loss = F.mse_loss(self.model(self.batch), self.batch)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-    def __call__(self) -> Tensor:
-        """One step on what ``batch`` holds; returns its loss (valid until the next step)."""
+    def __call__(self, step: FusedStep) -> Tensor:
+        """One ``step`` on what ``batch`` holds; returns its loss (valid until the next step)."""
         if self.replay is None:
-            # Gradients set to None: the capture's backward then writes fresh ones in the graph's
-            # memory pool instead of accumulating into the warm-up's.
-            self.optimizer.zero_grad(set_to_none=True)
             if self.warmed < self.WARMUP:
                 self.warmed += 1
                 with _side_stream(self.batch.device):
-                    return self._step()
-            self.replay = self.capture(self._step)
+                    return step(self.batch)
+            self.replay = self.capture(lambda: step(self.batch))
         return self.replay()
 
 
@@ -122,32 +110,22 @@ def train_epochs(
     target: Tensor | None = None,
     loss_fn: Callable[[Tensor], Tensor] | None = None,
     amp: torch.dtype | None = None,
-    graphed: GraphedStep | None = None,
 ) -> Tensor:
-    """Trains ``model`` to map the rows of ``data`` to the same rows of ``target`` (default:
-    ``data`` itself, an autoencoder) with the mean squared error, or to minimise
-    ``loss_fn(batch)``, on the minibatches of ``schedule``. Returns the mean batch loss of the last
+    """Trains ``model`` through autograd to map the rows of ``data`` to the same rows of ``target``
+    (default: ``data`` itself) with the mean squared error, or to minimise ``loss_fn(batch)``, on
+    the minibatches of ``schedule``: the networks of the baselines (a VAE, RCAE's target X - N).
+    RDA's own networks train with ``Network``'s fused step. Returns the mean batch loss of the last
     epoch as a 0-dim tensor on the device. ``amp``: the dtype of the forward pass under autocast
-    (None: none); the loss is formed in float32 either way, and the backward follows the forward's
-    dtypes. ``graphed``: the full batches of an autoencoder (no ``target``, no ``loss_fn``) go
-    through this captured step (its batch size is the schedule's)."""
-    if graphed is not None and (target is not None or loss_fn is not None):
-        raise ValueError("a graphed step trains an autoencoder's own loss: no target or loss_fn with it")
-    if graphed is not None and schedule.steps is not None:
-        raise ValueError("a graphed step trains full batches: not with a schedule of lockstep batches")
+    (None: none); the loss is formed in float32 either way."""
 
     def step(rows: Tensor) -> Tensor:
-        if graphed is not None and len(rows) == schedule.batch_size:
-            torch.index_select(data, 0, rows, out=graphed.batch)
-            return graphed()
         batch = data.index_select(0, rows)
         with autocast(data.device, amp):
             if loss_fn is not None:
                 loss = loss_fn(batch)
             else:
                 loss = F.mse_loss(model(batch), batch if target is None else target.index_select(0, rows))
-        # Once a graph is captured its gradients live in the graph's memory: zeroed, kept.
-        optimizer.zero_grad(set_to_none=graphed is None or not graphed.captured)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -176,15 +154,18 @@ def reconstruct_into(model: nn.Module, data: Tensor, out: Tensor, amp: torch.dty
 
 class Network:
     """The one network of a fit and how it trains: its optimizer, the schedule and the batch order
-    (``generator``). ``replicate`` wraps it for training on first use (a row-sharded fit averages
-    the gradients of its replicas), once a checkpoint's weights are loaded. ``graphed``: its full
-    batches go through a captured CUDA graph. Trains and reconstructs the L of its one fit."""
+    (``generator``), each step a ``FusedStep``. ``share`` gives, on first use (once a checkpoint's
+    weights are loaded), what averages the gradients over the ranks of a row-sharded fit (None for
+    one process). ``graphed``: full batches go through a captured CUDA graph. Trains and
+    reconstructs the L of its one fit."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule: Schedule,
-                 generator: torch.Generator | None, amp: torch.dtype | None = None,
-                 graphed: GraphedStep | None = None, replicate: Callable[[nn.Module], nn.Module] = lambda m: m):
+    batch_dim = 0  # the dim of L that holds its rows
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 generator: torch.Generator, amp: torch.dtype | None = None, graphed: GraphedStep | None = None,
+                 share: Callable[[nn.Module], Callable | None] = lambda model: None):
         self.model, self.optimizer, self.schedule, self.generator = model, optimizer, schedule, generator
-        self.amp, self.graphed, self._replicate, self._training = amp, graphed, replicate, None
+        self.amp, self.graphed, self._share, self._step = amp, graphed, share, None
 
     def __len__(self) -> int:
         return 1
@@ -196,15 +177,24 @@ class Network:
         return L
 
     def train(self, L: Tensor) -> Tensor:
-        """Trains on the rows of L; the mean loss of the last epoch, of each network (shape (1,))."""
-        if self._training is None:
-            self._training = self._replicate(self.model)
-        return train_epochs(self._training, self.optimizer, L, self.schedule, self.generator, amp=self.amp,
-                            graphed=self.graphed).reshape(1)
+        """Trains on the rows of L; the mean loss of the last epoch, of each network (shape (K,))."""
+        if self._step is None:
+            self._step = FusedStep(self.model, self.optimizer, self.amp, self._share(self.model))
+        graphed, full = self.graphed, self.schedule.batch_size
+
+        def step(rows: Tensor) -> Tensor:
+            if graphed is not None and len(rows) == full:
+                torch.index_select(L, self.batch_dim, rows, out=graphed.batch)
+                return graphed(self._step)
+            return self._step(L.index_select(self.batch_dim, rows))
+
+        self.model.train()
+        return self.schedule.train(step, L.shape[self.batch_dim], self.generator, L.device,
+                                   (len(self),)).reshape(len(self))
 
     def reconstruct(self, L: Tensor) -> Tensor:
-        """L = AE(L) in place; the squared reconstruction error of each network (shape (1,))."""
-        return reconstruct_into(self.model, L, L, self.amp).reshape(1)
+        """L = AE(L) in place; the squared reconstruction error of each network (shape (K,))."""
+        return reconstruct_into(self.model, L, L, self.amp).reshape(len(self))
 
     def network(self, k: int) -> nn.Module:
         return self.model
