@@ -10,7 +10,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 BIN := $(VENV)/bin
 
-.PHONY: setup install test demo bench gpu-check mutation kernel-bugs clean
+.PHONY: setup install test demo bench adbench gpu-check mutation kernel-bugs clean
 
 setup: $(VENV)/.deps
 
@@ -36,6 +36,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_path.py
+
+# RDA against PyOD's detectors on a folder of ADBench tables (DATA=..., default ../shared/data/adbench).
+DATA ?= ../shared/data/adbench
+adbench: install
+	$(BIN)/python benchmarks/quality/adbench.py --data-dir "$(DATA)"
 
 # On a lent GPU machine, no venv: builds with PYTHON (there the system python3, which holds torch)
 # for that GPU, runs the tests and the quick benchmarks; logs and results go to OUT/<gpu>/.

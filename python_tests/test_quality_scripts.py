@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -109,3 +110,39 @@ def test_sweep_quick_fits_every_cell_once_and_resumes_from_its_log(tmp_path):
     # The defaults' cell keeps the parts of its score, and the autoencoder scored the same way.
     parts = rows[rows.index("| score | F1 | AUROC |"):]
     assert len(parts) == 2 + 1 + 6 and parts[-1].startswith("| autoencoder, residual+code |")
+
+
+def _adbench_table(path: Path, seed: int, n: int, d: int) -> None:
+    """An ADBench-format table: rows near a line, 10% of them (1 for an anomaly) far from it."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 10 == 0).astype(np.int64)
+    t = rng.random((n, 1))
+    X = t @ rng.random((1, d)) + 0.01 * rng.standard_normal((n, d)) + 3 * y[:, None] * rng.random((n, d))
+    np.savez(path, X=X, y=y)
+
+
+def test_adbench_quick_compares_rda_with_its_peers_in_both_settings(tmp_path):
+    pytest.importorskip("pyod")
+    pytest.importorskip("scipy")
+    data = tmp_path / "tables"
+    data.mkdir()
+    _adbench_table(data / "1_line.npz", 0, 200, 5)
+    _adbench_table(data / "2_plane.npz", 1, 300, 4)
+    _adbench_table(data / "3_large.npz", 2, 6000, 3)  # above the quick mode's 5,000 rows: left out
+    run = subprocess.run([sys.executable, str(QUALITY / "adbench.py"), "--quick", "--device", "cpu", "--data-dir",
+                          str(data), "--out-dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    (report,) = tmp_path.glob("adbench-*-quick.json")
+    result = json.loads(report.read_text())
+    assert result["machine"]["cpu"] and (tmp_path / result["figure"]).stat().st_size > 0
+    for setting in ("transductive", "inductive"):
+        s = result["settings"][setting]
+        assert sorted(s["tables"]) == ["1_line", "2_plane"]
+        assert set(s["summary"]) == {"RDA", "IsolationForest", "ECOD", "PCA"}
+        # The inductive setting scores the 30% of the rows it did not fit on.
+        rows = {r["table"]: r["rows"] for r in s["runs"]}
+        assert rows == ({"1_line": 200, "2_plane": 300} if setting == "transductive" else {"1_line": 140, "2_plane": 210})
+        for d, summary in s["summary"].items():
+            assert 0 <= summary["auroc"] <= 1 and 1 <= summary["rank_auroc"] <= 4
+            assert d == "RDA" or 0 <= summary["wilcoxon_p_auroc"] <= 1
+        assert sum(v["rank_auroc"] for v in s["summary"].values()) == pytest.approx(10)  # 1 + 2 + 3 + 4 per table
