@@ -117,6 +117,23 @@ def test_training_with_a_target_or_a_loss_and_the_returned_loss(gen):
     assert model.training
 
 
+@pytest.mark.parametrize("amp", [torch.bfloat16, None])
+def test_training_runs_the_forward_pass_in_the_given_precision(gen, amp):
+    data = torch.rand(12, 4, generator=gen)
+    model = DeepAutoencoder((4, 2), "tanh", "linear", True, gen)
+    optim = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def loss(batch):
+        out = model(batch)
+        seen.append(out.dtype)
+        return F.mse_loss(out.float(), batch)
+
+    train_epochs(model, optim, data, Schedule(1, 6), torch.Generator().manual_seed(0), loss_fn=loss, amp=amp)
+    assert seen == [amp or torch.float32] * 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_the_chunked_passes_equal_one_pass(gen, monkeypatch):
     monkeypatch.setattr(training, "CHUNK_ROWS", 4)
     model = DeepAutoencoder((3, 2), "elu", "linear", True, gen).double()

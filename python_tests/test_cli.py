@@ -526,9 +526,15 @@ def test_interrupts_and_allocation_failures_in_fit(tmp_path, capsys, data, monke
 
 @pytest.fixture
 def own_signal_handlers():
-    """The usual handlers, whatever this process inherited (a background job ignores SIGINT)."""
+    """Handlers of the test's own, whatever this process inherited (a background job ignores
+    SIGINT): a SIGTERM that reaches the previous handler fails the test instead of ending the
+    process that runs it."""
+
+    def previous_sigterm(signum, frame):
+        raise AssertionError("SIGTERM reached the handler from before rda-ext's")
+
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+                signal.SIGTERM: signal.signal(signal.SIGTERM, previous_sigterm)}
     yield
     for sig, handler in previous.items():
         signal.signal(sig, handler)

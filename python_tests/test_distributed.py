@@ -384,6 +384,56 @@ def test_fit_together_refuses_a_process_group_unless_told_to_fit_alone(run):
     assert run(_stacked_refused, 2) == [1, 1]
 
 
+def _options_refused(rank, world):
+    refusals = {"preprocessing": ('preprocessing="standardize" is not available in a distributed fit (its column '
+                                  'quantiles span all ranks): use "minmax", or scale X beforehand', "standardize"),
+                "cuda_graphs": ("cuda_graphs is not available in a distributed fit (the gradient all-reduce runs "
+                                "outside the captured step)", True)}
+    for name, (message, value) in refusals.items():
+        with pytest.raises(ValueError) as e:
+            RobustAutoencoder(**_FIT, hidden=(3,), outer_iter=1, **{name: value}).fit(_small())
+        assert str(e.value) == message
+    return True
+
+
+def test_the_options_a_row_sharded_fit_cannot_honour_are_refused_on_every_rank(run):
+    assert run(_options_refused, 2) == [True, True]
+
+
+def _seeded(rank, world, rank_1_state):
+    state = np.random.RandomState(3) if rank == 0 else rank_1_state
+    X = np.random.default_rng(rank).random((30, 5)).astype(np.float32)
+    est = RobustAutoencoder(**{**_TINY, "outer_iter": 2, "inner_epochs": 2, "random_state": state}).fit(X)
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in est.history_], est.model_.state_dict()
+
+
+def test_the_job_is_seeded_by_rank_0s_random_state_alone(run):
+    """The weights and every rank's batch order come from rank 0's seed: a seed drawn on another
+    rank (None, its own RandomState) changes nothing."""
+    reference = run(_seeded, 2, np.random.RandomState(3))
+    for other in (None, np.random.RandomState(5)):
+        for (history, weights), (ref_history, ref_weights) in zip(run(_seeded, 2, other), reference):
+            assert history == ref_history
+            assert all(torch.equal(v, ref_weights[k]) for k, v in weights.items())
+
+
+def _batch_seeds(rank, world):
+    from rda_ext.estimator import fitting
+
+    fit = fitting.prepare(RobustAutoencoder(**_TINY), _small())
+    return fit.batch_seed, fit.engine.network.generator.initial_seed()
+
+
+def test_rank_r_draws_its_batches_from_the_fits_batch_seed_plus_r():
+    """Rank 0 draws the batches of a single-process fit, rank r those of seed + r."""
+    from rda_ext.estimator import fitting
+
+    single = fitting.prepare(RobustAutoencoder(**_TINY), _small())
+    assert single.engine.network.generator.initial_seed() == single.batch_seed
+    ranks = run_threads(_batch_seeds, 3)
+    assert ranks == [(single.batch_seed, single.batch_seed + r) for r in range(3)]
+
+
 def test_an_explicit_gpu_index_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
     from rda_ext.cli import main
 

@@ -381,6 +381,25 @@ def test_a_warm_start_from_an_edited_fitted_matrix_names_it(seed, name):
         est.set_params(warm_start=True).fit(X)
 
 
+@pytest.mark.parametrize("name", ["S_", "L_"])
+def test_a_warm_start_names_a_fitted_matrix_that_the_fitted_scaling_takes_beyond_float32(seed, name):
+    """S_ and L_ go back into the network's input space by the fitted scaling; where that leaves
+    float32 the error names the matrix and the scaling, and the fit is kept."""
+    X = (np.random.default_rng(seed).random((40, 3)) * 1e-30).astype(np.float32)
+    est = RobustAutoencoder(lam=0.9, random_state=seed, preprocessing="minmax", **{**EXACT, "dtype": None}).fit(X)
+    big = np.full_like(X, 1e10)
+    setattr(est, name, big)
+    kept = {k: v.clone() for k, v in est.model_.state_dict().items()}
+    with pytest.raises(ValueError) as e:
+        est.set_params(warm_start=True).fit(X)
+    center = 0.0 if name == "S_" else float(est.center_[0])
+    assert str(e.value) == (
+        f"column 0 of {name} is not finite in float32 once scaled by the fitted scaling "
+        f'(preprocessing="minmax") (center {center:.6g}, scale {float(est.scale_[0]):.6g}; the column spans '
+        '[1e+10, 1e+10]): divide the column by a constant, or fit in float64 (dtype="float64")')
+    assert getattr(est, name) is big and all(torch.equal(v, kept[k]) for k, v in est.model_.state_dict().items())
+
+
 def test_a_warm_start_of_a_float32_model_on_float64_data(seed):
     """L_ and S_ keep X's dtype (float64) while the network computes in float32: the warm start
     casts them back, and c2 still measures the step from the previous L + S."""

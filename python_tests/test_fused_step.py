@@ -126,12 +126,30 @@ def test_the_gradients_are_views_of_one_buffer_that_the_ranks_average(gen):
 def test_what_it_cannot_update_is_refused(gen):
     model = network(1)
     params = list(model.parameters())
-    with pytest.raises(ValueError, match="a fused step updates with fused Adam or SGD, not RMSprop"):
-        FusedStep(model, torch.optim.RMSprop(params))
-    with pytest.raises(ValueError, match="a fused step updates with fused Adam or SGD, not Adam"):
-        FusedStep(model, torch.optim.Adam(params))
-    for wrong in (params[::-1], params[:-1]):
-        with pytest.raises(ValueError, match="the optimizer must hold the model's parameters, in their order"):
+    for optimizer, name in ((torch.optim.RMSprop(params), "RMSprop"), (torch.optim.Adam(params), "Adam")):
+        with pytest.raises(ValueError) as e:
+            FusedStep(model, optimizer)
+        assert str(e.value) == f"a fused step updates with fused Adam or SGD, not {name}"
+    groups = [{"params": params[:2]}, {"params": params[2:]}]
+    for wrong in (params[::-1], params[:-1], groups):
+        with pytest.raises(ValueError) as e:
             FusedStep(model, torch.optim.SGD(wrong, lr=0.1, fused=True))
-    with pytest.raises(ValueError, match="in one group"):
-        FusedStep(model, torch.optim.SGD([{"params": params[:2]}, {"params": params[2:]}], lr=0.1, fused=True))
+        assert str(e.value) == "the optimizer must hold the model's parameters, in their order, in one group"
+
+
+def test_the_adam_state_is_the_one_torch_makes_whatever_the_default_dtype(gen):
+    """Adam's fused step keeps its step count in float32, also where a program has made float64
+    torch's default dtype; a checkpoint or another optimizer then sees the same state."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        own, fused = network(2, dtype=torch.float32), network(2, dtype=torch.float32)
+        own_optim, fused_optim = make_optimizer(own, "adam", 1e-2), make_optimizer(fused, "adam", 1e-2)
+        (batch,) = batches(gen, n=1, dtype=torch.float32)
+        F.mse_loss(own(batch), batch).backward()
+        own_optim.step()
+        FusedStep(fused, fused_optim)(batch)
+    finally:
+        torch.set_default_dtype(default)
+    for p, q in zip(own.parameters(), fused.parameters()):
+        assert {k: v.dtype for k, v in own_optim.state[p].items()} == {k: v.dtype for k, v in fused_optim.state[q].items()}

@@ -69,6 +69,14 @@ def test_auto_fits_as_the_precision_it_resolves_to(seed, monkeypatch):
         monkeypatch.setattr(validation, "fast_bfloat16", lambda device, fast=fast: fast)
         auto = RobustAutoencoder(precision="auto", **params).fit(X)
         np.testing.assert_array_equal(auto.L_, RobustAutoencoder(precision=same_as, **params).fit(X).L_)
+        # A float64 fit computes in float64 whatever the hardware.
+        auto = RobustAutoencoder(precision="auto", dtype="float64", **params).fit(X)
+        full = RobustAutoencoder(precision="float32", dtype="float64", **params).fit(X)
+        np.testing.assert_array_equal(auto.L_, full.L_)
+        np.testing.assert_array_equal(auto.decision_scores_, full.decision_scores_)
+    # bfloat16 is not float32: the fit computes its network in it.
+    bf16 = RobustAutoencoder(precision="bfloat16", **params).fit(X)
+    assert not np.array_equal(bf16.L_, RobustAutoencoder(precision="float32", **params).fit(X).L_)
 
 
 def test_bad_precisions_name_the_parameter():

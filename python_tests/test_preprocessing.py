@@ -502,3 +502,18 @@ def test_a_column_without_middle_spread_keeps_the_iqr_scale_of_the_others_below_
     iqr = np.subtract(*np.quantile(X[:, 1].numpy(), [0.75, 0.25]))
     assert scale[1].item() == pytest.approx(iqr / IQR_PER_SD, rel=1e-12)
     assert scale[0].item() == pytest.approx(float(np.std(X[:, 0].numpy())), rel=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 5.0], ids=["in [0, 1]", "outside"])
+def test_the_column_range_comes_from_the_pass_that_checks_x(monkeypatch, shift):
+    """X is read twice before training (the check, then the scaling and its fingerprint): the
+    scaling and the output's choice take the columns' (min, max) from the check, not from passes
+    of their own."""
+    passes = []
+    measure = scaling_module.column_min_max
+    monkeypatch.setattr(scaling_module, "column_min_max", lambda t: passes.append(t.shape) or measure(t))
+    X = np.random.default_rng(0).random((50, 4)) + shift
+    est = RobustAutoencoder(hidden=(3,), outer_iter=1, inner_epochs=1, random_state=0, device="cpu").fit(X)
+    assert passes == []
+    assert est.model_.architecture[2] == "sigmoid"  # minmax takes the columns into [0, 1]
+    assert (est.center_ is None) == (shift == 0)

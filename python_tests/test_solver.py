@@ -256,6 +256,16 @@ def test_a_budget_trains_a_fresh_sample_of_distinct_rows_in_every_epoch():
     assert Schedule(2, 4, steps=25, budget=30).rows_trained(100) == 200 and Schedule(3, 4).rows_trained(10) == 30
 
 
+@pytest.mark.parametrize("n", [1, 9, 25, 100, 101])
+@pytest.mark.parametrize("schedule", [Schedule(2, 4), Schedule(1, 4, budget=3), Schedule(3, 4, steps=7),
+                                      Schedule(1, 4, steps=7, budget=3), Schedule(2, 4, steps=25, budget=30)],
+                         ids=repr)
+def test_the_rows_trained_are_those_of_the_batches(schedule, n):
+    gen = torch.Generator().manual_seed(n)
+    rows = sum(len(b) for _ in range(schedule.epochs) for b in schedule.batches(n, gen, torch.device("cpu")))
+    assert schedule.rows_trained(n) == rows and isinstance(schedule.rows_trained(n), int)
+
+
 def test_auto_epochs_of_many_rows_take_the_step_budget_and_numbers_of_epochs_take_every_batch(monkeypatch):
     from rda_ext.solver import schedule
     from rda_ext.solver.fused_step import FusedStep

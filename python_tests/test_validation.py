@@ -353,7 +353,7 @@ def test_fit_and_new_data_name_x_when_it_is_not_a_matrix(X):
 
 def test_float64_results_for_float16_numpy_input_are_rounded_once(gen):
     """torch rounds float64 to float16 through float32; numpy rounds once, to the nearest."""
-    t = torch.rand(20000, 2, generator=gen, dtype=torch.float64)
+    t = torch.rand(500000, 2, generator=gen, dtype=torch.float64)  # about 63 in 10^6 are rounded twice
     assert (t.to(torch.float16).numpy() != t.numpy().astype(np.float16)).any()  # what is avoided
     np.testing.assert_array_equal(like_input(t, np.zeros((1, 2), np.float16)), t.numpy().astype(np.float16))
 
@@ -367,6 +367,39 @@ def test_a_decomposition_of_float16_numpy_input_is_rounded_once(gen):
     got = in_xs_units(t, np.zeros((1, 2), np.float16), "L_", scaling)
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, exact.astype(np.float16))
+
+
+def test_a_float32_decomposition_of_float16_numpy_input_is_rounded_once(gen):
+    """The fit's float32 L, unscaled in float64, goes to float16 in one rounding (not through float32)."""
+    from rda_ext.estimator.preprocessing import in_xs_units
+
+    t = torch.rand(500000, 2, generator=gen)
+    scaling = (torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([3.0, 0.25], dtype=torch.float64))
+    exact = t.double() * scaling[1] + scaling[0]
+    assert (exact.float().numpy().astype(np.float16) != exact.numpy().astype(np.float16)).any()  # what is avoided
+    got = in_xs_units(t, np.zeros((1, 2), np.float16), "L_", scaling)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, exact.numpy().astype(np.float16))
+
+
+@pytest.mark.parametrize("X", [np.zeros((1, 2), np.float32), torch.zeros(1, 2)], ids=["numpy", "tensor"])
+def test_a_decomposition_beyond_xs_dtype_is_an_error_and_no_warning(X):
+    from rda_ext.estimator.preprocessing import in_xs_units
+
+    t = torch.tensor([[1.0, 3e38]])
+    scaling = (torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError) as e:
+            in_xs_units(t, X, "L_", scaling)
+    assert str(e.value) == ("L_ (in X's units) has values beyond the range of float32 in column 1: pass X as "
+                            "float64, or divide that column by a constant")
+
+
+def test_a_result_in_xs_dtype_is_handed_over_without_a_copy():
+    t = torch.rand(4, 3)
+    out = like_input(t, np.zeros((1, 3), np.float32))
+    assert out.dtype == np.float32 and np.shares_memory(out, t.numpy())
 
 
 def test_a_tensor_of_another_dense_layout_is_refused_by_its_layout():

@@ -75,8 +75,10 @@ class Schedule:
         """The rows an outer iteration trains on (counted with repeats) where ``n`` rows are held."""
         if self.steps is None:
             return self.epochs * min(n, self.batch_size * (self.budget or n))
+        # tensor_split gives the first (rows % steps) batches one row more than the others.
+        per_batch, longer = divmod(n * -(-self.steps // n) if n < self.steps else n, self.steps)
         cut = min(self.steps, self.budget or self.steps)
-        return self.epochs * max(n, self.steps) * cut // self.steps
+        return self.epochs * (cut * per_batch + min(cut, longer))
 
     def train(self, step: Callable[[Tensor], Tensor], n: int, generator: torch.Generator, device: torch.device,
               shape: tuple[int, ...] = ()) -> Tensor:
