@@ -139,12 +139,22 @@ def test_adbench_quick_compares_rda_with_its_peers_in_both_settings(tmp_path):
         s = result["settings"][setting]
         assert sorted(s["tables"]) == ["1_line", "2_plane"]
         assert set(s["summary"]) == {"RDA", "IsolationForest", "ECOD", "PCA"}
-        # A table is capped at --max-rows (a stratified 250 of 2_plane's 300 rows: 225 normal, 25
-        # anomalies); the inductive setting fits on 70% of each class of those and scores the rest.
+        # The transductive setting takes at most --max-rows of a table (a stratified 250 of 2_plane's
+        # 300); the inductive one fits on 70% of each table's rows and scores the other 30%.
         rows = {r["table"]: r["rows"] for r in s["runs"]}
-        assert rows == ({"1_line": 200, "2_plane": 250} if setting == "transductive" else
-                        {"1_line": 140, "2_plane": round(0.7 * 225) + round(0.7 * 25)})
+        assert rows == ({"1_line": 200, "2_plane": 250} if setting == "transductive" else {"1_line": 140, "2_plane": 210})
         for d, summary in s["summary"].items():
             assert 0 <= summary["auroc"] <= 1 and 1 <= summary["rank_auroc"] <= 4
             assert d == "RDA" or 0 <= summary["wilcoxon_p_auroc"] <= 1
         assert sum(v["rank_auroc"] for v in s["summary"].values()) == pytest.approx(10)  # 1 + 2 + 3 + 4 per table
+
+
+def test_adbench_scales_every_table_by_the_rows_a_detector_fits_on(monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    from adbench import minmax
+
+    X_fit = np.array([[1.0, 5.0, -2.0], [3.0, 5.0, 2.0], [2.0, 5.0, 0.0]])
+    X_score = np.array([[4.0, 6.0, 0.0]])
+    fit, score = minmax(X_fit, X_score)
+    np.testing.assert_array_equal(fit, [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])
+    np.testing.assert_array_equal(score, [[1.5, 1.0, 0.5]])  # new rows may leave [0, 1]

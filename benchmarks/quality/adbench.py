@@ -2,10 +2,11 @@
 tables (npz files holding X and y, y = 1 for an anomaly and used only to evaluate): ours in
 ../shared/data/adbench, or a user's full ADBench. Label-free: every detector runs at its defaults
 with contamination = the true rate (where it takes one; AUROC and AP do not depend on it). Two
-settings: transductive (fit and score all rows) and ADBench's inductive protocol (fit on a
-stratified 70%, score the other 30%), both on at most --max-rows rows of a table (a stratified
-subsample of a larger one: on 2 cores OCSVM, LOF and KNN would take hours on the 400,000 rows of
-http's 70%). Every detector runs on
+settings: transductive (fit and score all rows, at most --max-rows of them) and ADBench's
+inductive protocol (at most 10,000 rows of a table, fit on a stratified 70%, score the other 30%).
+A larger table is cut to a stratified subsample, another for each seed, and in both settings
+every detector sees the table min-max scaled by the rows it fits on, as ADBench scales them (at
+their raw units OCSVM's default kernel width, KNN's and LOF's distances follow the widest column). Every detector runs on
 each seed's subsample or split (the seed also seeds RDA, IsolationForest and PyOD's AutoEncoder).
 Reports per table and detector the mean AUROC and AP over seeds and the fit time; per detector the
 mean AUROC, mean AP and mean rank over the tables; and a Wilcoxon signed-rank test of RDA against
@@ -31,6 +32,7 @@ from rda_ext.experiments.metrics import average_precision, roc_auc
 ADBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"
 DETECTORS = ("RDA", "IsolationForest", "ECOD", "COPOD", "KNN", "LOF", "PCA", "HBOS", "OCSVM", "AutoEncoder")
 QUICK_DETECTORS = ("RDA", "IsolationForest", "ECOD", "PCA")
+INDUCTIVE_ROWS = 10000  # ADBench's cap on a table's rows (its protocol subsamples larger ones)
 
 
 def numerical_rank(X: np.ndarray) -> int:
@@ -64,6 +66,14 @@ def make(name: str, rate: float, seed: int, X_fit: np.ndarray, device: str):
         cls = getattr(__import__(f"pyod.models.{module}", fromlist=[name]), name)
         est = cls(contamination=rate)
     return est.fit, est.decision_function
+
+
+def minmax(X_fit: np.ndarray, X_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both matrices scaled column by column to [0, 1] over the rows of X_fit (a constant column
+    to 0), as ADBench's data generator scales its tables before any detector sees them."""
+    lo, hi = X_fit.min(0), X_fit.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (X_fit - lo) / span, (X_score - lo) / span
 
 
 def split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -145,7 +155,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--data-dir", type=Path, default=ADBENCH)
     p.add_argument("--max-rows", type=int, default=20000,
-                   help="rows of a table (a stratified subsample of a larger one, per seed), in both settings")
+                   help="rows of a table in the transductive setting (a stratified subsample of a larger one, per seed)")
     p.add_argument("--detectors", default=None, help="comma-separated subset of " + ",".join(DETECTORS))
     args = p.parse_args()
     detectors = tuple(args.detectors.split(",")) if args.detectors else QUICK_DETECTORS if args.quick else DETECTORS
@@ -160,7 +170,8 @@ def main() -> None:
         for table, (X, y) in data.items():
             rate = float(y.mean())
             for seed in seeds:
-                rows = split(y, args.max_rows / len(X), seed) if len(X) > args.max_rows else np.arange(len(X))
+                cap = args.max_rows if setting == "transductive" else INDUCTIVE_ROWS
+                rows = split(y, cap / len(X), seed) if len(X) > cap else np.arange(len(X))
                 Xs, ys = X[rows], y[rows]
                 if setting == "transductive":
                     X_fit, X_score, y_score = Xs, Xs, ys
@@ -168,6 +179,7 @@ def main() -> None:
                     train = split(ys, 0.7, seed)
                     test = np.setdiff1d(np.arange(len(Xs)), train)
                     X_fit, X_score, y_score = Xs[train], Xs[test], ys[test]
+                X_fit, X_score = minmax(X_fit, X_score)
                 for name in detectors:
                     r = run_one(name, X_fit, X_score, y_score, rate, seed, args.device)
                     runs.append(dict(table=table, rows=int(len(X_fit)), cols=int(X.shape[1]), seed=seed, detector=name, **r))
