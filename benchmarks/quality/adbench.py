@@ -5,9 +5,10 @@ with contamination = the true rate (where it takes one; AUROC and AP do not depe
 settings: transductive (fit and score all rows, at most --max-rows of them) and ADBench's
 inductive protocol (at most 10,000 rows of a table, fit on a stratified 70%, score the other 30%).
 A larger table is cut to a stratified subsample, another for each seed, and in both settings
-every detector sees the table min-max scaled by the rows it fits on, as ADBench scales them (at
-their raw units OCSVM's default kernel width, KNN's and LOF's distances follow the widest column). Every detector runs on
-each seed's subsample or split (the seed also seeds RDA, IsolationForest and PyOD's AutoEncoder).
+every detector sees the table min-max scaled by the rows it fits on, as ADBench scales them (in
+raw units the widest column rules OCSVM's kernel and KNN's and LOF's distances). Every detector
+runs on each seed's subsample or split (the seed also seeds RDA, IsolationForest and PyOD's
+AutoEncoder).
 Reports per table and detector the mean AUROC and AP over seeds and the fit time; per detector the
 mean AUROC, mean AP and mean rank over the tables; and a Wilcoxon signed-rank test of RDA against
 each peer over the tables (paired by table, on AUROC and on AP). PCA gets the numerical rank of the
