@@ -158,3 +158,48 @@ def test_adbench_scales_every_table_by_the_rows_a_detector_fits_on(monkeypatch):
     fit, score = minmax(X_fit, X_score)
     np.testing.assert_array_equal(fit, [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])
     np.testing.assert_array_equal(score, [[1.5, 1.0, 0.5]])  # new rows may leave [0, 1]
+
+
+def test_score_terms_quick_measures_each_variant_in_both_settings(tmp_path):
+    pytest.importorskip("pyod")  # for adbench.py's peers
+    pytest.importorskip("scipy")
+    data = tmp_path / "tables"
+    data.mkdir()
+    _adbench_table(data / "1_line.npz", 0, 200, 5)
+    _adbench_table(data / "2_plane.npz", 1, 300, 4)
+    common = ["--quick", "--device", "cpu", "--data-dir", str(data), "--out-dir", str(tmp_path)]
+    for script, extra in (("adbench.py", []), ("score_terms.py", ["--peers", "PEERS"])):
+        extra = [str(next(tmp_path.glob("adbench-*-quick.json"))) if a == "PEERS" else a for a in extra]
+        run = subprocess.run([sys.executable, str(QUALITY / script), *common, *extra], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    (peers,) = tmp_path.glob("adbench-*-quick.json")
+    (report,) = tmp_path.glob("score-terms-*-quick.json")
+    result, peers = json.loads(report.read_text()), json.loads(peers.read_text())
+    for setting in ("transductive", "inductive"):
+        s, p = result["settings"][setting], peers["settings"][setting]
+        assert sorted(s["tables"]) == ["1_line", "2_plane"] and list(s["summary"]) == result["variants"]
+        assert len(s["runs"]) == 2 * len(result["variants"])
+        assert all(0 <= r["auroc"] <= 1 and 0 < r["ap"] <= 1 for r in s["runs"])
+        assert s["summary"]["default"]["above_default_auroc"] == 0
+        # The default variant is adbench.py's RDA: the same rows, seeds and fit, so the same ranks.
+        for t in s["tables"]:
+            assert s["tables"][t]["default"]["auroc"]["mean"] == p["tables"][t]["RDA"]["auroc"]["mean"]
+        assert s["summary"]["default"]["rank_auroc"] == p["summary"]["RDA"]["rank_auroc"]
+        assert all(1 <= v["rank_ap"] <= 4 for v in s["summary"].values())
+
+
+def test_the_default_score_is_its_residual_term_plus_its_code_term(monkeypatch):
+    from rda_ext import RobustAutoencoder
+
+    monkeypatch.syspath_prepend(str(QUALITY))
+    from score_terms import knn_distance, robust_z, terms
+
+    X = np.random.default_rng(0).random((120, 6))
+    est = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=2, random_state=0, device="cpu",
+                            dtype="float64").fit(X)
+    residual, code = terms(est, X[:30])
+    np.testing.assert_allclose(residual + code, est.decision_function(X[:30]), rtol=1e-10)
+    assert robust_z(np.array([1.0, 2.0, 3.0]), np.array([2.0, 5.0])).tolist() == [0.0, 3 / 1.4826]
+    # The K-th neighbour among the fitted rows, a fitted row not its own neighbour.
+    line = np.arange(20.0)[:, None]
+    assert knn_distance(line, line, True)[0] == 10.0 and knn_distance(line, np.array([[-1.0]]), False)[0] == 10.0

@@ -34,6 +34,7 @@ ADBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"
 DETECTORS = ("RDA", "IsolationForest", "ECOD", "COPOD", "KNN", "LOF", "PCA", "HBOS", "OCSVM", "AutoEncoder")
 QUICK_DETECTORS = ("RDA", "IsolationForest", "ECOD", "PCA")
 INDUCTIVE_ROWS = 10000  # ADBench's cap on a table's rows (its protocol subsamples larger ones)
+SETTINGS = ("transductive", "inductive")
 
 
 def numerical_rank(X: np.ndarray) -> int:
@@ -93,6 +94,24 @@ def tables(folder: Path, quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]
         if not (quick and len(X) > 5000):
             out[path.stem] = (X, y)
     return out
+
+
+def cells(data: dict, setting: str, seeds, max_rows: int):
+    """(table, seed, anomaly rate, X_fit, X_score, y_score) for each table and seed of ``setting``
+    ("transductive": the rows scored are the rows fitted, at most ``max_rows``; "inductive": at
+    most INDUCTIVE_ROWS rows, fit on a stratified 70%, score the rest), min-max scaled by X_fit."""
+    for table, (X, y) in data.items():
+        for seed in seeds:
+            cap = max_rows if setting == "transductive" else INDUCTIVE_ROWS
+            rows = split(y, cap / len(X), seed) if len(X) > cap else np.arange(len(X))
+            Xs, ys = X[rows], y[rows]
+            if setting == "transductive":
+                X_fit = minmax(Xs, Xs[:0])[0]
+                yield table, seed, float(y.mean()), X_fit, X_fit, ys  # one array: the rows scored are those fitted
+            else:
+                train = split(ys, 0.7, seed)
+                test = np.setdiff1d(np.arange(len(Xs)), train)
+                yield (table, seed, float(y.mean()), *minmax(Xs[train], Xs[test]), ys[test])
 
 
 def run_one(name: str, X_fit, X_score, y_score, rate: float, seed: int, device: str) -> dict:
@@ -166,26 +185,15 @@ def main() -> None:
     data = tables(args.data_dir, args.quick)
     result = dict(mode="quick" if args.quick else "full", data_dir=str(args.data_dir), seeds=list(seeds),
                   detectors=list(detectors), max_rows=args.max_rows, settings={})
-    for setting in ("transductive", "inductive"):
+    for setting in SETTINGS:
         runs = []
-        for table, (X, y) in data.items():
-            rate = float(y.mean())
-            for seed in seeds:
-                cap = args.max_rows if setting == "transductive" else INDUCTIVE_ROWS
-                rows = split(y, cap / len(X), seed) if len(X) > cap else np.arange(len(X))
-                Xs, ys = X[rows], y[rows]
-                if setting == "transductive":
-                    X_fit, X_score, y_score = Xs, Xs, ys
-                else:
-                    train = split(ys, 0.7, seed)
-                    test = np.setdiff1d(np.arange(len(Xs)), train)
-                    X_fit, X_score, y_score = Xs[train], Xs[test], ys[test]
-                X_fit, X_score = minmax(X_fit, X_score)
-                for name in detectors:
-                    r = run_one(name, X_fit, X_score, y_score, rate, seed, args.device)
-                    runs.append(dict(table=table, rows=int(len(X_fit)), cols=int(X.shape[1]), seed=seed, detector=name, **r))
-                    print(f"{setting:12s} {table:22s} seed {seed} {name:15s} AUROC {r['auroc']:.3f} AP {r['ap']:.3f} "
-                          f"{r['seconds']:6.1f} s", flush=True)
+        for table, seed, rate, X_fit, X_score, y_score in cells(data, setting, seeds, args.max_rows):
+            for name in detectors:
+                r = run_one(name, X_fit, X_score, y_score, rate, seed, args.device)
+                runs.append(dict(table=table, rows=int(len(X_fit)), cols=int(X_fit.shape[1]), seed=seed, detector=name,
+                                 **r))
+                print(f"{setting:12s} {table:22s} seed {seed} {name:15s} AUROC {r['auroc']:.3f} AP {r['ap']:.3f} "
+                      f"{r['seconds']:6.1f} s", flush=True)
         per_table = {t: {d: {m: mean_sd([r[m] for r in runs if r["table"] == t and r["detector"] == d])
                              for m in ("auroc", "ap", "seconds")} for d in detectors} for t in data}
         result["settings"][setting] = dict(tables=per_table, summary=summarise(per_table, detectors), runs=runs)

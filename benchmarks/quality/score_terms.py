@@ -1,0 +1,140 @@
+"""What each part of RDA's default score is worth on ADBench-format tables, and what two additions
+would be worth: a local term (the distance to the k-th nearest fitted row, which kNN detectors
+use) and an ensemble of networks from other seeds. The same tables, settings, subsamples, splits
+and min-max scaling as adbench.py; RDA at its defaults, contamination = the true rate.
+
+Variants, each a score of the rows scored (higher = more anomalous):
+- default: ``decision_function``, the residual term plus the code term (scoring.py);
+- residual term, code term: each term alone, from the fitted ``residual_scale_``,
+  ``code_center_`` and ``code_precision_``;
+- default + kNN: the default and the distance to the K-th nearest fitted row (itself left out
+  where the scored rows are the fitted ones), each as a robust z-score (median and MAD of its
+  values on the fitted rows), added;
+- 3 seeds: the mean of the robust z-scores of the default score of three fits (random_state
+  seed, seed + 100, seed + 200); 3 seeds + kNN: that and the kNN term.
+
+With ``--peers`` (a JSON file of adbench.py from the same tables, seeds and rows), each variant's
+mean rank among that file's other detectors, in RDA's place, table by table.
+
+    python benchmarks/quality/score_terms.py --quick   # 1 seed, the tables under 5,000 rows
+    python benchmarks/quality/score_terms.py --peers benchmarks/results/adbench-amd-epyc-2t.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from adbench import ADBENCH, SETTINGS, cells, ranks_of, tables
+from common import mean_sd, parser, report_path, save_json
+
+from rda_ext import RobustAutoencoder
+from rda_ext.experiments.metrics import average_precision, roc_auc
+
+VARIANTS = ("default", "residual term", "code term", "default + kNN", "3 seeds", "3 seeds + kNN")
+K = 10
+ENSEMBLE_SEEDS = (0, 100, 200)  # added to the cell's seed
+
+
+def terms(est: RobustAutoencoder, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The residual term and the code term of the default score of the rows X (their sum is
+    ``est.decision_function(X)``), from the fitted statistics."""
+    R = X - est.reconstruct(X)
+    residual = ((R / est.residual_scale_) ** 2).mean(1)
+    Z = est.transform(X).astype(np.float64) - est.code_center_
+    return residual, np.einsum("ij,jk,ik->i", Z, est.code_precision_, Z) / Z.shape[1]
+
+
+def robust_z(on_fit: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` as a z-score by the median and the MAD (scaled to a normal sd) of ``on_fit``."""
+    median = np.median(on_fit)
+    mad = 1.4826 * np.median(np.abs(on_fit - median))
+    return (values - median) / max(mad, np.finfo(np.float64).tiny)
+
+
+def knn_distance(X_fit: np.ndarray, X: np.ndarray, same: bool) -> np.ndarray:
+    """The distance of each row of X to its K-th nearest row of X_fit (not counting itself where
+    X is X_fit)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(K + same, len(X_fit))
+    return NearestNeighbors(n_neighbors=k).fit(X_fit).kneighbors(X)[0][:, -1]
+
+
+def variants(X_fit, X_score, rate: float, seed: int, device: str) -> dict[str, np.ndarray]:
+    fits = [RobustAutoencoder(contamination=rate, random_state=seed + s, device=device).fit(X_fit)
+            for s in ENSEMBLE_SEEDS]
+    same = X_score is X_fit
+    default_fit = [est.decision_function(X_fit) for est in fits]
+    default = [d if same else est.decision_function(X_score) for d, est in zip(default_fit, fits)]
+    knn = robust_z(knn_distance(X_fit, X_fit, True), knn_distance(X_fit, X_score, same))
+    ensemble = np.mean([robust_z(f, d) for f, d in zip(default_fit, default)], axis=0)
+    residual, code = terms(fits[0], X_score)
+    return {"default": default[0], "residual term": residual, "code term": code,
+            "default + kNN": robust_z(default_fit[0], default[0]) + knn, "3 seeds": ensemble,
+            "3 seeds + kNN": ensemble + knn}
+
+
+def ranks_among_peers(per_table: dict, peers: dict) -> dict[str, dict[str, float]]:
+    """Each variant's mean rank (AUROC, AP) among the detectors of ``peers`` (adbench.py's tables
+    of one setting) other than RDA, the variant in RDA's place."""
+    out = {}
+    for v in VARIANTS:
+        for m in ("auroc", "ap"):
+            ranks = [ranks_of({**{d: r[m]["mean"] for d, r in peers[t].items() if d != "RDA"},
+                               "RDA": per_table[t][v][m]["mean"]})["RDA"] for t in per_table]
+            out.setdefault(v, {})[f"rank_{m}"] = float(np.mean(ranks))
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data-dir", type=Path, default=ADBENCH)
+    p.add_argument("--max-rows", type=int, default=20000, help="rows of a table in the transductive setting")
+    p.add_argument("--peers", type=Path, default=None, help="adbench.py's JSON of the same tables, seeds and rows")
+    args = p.parse_args()
+    seeds = range(1 if args.quick else 3)
+    data = tables(args.data_dir, args.quick)
+    peers = json.loads(args.peers.read_text()) if args.peers else None
+    if peers is not None and (peers["seeds"] != list(seeds) or peers["max_rows"] != args.max_rows or
+                              any(sorted(s["tables"]) != sorted(data) for s in peers["settings"].values())):
+        raise SystemExit(f"score_terms.py: {args.peers} is not of these tables, seeds and rows")
+    result = dict(mode="quick" if args.quick else "full", data_dir=str(args.data_dir), seeds=list(seeds), k=K,
+                  peers=None if peers is None else str(args.peers),
+                  ensemble_seeds=list(ENSEMBLE_SEEDS), max_rows=args.max_rows, variants=list(VARIANTS), settings={})
+    for setting in SETTINGS:
+        runs = []
+        for table, seed, rate, X_fit, X_score, y_score in cells(data, setting, seeds, args.max_rows):
+            t = time.perf_counter()
+            scores = variants(X_fit, X_score, rate, seed, args.device)
+            seconds = time.perf_counter() - t
+            for name, s in scores.items():
+                runs.append(dict(table=table, seed=seed, variant=name, auroc=roc_auc(y_score, s),
+                                 ap=average_precision(y_score, s)))
+            print(f"{setting:12s} {table:22s} seed {seed} " + " ".join(
+                f"{r['variant']} {r['auroc']:.3f}/{r['ap']:.3f}" for r in runs[-len(scores):]) + f" {seconds:.1f} s",
+                flush=True)
+        per_table = {t: {v: {m: mean_sd([r[m] for r in runs if r["table"] == t and r["variant"] == v])
+                             for m in ("auroc", "ap")} for v in VARIANTS} for t in data}
+        summary = {v: {m: float(np.mean([per_table[t][v][m]["mean"] for t in data])) for m in ("auroc", "ap")}
+                   for v in VARIANTS}
+        for v in VARIANTS:  # on how many tables a variant's mean beats the default's
+            for m in ("auroc", "ap"):
+                summary[v][f"above_default_{m}"] = int(sum(per_table[t][v][m]["mean"] > per_table[t]["default"][m]["mean"]
+                                                           for t in data))
+        if peers is not None:
+            for v, ranks in ranks_among_peers(per_table, peers["settings"][setting]["tables"]).items():
+                summary[v].update(ranks)
+        result["settings"][setting] = dict(tables=per_table, summary=summary, runs=runs)
+        for v, s in summary.items():
+            print(f"{setting}: {v:15s} mean AUROC {s['auroc']:.3f} AP {s['ap']:.3f}" +
+                  (f" rank {s['rank_auroc']:.2f} / {s['rank_ap']:.2f}" if peers is not None else ""))
+    path = report_path("score-terms", args)
+    save_json(path, result, args.device)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
