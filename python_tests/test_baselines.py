@@ -38,14 +38,19 @@ def test_rcae(data):
         rcae(X, lam=1.0, contamination=0.1)
 
 
-def test_autoencoder_scores_with_rdas_score_find_planted_outliers_and_check_their_arguments(data):
+@pytest.mark.parametrize("score", ["residual+code", "residual+code+knn"])
+def test_autoencoder_scores_with_rdas_score_find_planted_outliers_and_check_their_arguments(data, score):
     X, is_out = data
     # elu: a sigmoid network at this lr saturated on about one planted set in 20 (AUROC near 0.6).
-    scores = autoencoder_scores(X, hidden=(16, 4), epochs=30, batch_size=32, lr=1e-2, activation="elu",
-                                outlier_score="residual+code", contamination=0.05)
+    fit = dict(hidden=(16, 4), epochs=30, batch_size=32, lr=1e-2, activation="elu", contamination=0.05)
+    scores = autoencoder_scores(X, **fit, outlier_score=score)
     assert scores.shape == (len(X),) and np.isfinite(scores).all()
     assert roc_auc(is_out, scores) > 0.9
-    with pytest.raises(ValueError, match="outlier_score must be"):
+    if score == "residual+code+knn":  # the other score plus the local term: another order of the rows
+        assert not np.array_equal(np.argsort(scores),
+                                  np.argsort(autoencoder_scores(X, **fit, outlier_score="residual+code")))
+    with pytest.raises(ValueError, match="outlier_score must be one of 'residual\\+code\\+knn', 'residual\\+code', "
+                                         "'residual', got 'cosine'"):
         autoencoder_scores(X, epochs=1, outlier_score="cosine")
-    with pytest.raises(ValueError, match="needs a contamination"):
-        autoencoder_scores(X, epochs=1, outlier_score="residual+code")
+    with pytest.raises(ValueError, match=f'outlier_score="{score}" needs a contamination'.replace("+", "\\+")):
+        autoencoder_scores(X, epochs=1, outlier_score=score)

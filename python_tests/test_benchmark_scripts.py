@@ -53,7 +53,8 @@ def test_step_benchmark_times_both_steps_and_counts_their_flops(tmp_path):
 
 def test_scale_benchmark_times_each_method_at_each_size_and_fits_the_slopes(tmp_path):
     run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_scale.py"), "--quick", "--methods", "rda,iforest",
-                          "--out", str(tmp_path / "scale.json")], capture_output=True, text=True, check=False)
+                          "--repeats", "3", "--out", str(tmp_path / "scale.json")], capture_output=True, text=True,
+                         check=False)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "scale.json").read_text())
     assert result["machine"]["cpu"] and (tmp_path / "scale.png").exists()
@@ -63,6 +64,9 @@ def test_scale_benchmark_times_each_method_at_each_size_and_fits_the_slopes(tmp_
         (a, b) = [r["seconds"] for r in result["runs"] if r["method"] == method]
         assert result["slopes"]["synthetic"][method] == pytest.approx(np.log(b / a) / np.log(3))
     assert all(0.5 < r["auroc"] <= 1 for r in result["runs"])
+    # Each method's own AUROC, and the median of its three timed fits.
+    assert all(r["auroc"] != f["auroc"] for r, f in zip(result["runs"][::2], result["runs"][1::2]))
+    assert all(len(r["repeats"]) == 3 and r["seconds"] == sorted(r["repeats"])[1] for r in result["runs"])
     assert [r["rows"] for r in result["rda_against_iforest"]] == [2000, 6000]
 
 

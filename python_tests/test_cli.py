@@ -206,7 +206,7 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     assert "--penalty {l1,l21_rows,l21_cols}" in out
     assert "--precision {float32,bfloat16,auto}" in out
     assert "--preprocessing {auto,none,minmax,standardize}" in out
-    assert "--outlier-score {residual+code,residual}" in out
+    assert "--outlier-score {residual+code+knn,residual+code,residual}" in out
 
 
 @pytest.mark.child_process
@@ -298,7 +298,7 @@ def test_score_writes_the_saved_models_default_score(tmp_path, capsys, data):
     assert run_main(capsys, "fit", tmp_path / "X.npy", "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt",
                     *FAST)[0] == 0
     model = RobustAutoencoder.load(tmp_path / "m.pt")
-    assert model.outlier_score == "residual+code"
+    assert model.outlier_score == "residual+code+knn" and model.neighbours_ is not None
     new = data[::-1] * 0.9
     np.save(tmp_path / "new.npy", new)
     assert run_main(capsys, "score", tmp_path / "m.pt", tmp_path / "new.npy", "--out", tmp_path / "s.npz")[0] == 0
@@ -458,7 +458,8 @@ def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
                  "  input                 data matrix: .npy, .npz (see --key) or .csv; rows = instances",
                  "  --key KEY             the array to use in an .npz holding several",
                  "  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history",
-                 "  --model MODEL         also save the fitted model here (for rda-ext score)",
+                 "  --model MODEL         also save the fitted model here (for rda-ext score; it holds up to 1,000 "
+                 "training rows, the default score's neighbours)",
                  "  --hidden N,N,...      encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. ",
                  "(default: (128, 32))\n",
                  "  -v, --verbose, --no-verbose\n                        show a progress bar over the outer iterations, "):

@@ -188,6 +188,39 @@ def test_the_score_statistics_of_the_ranks_rows_are_those_of_all_rows(run):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+def _local_term(rank, world, seed):
+    from rda_ext.estimator import neighbours, scoring
+
+    X, L, W, reference = _score_data(seed)
+    lo, hi = _SCORE_SHARDS[rank]
+    shard = (X[lo:hi], L[lo:hi], torch.sigmoid(X[lo:hi] @ W), reference[lo:hi])
+    scores, _, local = scoring.reference_scores("residual+code+knn", *shard, seed, RowGroup())
+    drawn, position = neighbours.sample(X[lo:hi], reference[lo:hi], seed, RowGroup(), size=10)
+    return scores, local.neighbours, local.spread, drawn, position
+
+
+def test_the_local_term_of_the_ranks_rows_is_that_of_all_rows(run):
+    """Every reference row of every rank is a neighbour (in rank order: the rows' order) where there
+    are few; beyond the sample size each rank gives its share, and every rank has the same sample."""
+    from rda_ext.estimator import scoring
+
+    seed = _seed()
+    X, L, W, reference = _score_data(seed)
+    want, _, local = scoring.reference_scores("residual+code+knn", X, L, torch.sigmoid(X @ W), reference, seed)
+    ranks = run(_local_term, 3, seed)
+    torch.testing.assert_close(torch.cat([r[0] for r in ranks]), want, rtol=1e-10, atol=0)
+    drawn = ranks[0][3]
+    assert drawn.shape == (10, 11)
+    for rank, (_, neighbours, spread, theirs, position) in enumerate(ranks):
+        assert torch.equal(neighbours, local.neighbours)
+        torch.testing.assert_close(spread, local.spread, rtol=1e-10, atol=0)  # of scores summed in another order
+        assert torch.equal(theirs, drawn)
+        lo, hi = _SCORE_SHARDS[rank]
+        own = torch.nonzero(position >= 0).squeeze(1)
+        assert bool(reference[lo:hi][own].all()) and torch.equal(drawn[position[own]], X[lo:hi][own])
+    assert sum(int((r[4] >= 0).sum()) for r in ranks) == 10
+
+
 def _mnist_subset():
     X, y = load_mnist_5k()
     return make_outlier_set(X, y, nominal=4, fraction=0.05, seed=0)
@@ -452,7 +485,7 @@ _TINY = dict(hidden=(3,), outer_iter=1, inner_epochs=1, batch_size=8, device="cp
 _DISAGREEMENTS = [
     ({}, {"X": "narrow"}, "the width of X (columns)", "5", "4"),
     ({"hidden": (8, 3)}, {"hidden": [4]}, "hidden", "(8, 3)", "(4,)"),
-    ({}, {"outlier_score": "residual"}, "outlier_score", "'residual+code'", "'residual'"),
+    ({}, {"outlier_score": "residual"}, "outlier_score", "'residual+code+knn'", "'residual'"),
     ({}, {"penalty": "l1"}, "penalty", "'l21_rows'", "'l1'"),
     ({}, {"outer_iter": 2}, "outer_iter", "1", "2"),
     ({}, {"outer_iter": 0}, "outer_iter", "1", "0"),  # invalid on one rank only: no rank checks alone

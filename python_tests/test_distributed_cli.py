@@ -16,6 +16,7 @@ import pytest
 import torch
 from distributed_ranks import free_port, torchrun_env
 
+from rda_ext import RobustAutoencoder
 from rda_ext.data.datasets import load_mnist_5k, make_outlier_set
 from rda_ext.io.checkpoint import LATEST
 
@@ -86,9 +87,18 @@ def test_the_ranks_write_one_npz_or_one_folder_and_the_model_scores_alone(mnist,
                    cwd=tmp_path)
     s = np.load(tmp_path / "s.npz")
     assert float(s["threshold"]) == float(r["threshold"])
-    # Where S is 0 the training score is that of X - AE(X), as for new rows.
+    # Where S is 0 the residual is X - AE(X), as for new rows; the local term of a training row among
+    # the model's neighbours leaves the row itself out, that of a new row counts it: at most as far.
     kept = (r["S"] == 0).all(axis=1)
-    np.testing.assert_allclose(s["scores"][kept], r["scores"][kept], rtol=1e-5)
+    model = RobustAutoencoder.load(tmp_path / "m.pt")
+    X = np.load(data)
+    among = np.array([(model.neighbours_ == x.astype(np.float32)).all(1).any() for x in X])
+    assert among.sum() == len(model.neighbours_) > 0
+    np.testing.assert_allclose(s["scores"][kept & ~among], r["scores"][kept & ~among], rtol=1e-5)
+    inside = kept & among
+    assert inside.sum() > 0.5 * among.sum()
+    assert (s["scores"][inside] <= r["scores"][inside] * (1 + 1e-5)).all()
+    assert (s["scores"][inside] < r["scores"][inside] * (1 - 1e-3)).mean() > 0.5
 
 
 def _workers(parent: int) -> list[int]:

@@ -109,7 +109,8 @@ def test_sweep_quick_fits_every_cell_once_and_resumes_from_its_log(tmp_path):
     assert rows[2].startswith("| IsolationForest |") and rows[3 + len(cells)].startswith("| class |")
     # The defaults' cell keeps the parts of its score, and the autoencoder scored the same way.
     parts = rows[rows.index("| score | F1 | AUROC |"):]
-    assert len(parts) == 2 + 1 + 6 and parts[-1].startswith("| autoencoder, residual+code |")
+    assert len(parts) == 2 + 1 + 7 and parts[-1].startswith("| autoencoder, residual+code+knn |")
+    assert parts[3].startswith("| RDA, residual+code+knn (the defaults) |")
 
 
 def _adbench_table(path: Path, seed: int, n: int, d: int) -> None:
@@ -188,18 +189,20 @@ def test_score_terms_quick_measures_each_variant_in_both_settings(tmp_path):
         assert all(1 <= v["rank_ap"] <= 4 for v in s["summary"].values())
 
 
-def test_the_default_score_is_its_residual_term_plus_its_code_term(monkeypatch):
+def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):
     from rda_ext import RobustAutoencoder
 
     monkeypatch.syspath_prepend(str(QUALITY))
-    from score_terms import knn_distance, robust_z, terms
+    from score_terms import robust_z, terms
 
     X = np.random.default_rng(0).random((120, 6))
-    est = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=2, random_state=0, device="cpu",
-                            dtype="float64").fit(X)
-    residual, code = terms(est, X[:30])
-    np.testing.assert_allclose(residual + code, est.decision_function(X[:30]), rtol=1e-10)
+    fit = dict(hidden=(4, 2), outer_iter=2, inner_epochs=2, random_state=0, device="cpu", dtype="float64")
+    default = RobustAutoencoder(**fit).fit(X)
+    without = RobustAutoencoder(**fit, outlier_score="residual+code").fit(X)
+    residual, code = terms(default, X[:30])
+    np.testing.assert_allclose(residual + code, without.decision_function(X[:30]), rtol=1e-10)
+    residual, code = terms(default, X, fitted=True)
+    np.testing.assert_allclose(residual + code, without.decision_scores_, rtol=1e-10)
+    # The default orders the rows otherwise: its local term is not a multiple of the other two.
+    assert not np.array_equal(np.argsort(residual + code), np.argsort(default.decision_scores_))
     assert robust_z(np.array([1.0, 2.0, 3.0]), np.array([2.0, 5.0])).tolist() == [0.0, 3 / 1.4826]
-    # The K-th neighbour among the fitted rows, a fitted row not its own neighbour.
-    line = np.arange(20.0)[:, None]
-    assert knn_distance(line, line, True)[0] == 10.0 and knn_distance(line, np.array([[-1.0]]), False)[0] == 10.0

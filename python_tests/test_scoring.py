@@ -1,5 +1,6 @@
 """The "residual+code" outlier score (rda_ext.estimator.scoring), against the same numbers computed
-in numpy from its definition, in chunks and whole, in the estimator, on new data and after a save."""
+in numpy from its definition, in chunks and whole, in the estimator, on new data and after a save.
+(Its local term, which the default adds: test_neighbours.py.)"""
 
 import numpy as np
 import pytest
@@ -65,10 +66,11 @@ def test_a_feature_that_never_varies_is_floored_and_a_constant_code_adds_nothing
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_default_fit_scores_by_residual_and_code(seed, device):
+def test_a_fit_scores_by_residual_and_code(seed, device):
     X, is_out = planted(seed)
-    est = RobustAutoencoder(contamination=0.05, random_state=seed, device=device, **SMALL).fit(X)
-    assert est.outlier_score == "residual+code"
+    est = RobustAutoencoder(contamination=0.05, random_state=seed, device=device, outlier_score="residual+code",
+                            **SMALL).fit(X)
+    assert est.neighbours_ is None and est.term_spread_ is None
     R, Z = X.astype(np.float64) - est.L_, est.transform(X).astype(np.float64)
     residual = np.linalg.norm(R, axis=1)
     reference = residual <= np.quantile(residual, 0.95)
@@ -94,7 +96,8 @@ def test_the_default_fit_scores_by_residual_and_code(seed, device):
 def test_with_s_at_zero_the_training_scores_are_those_of_new_rows_in_float64(seed):
     """lam above every residual norm leaves S at zero, so L = AE(X): fit and decision_function agree."""
     X = planted(seed)[0].astype(np.float64)  # L_ comes back in X's dtype
-    est = RobustAutoencoder(lam=1e6, random_state=seed, dtype="float64", **SMALL).fit(X)
+    est = RobustAutoencoder(lam=1e6, random_state=seed, dtype="float64", outlier_score="residual+code",
+                            **SMALL).fit(X)
     assert not est.S_.any()
     np.testing.assert_allclose(est.decision_function(X), est.decision_scores_, rtol=1e-12)
     R, Z = X - est.L_, est.transform(X)
@@ -120,8 +123,9 @@ def test_a_saved_model_scores_new_rows_alike(seed, tmp_path):
     est = RobustAutoencoder(contamination=0.05, random_state=seed, **SMALL).fit(X)
     est.save(tmp_path / "m.pt", data=False)
     back = RobustAutoencoder.load(tmp_path / "m.pt")
-    assert back.outlier_score == "residual+code"
-    np.testing.assert_array_equal(back.code_precision_, est.code_precision_)
+    assert back.outlier_score == "residual+code+knn"
+    for name in ("code_precision_", "neighbours_", "term_spread_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(est, name))
     np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
 
 
@@ -143,7 +147,8 @@ def test_a_model_file_with_broken_statistics_is_refused(seed, tmp_path, key, val
         RobustAutoencoder.load(tmp_path / "bad.pt")
 
 
-@pytest.mark.parametrize("fitted, then", [("residual+code", "residual"), ("residual", "residual+code")])
+@pytest.mark.parametrize("fitted, then", [("residual+code", "residual"), ("residual", "residual+code"),
+                                          ("residual+code+knn", "residual+code"), ("residual+code", "residual+code+knn")])
 def test_the_fit_not_the_parameter_decides_how_a_saved_model_scores(seed, tmp_path, fitted, then):
     """set_params after fit changes the next fit, not this one: the model file keeps its scoring."""
     X, _ = planted(seed)

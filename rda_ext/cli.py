@@ -153,7 +153,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key", help="the array to use in an .npz holding several")
     _add_header_option(fit)
     fit.add_argument("--out", required=True, help=result_schema.fit_out_help())
-    fit.add_argument("--model", help="also save the fitted model here (for rda-ext score)")
+    fit.add_argument("--model", help="also save the fitted model here (for rda-ext score; it holds up to 1,000 "
+                     "training rows, the default score's neighbours)")
     _add_estimator_options(fit)
     fit.set_defaults(run=_fit)
 

@@ -48,7 +48,9 @@ def make(name: str, rate: float, seed: int, X_fit: np.ndarray, device: str):
     """An unfitted detector with fit(X) and a score(X) method (higher = more anomalous)."""
     if name == "RDA":
         est = RobustAutoencoder(contamination=rate, random_state=seed, device=device)
-        return est.fit, est.decision_function
+        # The fitted rows' own scores (what fit_predict flags): a row among the local term's
+        # neighbours leaves itself out there, and would count itself through decision_function.
+        return est.fit, lambda X: est.decision_scores_ if X is X_fit else est.decision_function(X)
     if name == "IsolationForest":
         from sklearn.ensemble import IsolationForest
 

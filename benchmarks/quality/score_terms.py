@@ -1,17 +1,17 @@
-"""What each part of RDA's default score is worth on ADBench-format tables, and what two additions
-would be worth: a local term (the distance to the k-th nearest fitted row, which kNN detectors
-use) and an ensemble of networks from other seeds. The same tables, settings, subsamples, splits
-and min-max scaling as adbench.py; RDA at its defaults, contamination = the true rate.
+"""What each part of RDA's default score is worth on ADBench-format tables, and what an ensemble of
+networks from other seeds would add. The same tables, settings, subsamples, splits and min-max
+scaling as adbench.py; RDA at its defaults, contamination = the true rate.
 
 Variants, each a score of the rows scored (higher = more anomalous):
-- default: ``decision_function``, the residual term plus the code term (scoring.py);
-- residual term, code term: each term alone, from the fitted ``residual_scale_``,
-  ``code_center_`` and ``code_precision_``;
-- default + kNN: the default and the distance to the K-th nearest fitted row (itself left out
-  where the scored rows are the fitted ones), each as a robust z-score (median and MAD of its
-  values on the fitted rows), added;
-- 3 seeds: the mean of the robust z-scores of the default score of three fits (random_state
-  seed, seed + 100, seed + 200); 3 seeds + kNN: that and the kNN term.
+- default: as adbench.py scores RDA (``decision_scores_`` for the fitted rows, else
+  ``decision_function``), "residual+code+knn":
+  the residual and code terms and the local term, the distance to the 10th nearest of a sample of
+  the reference rows (scoring.py, neighbours.py);
+- residual + code: the default without its local term ("residual+code", the default before it),
+  from the fitted ``residual_scale_``, ``code_center_`` and ``code_precision_``;
+- residual term, code term: each of those alone;
+- 3 seeds: the mean of the robust z-scores (median and MAD on the fitted rows) of the default
+  score of three fits (random_state seed, seed + 100, seed + 200).
 
 With ``--peers`` (a JSON file of adbench.py from the same tables, seeds and rows), each variant's
 mean rank among that file's other detectors, in RDA's place, table by table.
@@ -33,15 +33,15 @@ from common import mean_sd, parser, report_path, save_json
 from rda_ext import RobustAutoencoder
 from rda_ext.experiments.metrics import average_precision, roc_auc
 
-VARIANTS = ("default", "residual term", "code term", "default + kNN", "3 seeds", "3 seeds + kNN")
-K = 10
+VARIANTS = ("default", "residual + code", "residual term", "code term", "3 seeds")
 ENSEMBLE_SEEDS = (0, 100, 200)  # added to the cell's seed
 
 
-def terms(est: RobustAutoencoder, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The residual term and the code term of the default score of the rows X (their sum is
-    ``est.decision_function(X)``), from the fitted statistics."""
-    R = X - est.reconstruct(X)
+def terms(est: RobustAutoencoder, X: np.ndarray, fitted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The residual term and the code term of the default score of the rows X (their sum is the
+    "residual+code" score), from the fitted statistics; the residual X - L_ of the fitted rows
+    where ``fitted``, else that of new rows, X - AE(X)."""
+    R = X - (est.L_ if fitted else est.reconstruct(X))
     residual = ((R / est.residual_scale_) ** 2).mean(1)
     Z = est.transform(X).astype(np.float64) - est.code_center_
     return residual, np.einsum("ij,jk,ik->i", Z, est.code_precision_, Z) / Z.shape[1]
@@ -54,27 +54,16 @@ def robust_z(on_fit: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (values - median) / max(mad, np.finfo(np.float64).tiny)
 
 
-def knn_distance(X_fit: np.ndarray, X: np.ndarray, same: bool) -> np.ndarray:
-    """The distance of each row of X to its K-th nearest row of X_fit (not counting itself where
-    X is X_fit)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(K + same, len(X_fit))
-    return NearestNeighbors(n_neighbors=k).fit(X_fit).kneighbors(X)[0][:, -1]
-
-
 def variants(X_fit, X_score, rate: float, seed: int, device: str) -> dict[str, np.ndarray]:
     fits = [RobustAutoencoder(contamination=rate, random_state=seed + s, device=device).fit(X_fit)
             for s in ENSEMBLE_SEEDS]
     same = X_score is X_fit
-    default_fit = [est.decision_function(X_fit) for est in fits]
+    default_fit = [est.decision_scores_ for est in fits]
     default = [d if same else est.decision_function(X_score) for d, est in zip(default_fit, fits)]
-    knn = robust_z(knn_distance(X_fit, X_fit, True), knn_distance(X_fit, X_score, same))
     ensemble = np.mean([robust_z(f, d) for f, d in zip(default_fit, default)], axis=0)
-    residual, code = terms(fits[0], X_score)
-    return {"default": default[0], "residual term": residual, "code term": code,
-            "default + kNN": robust_z(default_fit[0], default[0]) + knn, "3 seeds": ensemble,
-            "3 seeds + kNN": ensemble + knn}
+    residual, code = terms(fits[0], X_score, fitted=same)
+    return {"default": default[0], "residual + code": residual + code, "residual term": residual, "code term": code,
+            "3 seeds": ensemble}
 
 
 def ranks_among_peers(per_table: dict, peers: dict) -> dict[str, dict[str, float]]:
@@ -101,7 +90,7 @@ def main() -> None:
     if peers is not None and (peers["seeds"] != list(seeds) or peers["max_rows"] != args.max_rows or
                               any(sorted(s["tables"]) != sorted(data) for s in peers["settings"].values())):
         raise SystemExit(f"score_terms.py: {args.peers} is not of these tables, seeds and rows")
-    result = dict(mode="quick" if args.quick else "full", data_dir=str(args.data_dir), seeds=list(seeds), k=K,
+    result = dict(mode="quick" if args.quick else "full", data_dir=str(args.data_dir), seeds=list(seeds),
                   peers=None if peers is None else str(args.peers),
                   ensemble_seeds=list(ENSEMBLE_SEEDS), max_rows=args.max_rows, variants=list(VARIANTS), settings={})
     for setting in SETTINGS:

@@ -122,36 +122,44 @@ def sweep(result: dict) -> str:
     return "\n".join(out)
 
 
-# How the two methods every cell has read in the defaults' cell, whose score is "residual+code".
-_DEFAULT_METHODS = {"RDA": "RDA, residual+code (the defaults)", "autoencoder": "autoencoder, residual norm"}
-
-
 def score_parts(name: str, cell: str, cells: dict) -> str:
-    """The defaults' score, its two terms alone, RDA's residual norm from the same fits and the
-    plain autoencoder scored both ways: mean F1 / AUROC over the instances."""
+    """The defaults' score, its terms alone (and without the local term where it has one), RDA's
+    residual norm from the same fits and the plain autoencoder scored both ways: mean F1 / AUROC
+    over the instances."""
     iso = cells["IsolationForest"]
     out = [f"**{name}, the defaults' score and its parts ({cell}; F1 from the top contamination fraction of each "
            "score)**\n", "| score | F1 | AUROC |", "| --- | ---: | ---: |",
            f"| IsolationForest | {iso['f1']['mean']:.3f} ± {iso['f1']['sd']:.3f} | "
            f"{iso['auroc']['mean']:.3f} ± {iso['auroc']['sd']:.3f} |"]
+    # How the two methods every cell has read in the defaults' cell.
+    names = {"RDA": f"RDA, {cells[cell]['config']['outlier_score']} (the defaults)",
+             "autoencoder": "autoencoder, residual norm"}
     for method, r in cells[cell].items():
         if method != "config":
-            out.append(f"| {_DEFAULT_METHODS.get(method, method)} | {r['f1']['mean']:.3f} ± {r['f1']['sd']:.3f} | "
+            out.append(f"| {names.get(method, method)} | {r['f1']['mean']:.3f} ± {r['f1']['sd']:.3f} | "
                        f"{r['auroc']['mean']:.3f} ± {r['auroc']['sd']:.3f} |")
     out.append("")
     return "\n".join(out)
 
 
 def default_cell(cells: dict) -> str | None:
-    """The cell whose configuration is the estimator's default (read from the estimator itself)."""
+    """The cell whose configuration is the estimator's default (read from the estimator itself), or
+    in a run from before the default score, the last cell that is the default but for its score
+    (the defaults' cell of that run, which the sweep lists last)."""
     from rda_ext import RobustAutoencoder
 
     params = RobustAutoencoder().get_params()
-    for cell, config in cells.items():
-        if all(tuple(v) == tuple(params[k]) if isinstance(v, (list, tuple)) else v == params[k]
-               for k, v in config.items()):
-            return cell
-    return None
+
+    def matches(config: dict, but=()) -> bool:
+        return all(tuple(v) == tuple(params[k]) if isinstance(v, (list, tuple)) else v == params[k]
+                   for k, v in config.items() if k not in but)
+
+    exact = [cell for cell, config in cells.items() if matches(config)]
+    if exact:
+        return exact[0]
+    scored = [cell for cell, config in cells.items()
+              if matches(config, but=("outlier_score",)) and config.get("outlier_score") != "residual"]
+    return scored[-1] if scored else None
 
 
 def sweep_per_class(name: str, cell: str, runs: dict) -> str:

@@ -36,6 +36,8 @@ class FittedState:
     residual_scale_: np.ndarray | None = None  # the statistics of the "residual+code" score
     code_center_: np.ndarray | None = None
     code_precision_: np.ndarray | None = None
+    neighbours_: np.ndarray | None = None  # the local term of "residual+code+knn"
+    term_spread_: np.ndarray | None = None
     # The optimizer a warm start continues (None after fit_together or a model file: a fresh one).
     _optim: torch.optim.Optimizer | None = None
     # The seed of the next fit's batch orders: a warm start draws new ones.

@@ -146,15 +146,16 @@ def run(fit: Prepared) -> list[dict]:
 
 
 def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_seed: int, history: list[dict],
-             n_iter: int, scaling, ranks: RowGroup, data_print: str) -> FittedState:
+             n_iter: int, scaling, ranks: RowGroup, data_print: str, sample_seed: int) -> FittedState:
     """The fitted state of a finished solver (its L and S: the decomposition of X in the network's
-    input space, which ``scaling`` maps back to X's units)."""
+    input space, which ``scaling`` maps back to X's units). ``sample_seed``: what draws the local
+    term's neighbours (``sample_seed_of``)."""
     L_out, S_out = agreed(ranks, lambda: (in_xs_units(solver.L, X, "L_", scaling),
                                           in_xs_units(solver.S, X, "S_", scaling, center=False)))
     lam_ = history[-1]["lam"]
     amp = resolve_precision(est.precision, solver.X.device, solver.X.dtype)
-    scores, threshold, labels, statistics = scoring.fitted_scores(est.outlier_score, est.penalty, est.contamination,
-                                                                  solver, model, amp, lam_, ranks)
+    scores, threshold, labels, statistics, local = scoring.fitted_scores(
+        est.outlier_score, est.penalty, est.contamination, solver, model, amp, lam_, sample_seed, ranks)
     return FittedState(
         model_=model.eval(), n_features_in_=solver.X.shape[1], n_iter_=n_iter, history_=history, lam_=lam_,
         L_=L_out, S_=S_out, decision_scores_=scores.cpu().numpy(), labels_=labels, threshold_=threshold,
@@ -162,6 +163,8 @@ def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_see
         scale_=None if scaling is None else scaling[1].cpu().numpy(),
         **dict(zip(("residual_scale_", "code_center_", "code_precision_"),
                    (None,) * 3 if statistics is None else (t.cpu().numpy() for t in statistics))),
+        neighbours_=None if local is None else local.neighbours.cpu().numpy(),
+        term_spread_=None if local is None else local.spread.cpu().numpy(),
         _optim=optim, _batch_seed=batch_seed + 1, _fit_precision=est.precision,
         _fit_preprocessing=est.preprocessing, _fit_fingerprint=data_print,
     )
@@ -170,7 +173,15 @@ def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_see
 def finalize_prepared(fit: Prepared, history: list[dict]) -> FittedState:
     network = fit.engine.network
     return finalize(fit.est, fit.X, fit.solver, network.model, network.optimizer, fit.batch_seed, history,
-                    len(history) - fit.warm_rows, fit.scaling, fit.ranks, fit.data_print)
+                    len(history) - fit.warm_rows, fit.scaling, fit.ranks, fit.data_print, sample_seed_of(network))
+
+
+def sample_seed_of(network) -> int:
+    """The seed of the local term's neighbour sample: the next draw of the fit's batch generator,
+    whose state a checkpoint keeps, so that a resumed fit draws the sample the uninterrupted one
+    would have drawn (random_state=None included)."""
+    generator = network.generator
+    return int(torch.randint(2**62, (), generator=generator, device=generator.device))
 
 
 def _check_input(est, X, device: torch.device, dtype: torch.dtype,

@@ -46,7 +46,7 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     ``labels``, ``n_flagged``, ``n_nonzero`` (non-zero groups of S), ``nonzero_groups`` (a
     boolean numpy mask of the rows or columns where S is non-zero; None for "l1") and
     ``history``. ``labels`` follow the ``score``: with outlier_score="residual" and "l21_rows" they are S's
-    non-zero rows; with the default "residual+code" the top ``contamination`` fraction of the
+    non-zero rows; with the other scores (the default among them) the top ``contamination`` fraction of the
     scores at every lam, so that along a path S's rows are read from ``nonzero_groups``.
 
     ``lams`` is a number or a 1-D list, tuple or array of distinct finite numbers >= 0, in any

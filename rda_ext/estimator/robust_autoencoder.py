@@ -99,12 +99,16 @@ class RobustAutoencoder(SklearnProtocol):
         (weights, optimizer, S and L of every rank, the batch generators, the history) is written
         there, whole or not at all; a fit started again with the same data and parameters (e.g. a
         job that torchrun --max-restarts restarts) resumes from the last complete iteration.
-    outlier_score : the outlier score of a row (rda_ext.estimator.scoring): "residual+code" (default)
-        adds, each scaled to at most about 1 on a typical row, the mean squared residual x - L with every
+    outlier_score : the outlier score of a row (rda_ext.estimator.scoring): "residual+code" adds,
+        each scaled to at most about 1 on a typical row, the mean squared residual x - L with every
         feature divided by its residual scale, and the squared Mahalanobis distance of the row's
         hidden code, both measured on the rows whose residual norm is at most the (1 -
-        contamination) quantile; "residual" is the norm of x - L, the paper's detector. The
-        default was chosen from the label-free sweep (benchmarks/RESULTS.md).
+        contamination) quantile (the reference rows, of both scores); "residual+code+knn"
+        (default) adds to it, each divided by its spread over the training rows, the row's
+        distance to its 10th nearest neighbour among at most 1,000 reference rows drawn at random
+        (kept in the model: a training row among them does not count itself, a new row does);
+        "residual" is the norm of x - L, the paper's detector. The default was chosen on ADBench's
+        tables and the label-free image sweep (benchmarks/RESULTS.md).
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
@@ -121,6 +125,9 @@ class RobustAutoencoder(SklearnProtocol):
     residual_scale_, code_center_, code_precision_ : numpy float64, the statistics of the
         "residual+code" score (sigma per feature, mu and the pseudo-inverse covariance of the
         code), in the network's input space; None with outlier_score="residual".
+    neighbours_, term_spread_ : the local term of "residual+code+knn" (else None): the neighbour
+        rows (numpy, in the network's input space, the fit's dtype) and the spread (float64) of
+        the "residual+code" score and of the neighbour distance over the training rows.
     lam_ : the lam of the last proximal step.  n_iter_ : outer iterations run.
     history_ : one dict per outer iteration with ``HISTORY_KEYS``: lam, mean training loss of the
         last inner epoch, recon_error ||L_in - AE(L_in)||_F, objective recon_error + lam *
@@ -151,7 +158,7 @@ class RobustAutoencoder(SklearnProtocol):
         cuda_graphs=False,
         distributed="auto",
         checkpoint=None,
-        outlier_score="residual+code",
+        outlier_score="residual+code+knn",
         random_state=None,
         verbose=False,
     ):
@@ -200,9 +207,14 @@ class RobustAutoencoder(SklearnProtocol):
                                for t in (self.residual_scale_, self.code_center_, self.code_precision_))
             encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
 
+            state = FittedState.of(self)  # one from before the local term has none
+            local = None if state.neighbours_ is None else scoring.LocalTerm(
+                torch.from_numpy(state.neighbours_).to(Xt.device), torch.from_numpy(state.term_spread_).to(Xt.device))
+
             def score(x: Tensor) -> Tensor:
                 code = encode(x)  # once: the reconstruction decodes it
-                return scoring.row_scores(x, decode(code), code, statistics)
+                scores = scoring.row_scores(x, decode(code), code, statistics)
+                return scores if local is None else local.scores(x, scores)
 
             scores = map_chunks(score, Xt)
             if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
@@ -255,7 +267,9 @@ class RobustAutoencoder(SklearnProtocol):
     def save(self, path, *, data: bool = True) -> None:
         """Writes parameters, weights and the fitted state to ``path`` (a torch file that
         ``load`` reads with ``weights_only=True``). ``data=False`` leaves out L_ and S_ (the size
-        of the training data). The file is written whole or not at all."""
+        of the training data); the local term's ``neighbours_`` (up to 1,000 training rows, in the
+        network's input space) stay in either way, as the model scores new rows with them. The
+        file is written whole or not at all."""
         save_model(self, path, data=data)
 
     @classmethod

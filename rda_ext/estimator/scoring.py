@@ -1,8 +1,8 @@
 """The outlier score of a row, from a fitted decomposition.
 
 "residual" is the norm of the row's residual r = x - L, the paper's detector (for "l21_rows" its
-threshold is lam, and the rows above it are those where S is non-zero). "residual+code" (the
-default) reads the residual and the hidden code z = encode(x) as a Gaussian model of the rows the
+threshold is lam, and the rows above it are those where S is non-zero). "residual+code" reads
+the residual and the hidden code z = encode(x) as a Gaussian model of the rows the
 fit keeps:
 
     score = mean_j (r_j / sigma_j)^2  +  (z - mu)' Sigma^+ (z - mu) / k
@@ -18,6 +18,16 @@ is reconstructed at; the second finds rows reconstructed from a code unlike the 
 codes. The label-free sweep (benchmarks/RESULTS.md) measures each term alone and the plain
 autoencoder scored the same way.
 
+"residual+code+knn" (the default) adds a local term, the distance of the row to its K-th nearest
+neighbour among a sample of the reference rows (neighbours.py), each of the two divided by its
+spread over the training rows:
+
+    score = residual+code / spread(residual+code)  +  distance / spread(distance)
+
+The first two terms find what the network models badly; the third finds rows in sparse regions
+that it models well. benchmarks/RESULTS.md measures what each is worth on ADBench's tables and the
+images.
+
 The statistics are sums over rows, so that a row-sharded fit all-reduces them. They and the
 scores are computed in float64 over chunks of rows, never a second n x d matrix; the caller
 computes the codes (n x k) once.
@@ -26,11 +36,13 @@ computes the codes (n x k) once.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rda_ext.estimator import neighbours
 from rda_ext.solver.collectives import SINGLE_PROCESS, RowGroup
 from rda_ext.solver.training import CHUNK_ROWS, in_precision, map_chunks
 
@@ -97,21 +109,68 @@ def row_scores(X: Tensor, L: Tensor, Z: Tensor, statistics: Statistics) -> Tenso
     return residual + code
 
 
+@dataclass
+class LocalTerm:
+    """What "residual+code+knn" adds to "residual+code": the neighbour rows (neighbours.py) and the
+    spread over the training rows of the "residual+code" score and of the distance to the K-th
+    neighbour, by which each is divided before they are added (so that neither outweighs the other
+    by its units)."""
+
+    neighbours: Tensor  # (m, d), in the network's input space
+    spread: Tensor  # (2,) float64
+
+    def combine(self, scores: Tensor, distances: Tensor) -> Tensor:
+        return scores / self.spread[0] + distances / self.spread[1]
+
+    def scores(self, X: Tensor, scores: Tensor) -> Tensor:
+        """The "residual+code+knn" score of rows X of new data with their "residual+code" ``scores``."""
+        return self.combine(scores, neighbours.kth_distance(X, self.neighbours))
+
+
+def spread(values: Tensor, ranks: RowGroup) -> float:
+    """How widely ``values`` (>= 0, over all ranks) lie about their median: the median absolute
+    deviation, or where that is 0 (half of them or more equal, as duplicate rows at distance 0) the
+    mean absolute deviation, or 1 where all are equal."""
+    deviation = (values - ranks.quantile(values, 0.5)).abs()
+    mad = ranks.quantile(deviation, 0.5)
+    if mad > 0:
+        return mad
+    mean = float(ranks.sum(deviation.sum())) / max(ranks.count(values.numel()), 1)
+    return mean if mean > 0 else 1.0
+
+
+def reference_scores(outlier_score: str, X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, seed: int,
+                     ranks: RowGroup = SINGLE_PROCESS) -> tuple[Tensor, Statistics, LocalTerm | None]:
+    """The "residual+code" or "residual+code+knn" ``outlier_score`` of the rows of X (float64), with
+    their reconstruction L and code Z, measured on the rows where ``reference`` is True (over all
+    ranks), with its statistics and local term (None for "residual+code"), its neighbours drawn
+    from ``seed``."""
+    statistics = fit_statistics(X, L, Z, reference, ranks)
+    scores = row_scores(X, L, Z, statistics)
+    if outlier_score != "residual+code+knn":
+        return scores, statistics, None
+    rows, position = neighbours.sample(X, reference, seed, ranks)
+    distances = neighbours.kth_distance(X, rows, position)
+    local = LocalTerm(rows, torch.tensor([spread(scores, ranks), spread(distances, ranks)], dtype=torch.float64,
+                                         device=scores.device))
+    return local.combine(scores, distances), statistics, local
+
+
 def fitted_scores(outlier_score: str, penalty: str, contamination: float, solver, model, amp, lam: float,
-                  ranks: RowGroup) -> tuple[Tensor, float, np.ndarray, Statistics | None]:
-    """The scores of a finished fit's training rows (float64), its threshold, labels (int64 numpy)
-    and the statistics of the "residual+code" score (None for "residual"). The codes of the
-    training rows are computed once, in the fit's precision ``amp``."""
+                  seed: int, ranks: RowGroup) -> tuple[Tensor, float, np.ndarray, Statistics | None, LocalTerm | None]:
+    """The scores of a finished fit's training rows (float64), its threshold, labels (int64 numpy),
+    the statistics of the "residual+code" score (None for "residual") and the local term of
+    "residual+code+knn" (else None; its neighbours drawn from ``seed``). The codes of the training
+    rows are computed once, in the fit's precision ``amp``."""
     residuals = solver.row_scores().to(torch.float64)
-    statistics = None
+    statistics = local = None
     scores = residuals
-    if outlier_score == "residual+code":
+    if outlier_score != "residual":
         codes = map_chunks(in_precision(model.encode, amp), solver.X)
         reference = residuals <= ranks.quantile(residuals, 1.0 - contamination)
-        statistics = fit_statistics(solver.X, solver.L, codes, reference, ranks)
-        scores = row_scores(solver.X, solver.L, codes, statistics)
+        scores, statistics, local = reference_scores(outlier_score, solver.X, solver.L, codes, reference, seed, ranks)
     if outlier_score == "residual" and penalty == "l21_rows":
         # The rows above lam are those where S is non-zero.
-        return scores, lam, solver.nonzero_groups(lam).cpu().numpy().astype(np.int64), statistics
+        return scores, lam, solver.nonzero_groups(lam).cpu().numpy().astype(np.int64), statistics, local
     threshold = ranks.quantile(scores, 1.0 - contamination)
-    return scores, threshold, (scores > threshold).cpu().numpy().astype(np.int64), statistics
+    return scores, threshold, (scores > threshold).cpu().numpy().astype(np.int64), statistics, local

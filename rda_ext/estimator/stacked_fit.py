@@ -77,10 +77,12 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                               resolve_precision(first.precision, device, dtype))
     solvers = [fitting.new_solver(est, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), SINGLE_PROCESS)
                for est in estimators]
-    for est, (rows, solver, net) in zip(estimators, Engine(network, solvers).run(first.outer_iter, first.tol)):
+    finished = Engine(network, solvers).run(first.outer_iter, first.tol)
+    sample_seed = fitting.sample_seed_of(network)  # one draw for all, as the first one's own fit draws it
+    for est, (rows, solver, net) in zip(estimators, finished):
         history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
         fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling, SINGLE_PROCESS,
-                         data_print).apply(est)
+                         data_print, sample_seed).apply(est)
     return estimators
 
 

@@ -16,7 +16,7 @@ from rda_ext.solver import survival_threshold
 from rda_ext.solver.autoencoder import DeepAutoencoder
 from rda_ext.solver.schedule import Schedule
 from rda_ext.solver.training import make_optimizer, map_chunks, train_epochs
-from rda_ext.validation import resolve_device
+from rda_ext.validation import CHOICES, resolve_device
 
 
 def _setup(X: np.ndarray, device: str, seed: int) -> tuple[Tensor, torch.Generator, torch.Generator]:
@@ -33,13 +33,14 @@ def _row_errors(model, data: Tensor) -> np.ndarray:
 def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3, activation="sigmoid",
                        device="auto", seed=0, outlier_score="residual", contamination=None) -> np.ndarray:
     """A plain autoencoder (RDA's network: tied weights, sigmoid output) trained on X itself; the
-    score of a row is the norm of its reconstruction error, or with outlier_score="residual+code" RDA's
-    default score (rda_ext.estimator.scoring), its reference rows the (1 - contamination) fraction
-    with the smallest errors."""
-    if outlier_score not in ("residual", "residual+code"):
-        raise ValueError(f'outlier_score must be "residual" or "residual+code", got {outlier_score!r}')
-    if outlier_score == "residual+code" and not (contamination is not None and 0 < contamination < 0.5):
-        raise ValueError(f'outlier_score="residual+code" needs a contamination in (0, 0.5), got {contamination!r}')
+    score of a row is the norm of its reconstruction error, or with outlier_score "residual+code" or
+    "residual+code+knn" RDA's score of that name (rda_ext.estimator.scoring), its reference rows the
+    (1 - contamination) fraction with the smallest errors."""
+    if outlier_score not in CHOICES["outlier_score"]:
+        raise ValueError(f"outlier_score must be one of {', '.join(map(repr, CHOICES['outlier_score']))}, "
+                         f"got {outlier_score!r}")
+    if outlier_score != "residual" and not (contamination is not None and 0 < contamination < 0.5):
+        raise ValueError(f'outlier_score="{outlier_score}" needs a contamination in (0, 0.5), got {contamination!r}')
     data, init, batches = _setup(X, device, seed)
     model = DeepAutoencoder((data.shape[1], *hidden), activation, generator=init).to(data.device)
     train_epochs(model, make_optimizer(model, "adam", lr), data, Schedule(epochs, batch_size), batches)
@@ -49,8 +50,7 @@ def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3,
     reference = torch.from_numpy(errors <= np.quantile(errors, 1 - contamination)).to(data.device)
     codes = map_chunks(model.encode, data)
     recon = map_chunks(model.decode, codes)
-    statistics = scoring.fit_statistics(data, recon, codes, reference)
-    return scoring.row_scores(data, recon, codes, statistics).cpu().numpy()
+    return scoring.reference_scores(outlier_score, data, recon, codes, reference, seed)[0].cpu().numpy()
 
 
 class VariationalAutoencoder(nn.Module):

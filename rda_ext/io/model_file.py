@@ -74,6 +74,9 @@ def model_writer(est, *, data: bool):
     for key in ("center_", "scale_", *_SCORE_KEYS):
         value = getattr(fit, key)
         fitted[key] = None if value is None else torch.from_numpy(np.array(value, dtype=np.float64))
+    if fit.neighbours_ is not None:
+        fitted["neighbours_"] = torch.from_numpy(np.ascontiguousarray(fit.neighbours_))
+        fitted["term_spread_"] = torch.from_numpy(np.array(fit.term_spread_, dtype=np.float64))
     if data:
         fitted["L_"], fitted["S_"], fitted["input"] = to_cpu(fit.L_), to_cpu(fit.S_), kind(fit.L_)
     state = {
@@ -257,6 +260,7 @@ def _build(cls, state: dict, params: dict, device):
         if not bool((scale > 0).all()):
             raise InvalidState("scale_ has entries <= 0")
     residual_scale, code_center, code_precision = _score_statistics(fitted, d, sizes[-1])
+    neighbours, term_spread = _local_term(fitted, d, residual_scale is not None)
     precision, preprocessing, data_print = _fit_facts(fitted, params)
     L, S = ((t.numpy() if fitted["input"] == "numpy" else t for t in (fitted["L_"], fitted["S_"])) if present
             else (None, None))
@@ -265,6 +269,7 @@ def _build(cls, state: dict, params: dict, device):
         decision_scores_=scores.numpy(), labels_=labels.numpy(),
         center_=None if center is None else center.numpy(), scale_=None if scale is None else scale.numpy(),
         residual_scale_=residual_scale, code_center_=code_center, code_precision_=code_precision,
+        neighbours_=neighbours, term_spread_=term_spread,
         _batch_seed=fitted["batch_seed"], _fit_precision=precision, _fit_preprocessing=preprocessing,
         _fit_fingerprint=data_print,
     ).apply(est)
@@ -306,3 +311,24 @@ def _score_statistics(fitted: dict, d: int, k: int) -> tuple:
     if not bool((fitted["residual_scale_"] > 0).all()):
         raise InvalidState("residual_scale_ has entries <= 0")
     return tuple(out)
+
+
+def _local_term(fitted: dict, d: int, statistics: bool) -> tuple:
+    """The local term of "residual+code+knn" in the file, checked: the neighbour rows (m >= 1 rows
+    of d finite numbers in a float dtype) and the two spreads (finite, > 0) together, or neither
+    (a fit scored otherwise, or a file from before them); it adds to the "residual+code" statistics."""
+    neighbours, spread = fitted.get("neighbours_"), fitted.get("term_spread_")
+    if neighbours is None and spread is None:
+        return None, None
+    if neighbours is None or spread is None:
+        raise InvalidState("neighbours_ and term_spread_ are saved together or not at all")
+    if not statistics:
+        raise InvalidState("neighbours_ is saved without the statistics of the residual+code score it adds to")
+    if not (isinstance(neighbours, torch.Tensor) and neighbours.dim() == 2 and neighbours.shape[0] >= 1
+            and neighbours.shape[1] == d and neighbours.dtype in (torch.float32, torch.float64)):
+        raise InvalidState(f"neighbours_ is not a float32 or float64 tensor of at least one row of {d} features")
+    check_tensor(neighbours, "neighbours_")
+    if not (isinstance(spread, torch.Tensor) and tuple(spread.shape) == (2,) and spread.dtype == torch.float64
+            and bool(torch.isfinite(spread).all()) and bool((spread > 0).all())):
+        raise InvalidState("term_spread_ is not two finite float64 numbers > 0")
+    return neighbours.numpy(), spread.numpy()

@@ -208,6 +208,15 @@ class RowGroup:
         counts[self.rank] = n_local
         return self.sum(counts).tolist()
 
+    def all_rows(self, local: Tensor, counts: list[int]) -> Tensor:
+        """Every rank's rows ``local`` (``counts[r]`` rows on rank r, the same width and dtype),
+        concatenated in rank order, on every rank and on ``local``'s device."""
+        wire = self._on_wire(local.new_zeros(max(counts), *local.shape[1:]))
+        wire[: local.shape[0]] = local
+        parts = [torch.empty_like(wire) for _ in range(self.size)]
+        dist.all_gather(parts, wire)  # padded to the most rows: all_gather takes one shape
+        return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(local.device)
+
     def first_error(self, error: BaseException | None) -> str | None:
         """The message of the lowest rank's error, on every rank (None where no rank has one): a
         rank that fails alone would leave the others waiting in their next collective."""
@@ -345,6 +354,9 @@ class SingleProcess(RowGroup):
 
     def rows_per_rank(self, n_local: int) -> list[int]:
         return [n_local]
+
+    def all_rows(self, local: Tensor, counts: list[int]) -> Tensor:
+        return local
 
     def first_error(self, error: BaseException | None) -> str | None:
         return None if error is None else str(error)
