@@ -165,6 +165,11 @@ def test_demo_runs_the_paper_experiment(tmp_path):
     assert report["methods"]["autoencoder, RDA's score"]["n_flagged"] == 28
     # A detector that learned the digit, not chance: the outliers rank high.
     assert rda["auroc"] > 0.85
+    # hidden="auto" on 784 features: both shapes measured, the one kept named, as printed.
+    assert list(report["shape_contrast"]) == ["784-128-32", "784-392-196"]
+    assert report["rda_network"] in report["shape_contrast"]
+    assert f'RDA, hidden="auto": residual contrast 784-128-32 ' in result.stdout
+    assert f"RDA and the plain autoencoder: {report['rda_network']}, " in result.stdout
 
 
 def test_fit_options_are_the_estimators_parameters(tmp_path, monkeypatch):
@@ -270,7 +275,8 @@ def test_fit_writes_the_estimators_exact_results(tmp_path, capsys, data, how):
     assert flagged == round(kwargs.get("contamination", 0.1) * len(data))
     h = est.history_[-1]
     assert out.strip().splitlines()[-1] == (
-        f"{len(data)} rows x {data.shape[1]} features read from {tmp_path / 'X.npy'}, 3 outer iterations, lam {lam:.6g}: "
+        f"{len(data)} rows x {data.shape[1]} features read from {tmp_path / 'X.npy'}, network "
+        f"{'-'.join(map(str, (data.shape[1], *est.hidden_)))}, 3 outer iterations, lam {lam:.6g}: "
         f"{flagged} rows flagged, {h['n_nonzero']} non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) "
         f"-> {tmp_path / 'r.npz'}"
     )
@@ -460,8 +466,9 @@ def test_fit_help_names_its_inputs_and_outputs(capsys, monkeypatch):
                  "  --out OUT             result .npz: L, S, scores, labels, lam, threshold, history",
                  "  --model MODEL         also save the fitted model here (for rda-ext score; it holds up to 1,000 "
                  "training rows, the default score's neighbours)",
-                 "  --hidden N,N,...      encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. ",
-                 "(default: (128, 32))\n",
+                 '  --hidden "auto" or N,N,...\n                        encoder layer sizes after the input, e.g. (128, 32); '
+                 'the decoder mirrors them. "auto" (default): (128, 32), ',
+                 "A warm start continues the network it kept. (default: 'auto')\n",
                  "  -v, --verbose, --no-verbose\n                        show a progress bar over the outer iterations, "):
         assert line in out, line
     assert out.endswith("(default: False)\n")

@@ -39,8 +39,8 @@ def test_layer_sizes(text, sizes):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("400;200", "expected comma-separated layer sizes like 400,200, got '400;200'"),
-    ("", "expected comma-separated layer sizes like 400,200, got ''"),
+    ("400;200", "expected \"auto\" or comma-separated layer sizes like 400,200, got '400;200'"),
+    ("", "expected \"auto\" or comma-separated layer sizes like 400,200, got ''"),
     ("4,0", "layer sizes must be positive, got '4,0'"),
     ("-3", "layer sizes must be positive, got '-3'"),
     (str(2**63), f"layer sizes must be below 2**63, got '{2**63}'"),

@@ -95,7 +95,7 @@ def test_each_rank_joins_the_job_fits_its_shard_and_leaves_through_exit(job, tmp
         assert r["L"].shape == X.shape and r["S"].shape == X.shape and r["scores"].shape == (41,)
     out, err = capsys.readouterr()
     assert out.count("\n") == 1 and out.startswith("41 rows x 5 features read from ")
-    assert " on 2 ranks (threaded), 2 outer iterations" in out and err == ""
+    assert " on 2 ranks (threaded), network 5-4, 2 outer iterations" in out and err == ""
 
 
 def test_a_standardized_fit_is_refused_on_every_rank_of_a_job(job, tmp_path, capsys):

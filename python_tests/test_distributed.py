@@ -221,18 +221,44 @@ def test_the_local_term_of_the_ranks_rows_is_that_of_all_rows(run):
     assert sum(int((r[4] >= 0).sum()) for r in ranks) == 10
 
 
+def _contrast_norms(seed):
+    """53 row residual norms on a grid of 0.25, so that many tie at the quantiles."""
+    gen = torch.Generator().manual_seed(seed)
+    return ((torch.rand(53, generator=gen, dtype=torch.float64) * 12).round() / 4 + 0.25)
+
+
+def _shape_contrast(rank, world, seed):
+    from rda_ext.estimator import network_shape
+
+    lo, hi = _SCORE_SHARDS[rank]
+    return [network_shape.contrast(_contrast_norms(seed)[lo:hi], c, RowGroup()) for c in (0.05, 0.3)]
+
+
+def test_the_shape_contrast_of_the_ranks_rows_is_that_of_all_rows(run):
+    from rda_ext.estimator import network_shape
+    from rda_ext.solver.collectives import SINGLE_PROCESS
+
+    seed = _seed()
+    want = [network_shape.contrast(_contrast_norms(seed), c, SINGLE_PROCESS) for c in (0.05, 0.3)]
+    for got in run(_shape_contrast, 3, seed):
+        assert got == pytest.approx(want, rel=1e-12)
+
+
 def _mnist_subset():
     X, y = load_mnist_5k()
     return make_outlier_set(X, y, nominal=4, fraction=0.05, seed=0)
 
 
 _FIT = dict(device="cpu", random_state=0)
+# One network on the MNIST rows (hidden="auto" would train a second, wide one on their 784
+# features: test_an_auto_fit_on_ranks_measures_the_contrast_of_all_rows).
+_NARROW = dict(_FIT, hidden=(128, 32))
 
 
 def _fit_shard(rank, world, params, checkpoint=None):
     X, _, _ = _mnist_subset()
     rows = np.array_split(np.arange(len(X)), world)[rank]
-    est = RobustAutoencoder(**_FIT, **params, checkpoint=checkpoint).fit(X[rows])
+    est = RobustAutoencoder(**{**_NARROW, **params}, checkpoint=checkpoint).fit(X[rows])
     return dict(labels=est.labels_, scores=est.decision_scores_, lam=est.lam_, threshold=est.threshold_,
                 history=est.history_, S=est.S_, L=est.L_,
                 weights={k: v.clone() for k, v in est.model_.state_dict().items()})
@@ -243,7 +269,7 @@ def test_a_distributed_fit_flags_nearly_the_rows_of_a_single_process_fit(run, pe
     """The batches differ (each rank draws from its rows), so the fits are not bit-equal: on the
     MNIST subset (digit 4 + 5% others, 527 rows) 2 ranks flag nearly the same rows as 1 process."""
     X, outlier, _ = _mnist_subset()
-    single = RobustAutoencoder(**_FIT, penalty=penalty, contamination=0.05).fit(X)
+    single = RobustAutoencoder(**_NARROW, penalty=penalty, contamination=0.05).fit(X)
     ranks = run(_fit_shard, 2, dict(penalty=penalty, contamination=0.05))
     labels = np.concatenate([r["labels"] for r in ranks])
     scores = np.concatenate([r["scores"] for r in ranks])
@@ -259,6 +285,31 @@ def test_a_distributed_fit_flags_nearly_the_rows_of_a_single_process_fit(run, pe
     assert np.corrcoef(scores, single.decision_scores_)[0, 1] > 0.95
     # And it detects: the flagged rows are mostly the outliers, as the single fit's are.
     assert outlier[labels == 1].mean() >= outlier[single.labels_ == 1].mean() - 0.15
+
+
+def _auto_fit(rank, world, seed):
+    from helpers import planted
+
+    X = planted(seed, n=96, d=300, n_out=5)[0]
+    rows = np.array_split(np.arange(len(X)), world)[rank]
+    est = RobustAutoencoder(**_FIT, outer_iter=2, inner_epochs=1, batch_size=16).fit(X[rows])
+    return est.hidden_, est.shape_contrast_, np.linalg.norm(X[rows] - est.L_, axis=1)
+
+
+def test_an_auto_fit_on_ranks_measures_the_contrast_of_all_rows(run):
+    """hidden="auto" on 300 features: every rank trains both shapes and keeps the same one, by the
+    contrast of the residual norms of all ranks' rows."""
+    from rda_ext.estimator import network_shape
+    from rda_ext.solver.collectives import SINGLE_PROCESS
+
+    ranks = run(_auto_fit, 2, _seed())
+    hidden, contrasts, _ = ranks[0]
+    assert list(contrasts) == [(128, 32), (150, 75)]
+    assert hidden == list(contrasts)[network_shape.choose(list(contrasts.values()))]
+    for r in ranks[1:]:
+        assert r[0] == hidden and r[1] == contrasts
+    norms = torch.from_numpy(np.concatenate([r[2] for r in ranks]).astype(np.float64))
+    assert contrasts[hidden] == pytest.approx(network_shape.contrast(norms, 0.1, SINGLE_PROCESS), rel=1e-5)
 
 
 def _resumed(rank, world, tmp):

@@ -23,7 +23,9 @@ from rda_ext.io.checkpoint import LATEST
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
 TIMEOUT = 240
-FIT = ["--seed", "0", "--device", "cpu", "--outer-iter", "6"]
+# One network (hidden="auto" would train a second, wide one on the 784 features, and checkpoint
+# each in a folder of its own: test_network_shape).
+FIT = ["--seed", "0", "--device", "cpu", "--outer-iter", "6", "--hidden", "128,32"]
 
 
 @pytest.fixture(scope="module")

@@ -329,7 +329,7 @@ def test_fit_and_score_report_the_rows_read(tmp_path, capsys, matrix):
     with_header = write(tmp_path / "h.csv", text, bom=True)
     code, out, err = run_main(capsys, "fit", with_header, "--out", tmp_path / "r.npz", "--model", tmp_path / "m.pt", *TINY)
     assert code == 0, err
-    assert out.startswith(f"20 rows x 3 features read from {with_header} (header: yes), 1 outer iterations")
+    assert out.startswith(f"20 rows x 3 features read from {with_header} (header: yes), network 3-4, 1 outer iterations")
     with np.load(tmp_path / "r.npz") as res:
         assert res["L"].shape == res["S"].shape == (20, 3)
 
@@ -348,7 +348,7 @@ def test_fit_and_score_report_the_rows_read(tmp_path, capsys, matrix):
     assert_user_error(code, err, f"{with_header}: line 1, column 1: 'a' is not a number")
     np.save(tmp_path / "x.npy", matrix)
     code, out, err = run_main(capsys, "fit", tmp_path / "x.npy", "--out", tmp_path / "q.npz", *TINY)
-    assert code == 0 and out.startswith(f"20 rows x 3 features read from {tmp_path / 'x.npy'}, 1 outer"), err
+    assert code == 0 and out.startswith(f"20 rows x 3 features read from {tmp_path / 'x.npy'}, network 3-4, 1 outer"), err
     code, _, err = run_main(capsys, "fit", tmp_path / "x.npy", "--header", "--out", tmp_path / "q.npz", *TINY)
     assert_user_error(code, err, "applies to .csv files only")
 

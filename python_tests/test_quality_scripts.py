@@ -58,6 +58,16 @@ def test_the_results_page_shows_the_sweep_tables_of_the_committed_runs():
     assert not missing, missing
 
 
+def test_the_results_page_shows_the_network_shape_run():
+    page = (QUALITY.parent / "RESULTS.md").read_text()
+    rows = tables(RESULTS / "sweep-network-shape-amd-epyc-2t.json")
+    # Three data sets, each with its cells and the parts of the defaults' score.
+    assert sum(row.startswith("| IsolationForest |") for row in rows) == 6
+    assert sum(row.startswith("| auto 10 x auto, residual+code+knn |") for row in rows) == 3
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+
+
 def test_tables_read_every_committed_result():
     files = [f for name in ("outliers", "denoising", "stuck-pixels", "convergence")
              for f in sorted(RESULTS.glob(f"{name}-*.json"))]

@@ -56,7 +56,7 @@ def test_good_parameters_pass(change):
     check_params(params(**change))
 
 
-SIZES = "a non-empty sequence of positive layer sizes, e.g. (400, 200)"
+SIZES = '"auto" or a non-empty sequence of positive layer sizes, e.g. (400, 200)'
 BAD = [
     ("hidden", (), SIZES), ("hidden", (0,), SIZES), ("hidden", (3, -1), SIZES), ("hidden", (3.0,), SIZES),
     ("hidden", (True,), SIZES), ("hidden", "12", SIZES), ("hidden", 12, SIZES),

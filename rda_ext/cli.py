@@ -205,8 +205,12 @@ def _inner_epochs(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f'expected "auto" or a number of epochs, got {text!r}') from None
 
 
+def _hidden(text: str) -> str | tuple[int, ...]:
+    return text if text == "auto" else _sizes(text)
+
+
 _VALUE_TYPES = {"lam": float, "random_state": int, "dtype": str, "checkpoint": str,  # default None tells no type
-                "inner_epochs": _inner_epochs}
+                "inner_epochs": _inner_epochs, "hidden": _hidden}
 _OPTION_CHOICES = {**CHOICES, "dtype": tuple(DTYPES)}
 
 
@@ -230,10 +234,10 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
         kwargs = dict(dest=p.name, default=default, help=f"{helps[p.name]} (default: {default!r})".replace("%", "%%"))
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, tuple):
-            kwargs["type"], kwargs["metavar"] = _sizes, "N,N,..."
         else:
             kwargs["type"] = _VALUE_TYPES.get(p.name, type(default))
+        if p.name == "hidden":
+            kwargs["metavar"] = '"auto" or N,N,...'
         if p.name in _OPTION_CHOICES:
             kwargs["choices"] = _OPTION_CHOICES[p.name]
         flags = _OPTION_FLAGS.get(p.name, ("--" + p.name.replace("_", "-"),))
@@ -244,7 +248,7 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 400,200, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f'expected "auto" or comma-separated layer sizes like 400,200, got {text!r}') from None
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     if max(sizes) >= 2**63:
@@ -323,10 +327,17 @@ def _fit_rows(args, ranks: RowGroup) -> int:
         print(
             f"{n} rows x {X.shape[1]} features {source}"
             + (f" on {ranks.size} ranks ({ranks.backend})" if ranks.distributed else "")
+            + f", network {_shape(X.shape[1], est.hidden_)}"
+            + ("" if est.shape_contrast_ is None else " (kept by residual contrast: " + ", ".join(
+                f"{_shape(X.shape[1], hidden)} {c:.3g}" for hidden, c in est.shape_contrast_.items()) + ")")
             + f", {est.n_iter_} outer iterations, lam {est.lam_:.6g}: {flagged} rows flagged, {h['n_nonzero']} "
             f"non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
         )
     return 0
+
+
+def _shape(n_features: int, hidden) -> str:
+    return "-".join(map(str, (n_features, *hidden)))
 
 
 def _score(args) -> int:

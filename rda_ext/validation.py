@@ -85,8 +85,9 @@ def check_params(p: dict) -> None:
         raise ValueError(f"{name} must be {expected}, got {p[name]!r}")
 
     hidden = p["hidden"]
-    if not isinstance(hidden, (tuple, list)) or not hidden or not all(is_int(h) and h > 0 for h in hidden):
-        fail("hidden", "a non-empty sequence of positive layer sizes, e.g. (400, 200)")
+    if not (hidden == "auto" if isinstance(hidden, str) else isinstance(hidden, (tuple, list)) and hidden
+            and all(is_int(h) and h > 0 for h in hidden)):
+        fail("hidden", '"auto" or a non-empty sequence of positive layer sizes, e.g. (400, 200)')
     for name, names in CHOICES.items():
         if p[name] not in names:
             fail(name, f"one of {names}")

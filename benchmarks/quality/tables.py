@@ -144,7 +144,7 @@ def score_parts(name: str, cell: str, cells: dict) -> str:
 
 def default_cell(cells: dict) -> str | None:
     """The cell whose configuration is the estimator's default (read from the estimator itself), or
-    in a run from before the default score, the last cell that is the default but for its score
+    in a run from before the default score or shape, the last cell that is the default but for those
     (the defaults' cell of that run, which the sweep lists last)."""
     from rda_ext import RobustAutoencoder
 
@@ -158,7 +158,7 @@ def default_cell(cells: dict) -> str | None:
     if exact:
         return exact[0]
     scored = [cell for cell, config in cells.items()
-              if matches(config, but=("outlier_score",)) and config.get("outlier_score") != "residual"]
+              if matches(config, but=("outlier_score", "hidden")) and config.get("outlier_score") != "residual"]
     return scored[-1] if scored else None
 
 

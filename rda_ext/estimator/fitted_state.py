@@ -22,6 +22,7 @@ def _per_row():
 @dataclass
 class FittedState:
     model_: DeepAutoencoder
+    hidden_: tuple[int, ...]  # the encoder's layer sizes (of the shape kept, with hidden="auto")
     n_features_in_: int
     n_iter_: int
     history_: list[dict]
@@ -38,6 +39,8 @@ class FittedState:
     code_precision_: np.ndarray | None = None
     neighbours_: np.ndarray | None = None  # the local term of "residual+code+knn"
     term_spread_: np.ndarray | None = None
+    # hidden="auto" with several candidate shapes: the contrast of each (network_shape), else None.
+    shape_contrast_: dict[tuple[int, ...], float] | None = None
     # The optimizer a warm start continues (None after fit_together or a model file: a fresh one).
     _optim: torch.optim.Optimizer | None = None
     # The seed of the next fit's batch orders: a warm start draws new ones.
@@ -55,6 +58,8 @@ class FittedState:
         the fit's facts were kept ran with its parameters and has no fingerprint (None)."""
         check_fitted(est)
         defaults = dict(_fit_precision=est.precision, _fit_preprocessing=est.preprocessing)
+        if hasattr(est, "model_"):  # one from before hidden_ was kept
+            defaults["hidden_"] = tuple(est.model_.sizes[1:])
         return cls(**{f.name: getattr(est, f.name, defaults.get(f.name)) for f in fields(cls)})
 
     def apply(self, est):

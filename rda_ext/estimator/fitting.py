@@ -8,6 +8,7 @@ diverged loss, an interrupt) leaves the previous fit whole, or none."""
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rda_ext.estimator import scoring
+from rda_ext.estimator import network_shape, scoring
 from rda_ext.estimator.fitted_state import FittedState
 from rda_ext.estimator.preprocessing import resolve_output_activation, scale_rows, scaled_range, scaling_for
 from rda_ext.estimator.preprocessing import in_xs_units
@@ -63,13 +64,36 @@ class Prepared:
     store: Checkpoint | None
     data_print: str
     rows: int  # over all ranks
+    shapes: list[tuple[tuple[int, ...], int]]  # network_shape.candidates: (hidden, outer_iter) of each
+    candidate: int  # the one this fit trains
 
     @property
     def solver(self) -> RDASolver:
         return self.engine.fits[0]
 
 
-def prepare(est, X) -> Prepared:
+def fit(est, X) -> FittedState:
+    """``RobustAutoencoder.fit``: the fitted state of the network it keeps, of the candidate shapes
+    of ``hidden`` (network_shape) the one ``network_shape.choose`` picks."""
+    best, contrasts, shapes, candidate = None, [], None, 0
+    while shapes is None or candidate < len(shapes):
+        prepared = prepare(est, X, candidate)
+        shapes = prepared.shapes
+        state = finalize_prepared(prepared, run(prepared))
+        if len(shapes) > 1:
+            contrasts.append(network_shape.contrast(prepared.solver.row_scores(), float(est.contamination),
+                                                    prepared.ranks))
+        del prepared  # one candidate's data and network at a time, besides the state kept
+        if not contrasts or network_shape.choose(contrasts) == candidate:
+            best = state
+        del state
+        candidate += 1
+    if contrasts:
+        best.shape_contrast_ = {hidden: c for (hidden, _), c in zip(shapes, contrasts)}
+    return best
+
+
+def prepare(est, X, candidate: int = 0) -> Prepared:
     # Ranks of a process group that differ in a parameter or in X's width would wait in different
     # collectives: each is agreed on before the first collective that depends on it.
     ranks = row_group(est.distributed)
@@ -82,15 +106,24 @@ def prepare(est, X) -> Prepared:
     # What S and the c2 reference of a warm start belong to: the network's input, bytes and all.
     # The same shape is not enough: other rows, or the same rows in another order, have other S.
     Xt, scaling, output_activation, data_print = network_input(est, X_in, column_range, ranks)
-    architecture = ((Xt.shape[1], *est.hidden), est.activation, output_activation, bool(est.tied_weights))
+    shapes = network_shape.candidates(est.hidden, est.outer_iter, Xt.shape[1])
+
+    def architecture_of(hidden):
+        return (Xt.shape[1], *hidden), est.activation, output_activation, bool(est.tied_weights)
+
+    if est.warm_start and previous is not None:  # "auto" continues the network it kept, where it can
+        shapes = [s for s in shapes if architecture_of(s[0]) == previous.model_.architecture] or shapes
+    hidden = shapes[candidate][0]
+    architecture = architecture_of(hidden)
     warm = previous if est.warm_start and previous is not None and previous.model_.architecture == architecture \
         else None
     if warm is not None:  # the network continues in the input space it was trained in
         scaling, digest = scaling_on(warm, device), Fingerprint(X_in.dtype, X_in.shape)
         Xt = agreed(ranks, lambda: scale_rows(X_in, scaling, how=fitted_scaling(warm), digest=digest))
         data_print = digest.hexdigest()
-    if warm is not None or est.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
-        warn_if_outside_output_range(Xt, output_activation, stacklevel=4)  # through fit and prepare
+    # "auto" chose sigmoid only for data in [0, 1]; said once for the candidate networks of a fit.
+    if (warm is not None or est.output_activation != "auto") and candidate == 0:
+        warn_if_outside_output_range(Xt, output_activation, stacklevel=5)  # through the fits and prepare
     S, LS_prev = torch.zeros_like(Xt), torch.zeros_like(Xt)
     if warm is not None:
         model, optim = _continued(est, warm, device, dtype)
@@ -101,7 +134,7 @@ def prepare(est, X) -> Prepared:
             if warm.L_ is not None:  # c2 of a warm start compares with where the previous fit ended
                 LS_prev = scale_rows(as_matrix(warm.L_, "L_", device, dtype), scaling, name="L_", how=how) + S
     else:
-        model, batch_seed = new_network(est, Xt.shape[1], device, dtype, output_activation, ranks)
+        model, batch_seed = new_network(est, (Xt.shape[1], *hidden), device, dtype, output_activation, ranks)
         optim = make_optimizer(model, est.optimizer, float(est.lr))
     # Each rank draws its own batches (rank 0 those of a single-process fit).
     batches = torch.Generator(device=device).manual_seed(batch_seed + ranks.rank)
@@ -113,7 +146,7 @@ def prepare(est, X) -> Prepared:
     engine = Engine(network, [new_solver(est, Xt, S, LS_prev, ranks)])
     history = list(warm.history_) if warm is not None else []
     prepared = Prepared(est, X, ranks, engine, scaling, batch_seed, history, len(history), 0, None, data_print,
-                        sum(rows_per_rank))
+                        sum(rows_per_rank), shapes, candidate)
     if est.checkpoint is not None:
         _resume(prepared)
     return prepared
@@ -122,10 +155,11 @@ def prepare(est, X) -> Prepared:
 def run(fit: Prepared) -> list[dict]:
     """The outer iterations that remain; returns the whole history."""
     est, history, network = fit.est, fit.history, fit.engine.network
-    remaining = est.outer_iter - fit.done
+    outer_iter = fit.shapes[fit.candidate][1]
+    remaining = outer_iter - fit.done
     if fit.done and converged(history[-1], est.tol):
         remaining = 0  # the restored fit had converged
-    progress = tqdm(total=est.outer_iter, initial=fit.done, disable=not (est.verbose and fit.ranks.rank == 0),
+    progress = tqdm(total=outer_iter, initial=fit.done, disable=not (est.verbose and fit.ranks.rank == 0),
                     desc="RDA outer iterations", unit="it")
 
     def record(rows: list[dict]) -> None:
@@ -157,7 +191,7 @@ def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_see
     scores, threshold, labels, statistics, local = scoring.fitted_scores(
         est.outlier_score, est.penalty, est.contamination, solver, model, amp, lam_, sample_seed, ranks)
     return FittedState(
-        model_=model.eval(), n_features_in_=solver.X.shape[1], n_iter_=n_iter, history_=history, lam_=lam_,
+        model_=model.eval(), hidden_=tuple(model.sizes[1:]), n_features_in_=solver.X.shape[1], n_iter_=n_iter, history_=history, lam_=lam_,
         L_=L_out, S_=S_out, decision_scores_=scores.cpu().numpy(), labels_=labels, threshold_=threshold,
         center_=None if scaling is None else scaling[0].cpu().numpy(),
         scale_=None if scaling is None else scaling[1].cpu().numpy(),
@@ -247,16 +281,16 @@ def _continued(est, warm: FittedState, device: torch.device, dtype: torch.dtype)
     return model, optim
 
 
-def new_network(est, d: int, device: torch.device, dtype: torch.dtype, output_activation: str,
+def new_network(est, sizes: tuple[int, ...], device: torch.device, dtype: torch.dtype, output_activation: str,
                 ranks: RowGroup) -> tuple[DeepAutoencoder, int]:
-    """The initial network for ``d`` features, drawn from ``random_state``, and the seed of the
-    batch orders (drawn after the weights, from the same generator). Every rank draws from rank
+    """The initial network of layer ``sizes`` (the features, then the encoder's), drawn from
+    ``random_state``, and the seed of the batch orders (drawn after the weights, from the same generator). Every rank draws from rank
     0's seed (a seed that is not given is drawn on each)."""
     seed = initial_seed(est.random_state)
     if not is_int(est.random_state):
         seed = ranks.broadcast_int(seed)
     init = torch.Generator().manual_seed(seed)
-    model = DeepAutoencoder((d, *est.hidden), est.activation, output_activation, est.tied_weights, init)
+    model = DeepAutoencoder(sizes, est.activation, output_activation, est.tied_weights, init)
     return model.to(device=device, dtype=dtype), int(torch.randint(2**62, (), generator=init))
 
 
@@ -281,7 +315,10 @@ def _resume(fit: Prepared) -> None:
     est, ranks = fit.est, fit.ranks
     params = {k: repr(v) for k, v in est.get_params().items() if k not in RESUMABLE_CHANGES}
     identity = dict(params=params, rows=fit.rows, warm=fit.warm_rows, data=data_identity(fit.solver.X, fit.data_print))
-    fit.store = Checkpoint(est.checkpoint, ranks, identity)
+    folder = est.checkpoint
+    if len(fit.shapes) > 1:  # each candidate network's fit in a folder of its own
+        folder = os.path.join(folder, "hidden-" + "-".join(map(str, fit.shapes[fit.candidate][0])))
+    fit.store = Checkpoint(folder, ranks, identity)
     saved = agreed(ranks, lambda: fit.store.resume(fit.engine))
     found = torch.tensor(len(saved))
     if ranks.min(found) != ranks.max(found):

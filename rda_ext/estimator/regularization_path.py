@@ -29,7 +29,9 @@ def lambda_path(X, lams, *, parallel: bool = False, warm_outer_iter: int | None 
     from the previous one's autoencoder and S (warm start). The first fit runs ``outer_iter``
     outer iterations of ``inner_epochs``; the others ``warm_outer_iter`` (default: a quarter of
     ``outer_iter``) of ``warm_inner_epochs`` (default 1; 0 keeps the autoencoder of the first fit
-    and only alternates L = AE(X - S) and the proximal step).
+    and only alternates L = AE(X - S) and the proximal step). With hidden="auto" the first fit
+    chooses the network (rda_ext.estimator.network_shape) and the warm fits continue it, the wide
+    one for twice ``warm_outer_iter``.
 
     Every warm epoch trains the autoencoder further, and an autoencoder trained longer also learns
     to reconstruct the outliers: with warm fits as long as the first, the end of a path flags far

@@ -30,10 +30,17 @@ class RobustAutoencoder(SklearnProtocol):
     help are read from this list; the switches tied_weights, warm_start, cuda_graphs and verbose take
     True or False, a numpy bool, 0 or 1, and nothing else)
     ----------
-    hidden : encoder layer sizes after the input, e.g. (400, 200); the decoder mirrors them. The
-        default (128, 32), with 10 outer iterations and inner_epochs "auto", was chosen from a
-        label-free sweep of widths and schedules (benchmarks/RESULTS.md): a narrow code and short
-        training keep the network from learning the outliers too.
+    hidden : encoder layer sizes after the input, e.g. (128, 32); the decoder mirrors them. "auto"
+        (default): (128, 32), and on inputs of more than 257 features also a wide network that
+        halves the input at each layer, (n_features // 2, n_features // 4), trained for twice
+        ``outer_iter``; the fit keeps the narrow one unless the wide one's residual contrast (the
+        mean residual norm of the rows at or above the (1 - contamination) quantile over the
+        median residual norm) is more than 1.1 times larger (rda_ext.estimator.network_shape). A
+        narrow code and short training keep the network from learning the outliers (Fashion-MNIST,
+        tables); on handwritten digits the wide network wins, and the contrast tells the two apart
+        without labels (benchmarks/RESULTS.md; measured with "l21_rows", while the contrast is of the
+        rows' residuals for every penalty). Give sizes to train one network. A warm start continues
+        the network it kept.
     penalty : "l1" (noisy entries), "l21_rows" (outlying rows), "l21_cols" (corrupted columns).
     lam : the proximal threshold, exactly as the kernels take it. If None, it is chosen at every
         outer iteration from ``contamination``.
@@ -43,7 +50,8 @@ class RobustAutoencoder(SklearnProtocol):
         or without ``lam``, it also sets ``threshold_`` (the quantile of the training scores that
         flags this fraction of the rows; with outlier_score="residual", "l21_rows" takes lam) and
         the reference rows of the "residual+code" score.
-    outer_iter : the most outer iterations (autoencoder training, then the proximal step).
+    outer_iter : the most outer iterations (autoencoder training, then the proximal step); twice
+        as many for the wide network of hidden="auto".
     inner_epochs : epochs of autoencoder training per outer iteration, or "auto" (default): the
         fewest whole epochs that make at least 50 minibatch steps (1 epoch from 6,400 rows at batch
         128, 10 for 527 rows), so that small data gets as many steps as large, and at most 200
@@ -98,7 +106,9 @@ class RobustAutoencoder(SklearnProtocol):
     checkpoint : a directory, or None (default). After every outer iteration the state of the fit
         (weights, optimizer, S and L of every rank, the batch generators, the history) is written
         there, whole or not at all; a fit started again with the same data and parameters (e.g. a
-        job that torchrun --max-restarts restarts) resumes from the last complete iteration.
+        job that torchrun --max-restarts restarts) resumes from the last complete iteration. With
+        hidden="auto" and two candidate networks, each has a folder of its own in it
+        ("hidden-128-32", ...).
     outlier_score : the outlier score of a row (rda_ext.estimator.scoring): "residual+code" adds,
         each scaled to at most about 1 on a typical row, the mean squared residual x - L with every
         feature divided by its residual scale, and the squared Mahalanobis distance of the row's
@@ -133,11 +143,14 @@ class RobustAutoencoder(SklearnProtocol):
         last inner epoch, recon_error ||L_in - AE(L_in)||_F, objective recon_error + lam *
         penalty(S), c1, c2, the number of non-zero groups of S and the seconds taken.
     model_ : the trained ``DeepAutoencoder``.  n_features_in_ : columns of X.
+    hidden_ : the encoder layer sizes of ``model_`` (with hidden="auto", of the shape kept).
+    shape_contrast_ : with hidden="auto" and two candidate shapes, {sizes: residual contrast} of
+        each (the shape kept is ``hidden_``); else None.
     """
 
     def __init__(
         self,
-        hidden=(128, 32),
+        hidden="auto",
         penalty="l21_rows",
         lam=None,
         contamination=0.1,
@@ -189,9 +202,7 @@ class RobustAutoencoder(SklearnProtocol):
 
     def fit(self, X, y=None) -> RobustAutoencoder:
         """Decomposes X (rows = instances) into L + S. ``y`` is ignored. Returns self."""
-        prepared = fitting.prepare(self, X)
-        history = fitting.run(prepared)
-        fitting.finalize_prepared(prepared, history).apply(self)
+        fitting.fit(self, X).apply(self)
         return self
 
     # ---------------------------------------------------------------- new data

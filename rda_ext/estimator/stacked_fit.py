@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from rda_ext.estimator import fitting
+from rda_ext.estimator import fitting, network_shape
+from rda_ext.estimator.fitted_state import FittedState
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
 from rda_ext.solver.collectives import SINGLE_PROCESS, row_group
 from rda_ext.solver.engine import Engine
@@ -68,21 +69,37 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                                                                        SINGLE_PROCESS)
     if first.output_activation != "auto":  # "auto" chose sigmoid only for data in [0, 1]
         warn_if_outside_output_range(Xt, output_activation)
-    nets, batch_seeds = zip(*(fitting.new_network(est, Xt.shape[1], device, dtype, output_activation, SINGLE_PROCESS)
-                              for est in estimators))
-    model = StackedAutoencoder(list(nets))
-    schedule = Schedule.of_fit(first.inner_epochs, first.batch_size, [Xt.shape[0]], lockstep=False)
-    network = StackedNetworks(model, make_optimizer(model, first.optimizer, float(first.lr)), schedule,
-                              torch.Generator(device=device).manual_seed(batch_seeds[0]),
-                              resolve_precision(first.precision, device, dtype))
-    solvers = [fitting.new_solver(est, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), SINGLE_PROCESS)
-               for est in estimators]
-    finished = Engine(network, solvers).run(first.outer_iter, first.tol)
-    sample_seed = fitting.sample_seed_of(network)  # one draw for all, as the first one's own fit draws it
-    for est, (rows, solver, net) in zip(estimators, finished):
-        history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
-        fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling, SINGLE_PROCESS,
-                         data_print, sample_seed).apply(est)
+    # hidden="auto": every candidate shape trains all K networks in one step; each estimator keeps
+    # the shape its own fit would keep (network_shape.choose).
+    shapes = network_shape.candidates(first.hidden, first.outer_iter, Xt.shape[1])
+    kept: list[FittedState | None] = [None] * len(estimators)
+    contrasts: list[list[float]] = [[] for _ in estimators]
+    for hidden, outer_iter in shapes:
+        nets, batch_seeds = zip(*(fitting.new_network(est, (Xt.shape[1], *hidden), device, dtype, output_activation,
+                                                      SINGLE_PROCESS) for est in estimators))
+        model = StackedAutoencoder(list(nets))
+        schedule = Schedule.of_fit(first.inner_epochs, first.batch_size, [Xt.shape[0]], lockstep=False)
+        network = StackedNetworks(model, make_optimizer(model, first.optimizer, float(first.lr)), schedule,
+                                  torch.Generator(device=device).manual_seed(batch_seeds[0]),
+                                  resolve_precision(first.precision, device, dtype))
+        solvers = [fitting.new_solver(est, Xt, torch.zeros_like(Xt), torch.zeros_like(Xt), SINGLE_PROCESS)
+                   for est in estimators]
+        finished = Engine(network, solvers).run(outer_iter, first.tol)
+        sample_seed = fitting.sample_seed_of(network)  # one draw for all, as the first one's own fit draws it
+        for k, (est, (rows, solver, net)) in enumerate(zip(estimators, finished)):
+            history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
+            state = fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling,
+                                     SINGLE_PROCESS, data_print, sample_seed)
+            if len(shapes) > 1:
+                contrasts[k].append(network_shape.contrast(solver.row_scores(), float(est.contamination),
+                                                           SINGLE_PROCESS))
+                if network_shape.choose(contrasts[k]) != len(contrasts[k]) - 1:
+                    continue
+            kept[k] = state
+    for est, state, c in zip(estimators, kept, contrasts):
+        if c:
+            state.shape_contrast_ = {hidden: v for (hidden, _), v in zip(shapes, c)}
+        state.apply(est)
     return estimators
 
 
@@ -90,7 +107,7 @@ def _resolved(name: str, value):
     """A shared parameter as it acts: (8, 3) and [8, 3], None and "float32", "auto" and the
     device it picks are the same."""
     if name == "hidden":
-        return tuple(value)
+        return value if value == "auto" else tuple(value)
     if name == "dtype":
         return resolve_dtype(value)
     if name == "device":

@@ -15,6 +15,7 @@ import re
 import numpy as np
 import torch
 
+from rda_ext.estimator import network_shape
 from rda_ext.estimator.fitted_state import FittedState
 from rda_ext.io.atomic import atomic_write
 from rda_ext.io.state_files import InvalidState, check_history, check_tensor, check_weights, load_state, reason
@@ -77,6 +78,8 @@ def model_writer(est, *, data: bool):
     if fit.neighbours_ is not None:
         fitted["neighbours_"] = torch.from_numpy(np.ascontiguousarray(fit.neighbours_))
         fitted["term_spread_"] = torch.from_numpy(np.array(fit.term_spread_, dtype=np.float64))
+    if fit.shape_contrast_ is not None:
+        fitted["shape_contrast_"] = [[list(hidden), float(c)] for hidden, c in fit.shape_contrast_.items()]
     if data:
         fitted["L_"], fitted["S_"], fitted["input"] = to_cpu(fit.L_), to_cpu(fit.S_), kind(fit.L_)
     state = {
@@ -186,7 +189,7 @@ def _checked_params(cls, state: dict) -> dict:
 def _build(cls, state: dict, params: dict, device):
     sizes = state["sizes"]
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(is_int(s) and s > 0 for s in sizes)
-            and tuple(sizes[1:]) == tuple(params["hidden"])):
+            and tuple(sizes[1:]) in [h for h, _ in network_shape.candidates(params["hidden"], 1, sizes[0])]):
         raise InvalidState(f"sizes {sizes!r} do not match hidden {params['hidden']!r}")
     if device is not None:
         params["device"] = device
@@ -261,6 +264,7 @@ def _build(cls, state: dict, params: dict, device):
             raise InvalidState("scale_ has entries <= 0")
     residual_scale, code_center, code_precision = _score_statistics(fitted, d, sizes[-1])
     neighbours, term_spread = _local_term(fitted, d, residual_scale is not None)
+    shape_contrast = _shape_contrast(fitted, params["hidden"], d)
     precision, preprocessing, data_print = _fit_facts(fitted, params)
     L, S = ((t.numpy() if fitted["input"] == "numpy" else t for t in (fitted["L_"], fitted["S_"])) if present
             else (None, None))
@@ -269,11 +273,25 @@ def _build(cls, state: dict, params: dict, device):
         decision_scores_=scores.numpy(), labels_=labels.numpy(),
         center_=None if center is None else center.numpy(), scale_=None if scale is None else scale.numpy(),
         residual_scale_=residual_scale, code_center_=code_center, code_precision_=code_precision,
-        neighbours_=neighbours, term_spread_=term_spread,
+        neighbours_=neighbours, term_spread_=term_spread, hidden_=tuple(sizes[1:]), shape_contrast_=shape_contrast,
         _batch_seed=fitted["batch_seed"], _fit_precision=precision, _fit_preprocessing=preprocessing,
         _fit_fingerprint=data_print,
     ).apply(est)
     return est
+
+
+def _shape_contrast(fitted: dict, hidden, d: int) -> dict | None:
+    """The contrast of each candidate shape of hidden="auto" (absent where one network was fitted)."""
+    saved = fitted.get("shape_contrast_")
+    if saved is None:
+        return None
+    shapes = [h for h, _ in network_shape.candidates(hidden, 1, d)]
+    if not (isinstance(saved, list) and len(shapes) > 1
+            and [s[0] if isinstance(s, list) and len(s) == 2 else None for s in saved] == [list(h) for h in shapes]
+            and all(is_real(c) and c > 0 for _, c in saved)):
+        raise InvalidState(f"shape_contrast_ is not a contrast > 0 for each of the shapes {shapes} of hidden "
+                           f"{hidden!r} on {d} features")
+    return {tuple(h): float(c) for h, c in saved}
 
 
 def _fit_facts(fitted: dict, params: dict) -> tuple:
