@@ -21,6 +21,7 @@ import torch
 
 from rda_ext import __version__, build_info
 from rda_ext.estimator import RobustAutoencoder
+from rda_ext.estimator.network_shape import sizes_text
 from rda_ext.io import result_schema
 from rda_ext.io.atomic import atomic_write
 from rda_ext.io.paths import asks_for_folder, check_paths
@@ -327,17 +328,13 @@ def _fit_rows(args, ranks: RowGroup) -> int:
         print(
             f"{n} rows x {X.shape[1]} features {source}"
             + (f" on {ranks.size} ranks ({ranks.backend})" if ranks.distributed else "")
-            + f", network {_shape(X.shape[1], est.hidden_)}"
+            + f", network {sizes_text((X.shape[1], *est.hidden_))}"
             + ("" if est.shape_contrast_ is None else " (kept by residual contrast: " + ", ".join(
-                f"{_shape(X.shape[1], hidden)} {c:.3g}" for hidden, c in est.shape_contrast_.items()) + ")")
+                f"{sizes_text((X.shape[1], *hidden))} {c:.3g}" for hidden, c in est.shape_contrast_.items()) + ")")
             + f", {est.n_iter_} outer iterations, lam {est.lam_:.6g}: {flagged} rows flagged, {h['n_nonzero']} "
             f"non-zero groups in S (c1 {h['c1']:.3g}, c2 {h['c2']:.3g}) -> {args.out}"
         )
     return 0
-
-
-def _shape(n_features: int, hidden) -> str:
-    return "-".join(map(str, (n_features, *hidden)))
 
 
 def _score(args) -> int:

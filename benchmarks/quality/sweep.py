@@ -148,7 +148,7 @@ def fit_cell(config: dict, X, is_out, seed, device) -> tuple[dict, dict[str, np.
                lam=float(est.lam_), n_iter=est.n_iter_, hidden=est.hidden_)
     t = time.perf_counter()
     # The plain autoencoder of the shape and schedule RDA kept (hidden="auto" may widen both).
-    outer_iter = dict(network_shape.candidates(config["hidden"], config["outer_iter"], X.shape[1]))[est.hidden_]
+    outer_iter = network_shape.outer_iter_of(config["hidden"], config["outer_iter"], X.shape[1], est.hidden_)
     epochs = outer_iter * resolve_inner_epochs(config["inner_epochs"], len(X), config["batch_size"])
     ae = autoencoder_scores(X, hidden=est.hidden_, epochs=epochs,
                             batch_size=config["batch_size"], lr=config["lr"], device=device, seed=seed)

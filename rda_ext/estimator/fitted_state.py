@@ -22,7 +22,6 @@ def _per_row():
 @dataclass
 class FittedState:
     model_: DeepAutoencoder
-    hidden_: tuple[int, ...]  # the encoder's layer sizes (of the shape kept, with hidden="auto")
     n_features_in_: int
     n_iter_: int
     history_: list[dict]
@@ -58,8 +57,6 @@ class FittedState:
         the fit's facts were kept ran with its parameters and has no fingerprint (None)."""
         check_fitted(est)
         defaults = dict(_fit_precision=est.precision, _fit_preprocessing=est.preprocessing)
-        if hasattr(est, "model_"):  # one from before hidden_ was kept
-            defaults["hidden_"] = tuple(est.model_.sizes[1:])
         return cls(**{f.name: getattr(est, f.name, defaults.get(f.name)) for f in fields(cls)})
 
     def apply(self, est):

@@ -75,22 +75,15 @@ class Prepared:
 def fit(est, X) -> FittedState:
     """``RobustAutoencoder.fit``: the fitted state of the network it keeps, of the candidate shapes
     of ``hidden`` (network_shape) the one ``network_shape.choose`` picks."""
-    best, contrasts, shapes, candidate = None, [], None, 0
-    while shapes is None or candidate < len(shapes):
+    kept, candidate = None, 0
+    while kept is None or candidate < len(kept.shapes):
         prepared = prepare(est, X, candidate)
-        shapes = prepared.shapes
-        state = finalize_prepared(prepared, run(prepared))
-        if len(shapes) > 1:
-            contrasts.append(network_shape.contrast(prepared.solver.row_scores(), float(est.contamination),
-                                                    prepared.ranks))
+        kept = kept or network_shape.Kept(prepared.shapes)
+        kept.offer(finalize_prepared(prepared, run(prepared)), prepared.solver, float(est.contamination),
+                   prepared.ranks)
         del prepared  # one candidate's data and network at a time, besides the state kept
-        if not contrasts or network_shape.choose(contrasts) == candidate:
-            best = state
-        del state
         candidate += 1
-    if contrasts:
-        best.shape_contrast_ = {hidden: c for (hidden, _), c in zip(shapes, contrasts)}
-    return best
+    return kept.result()
 
 
 def prepare(est, X, candidate: int = 0) -> Prepared:
@@ -191,7 +184,7 @@ def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_see
     scores, threshold, labels, statistics, local = scoring.fitted_scores(
         est.outlier_score, est.penalty, est.contamination, solver, model, amp, lam_, sample_seed, ranks)
     return FittedState(
-        model_=model.eval(), hidden_=tuple(model.sizes[1:]), n_features_in_=solver.X.shape[1], n_iter_=n_iter, history_=history, lam_=lam_,
+        model_=model.eval(), n_features_in_=solver.X.shape[1], n_iter_=n_iter, history_=history, lam_=lam_,
         L_=L_out, S_=S_out, decision_scores_=scores.cpu().numpy(), labels_=labels, threshold_=threshold,
         center_=None if scaling is None else scaling[0].cpu().numpy(),
         scale_=None if scaling is None else scaling[1].cpu().numpy(),
@@ -284,8 +277,8 @@ def _continued(est, warm: FittedState, device: torch.device, dtype: torch.dtype)
 def new_network(est, sizes: tuple[int, ...], device: torch.device, dtype: torch.dtype, output_activation: str,
                 ranks: RowGroup) -> tuple[DeepAutoencoder, int]:
     """The initial network of layer ``sizes`` (the features, then the encoder's), drawn from
-    ``random_state``, and the seed of the batch orders (drawn after the weights, from the same generator). Every rank draws from rank
-    0's seed (a seed that is not given is drawn on each)."""
+    ``random_state``, and the seed of the batch orders (drawn after the weights, from the same
+    generator). Every rank draws from rank 0's seed (a seed that is not given is drawn on each)."""
     seed = initial_seed(est.random_state)
     if not is_int(est.random_state):
         seed = ranks.broadcast_int(seed)
@@ -317,7 +310,7 @@ def _resume(fit: Prepared) -> None:
     identity = dict(params=params, rows=fit.rows, warm=fit.warm_rows, data=data_identity(fit.solver.X, fit.data_print))
     folder = est.checkpoint
     if len(fit.shapes) > 1:  # each candidate network's fit in a folder of its own
-        folder = os.path.join(folder, "hidden-" + "-".join(map(str, fit.shapes[fit.candidate][0])))
+        folder = os.path.join(folder, "hidden-" + network_shape.sizes_text(fit.shapes[fit.candidate][0]))
     fit.store = Checkpoint(folder, ranks, identity)
     saved = agreed(ranks, lambda: fit.store.resume(fit.engine))
     found = torch.tensor(len(saved))

@@ -46,6 +46,16 @@ def contrast(residual_norms: Tensor, contamination: float, ranks: RowGroup) -> f
     return float("inf") if mean_top > 0 else 1.0
 
 
+def outer_iter_of(hidden, outer_iter: int, n_features: int, kept: tuple[int, ...]) -> int:
+    """The outer iterations of the shape ``kept`` among the candidates of ``hidden``."""
+    return dict(candidates(hidden, outer_iter, n_features))[kept]
+
+
+def sizes_text(sizes) -> str:
+    """Layer sizes as the command line and the demo print them, e.g. 784-128-32."""
+    return "-".join(map(str, sizes))
+
+
 def choose(contrasts: list[float]) -> int:
     """The index of the shape kept: the first, unless a later one's contrast exceeds the kept
     one's by more than MARGIN."""
@@ -54,3 +64,25 @@ def choose(contrasts: list[float]) -> int:
         if c > MARGIN * contrasts[best]:
             best = i
     return best
+
+
+class Kept:
+    """The fitted state of the shape kept so far among ``shapes`` (offered in their order), and the
+    contrast of each; ``result`` gives the state with ``shape_contrast_`` set where there were
+    several."""
+
+    def __init__(self, shapes: list[tuple[tuple[int, ...], int]]):
+        self.shapes, self.contrasts, self.state = shapes, [], None
+
+    def offer(self, state, solver, contamination: float, ranks: RowGroup) -> None:
+        """The state of the next shape, fitted by ``solver``."""
+        if len(self.shapes) > 1:
+            self.contrasts.append(contrast(solver.row_scores(), contamination, ranks))
+            if choose(self.contrasts) != len(self.contrasts) - 1:
+                return
+        self.state = state
+
+    def result(self):
+        if self.contrasts:
+            self.state.shape_contrast_ = {hidden: c for (hidden, _), c in zip(self.shapes, self.contrasts)}
+        return self.state

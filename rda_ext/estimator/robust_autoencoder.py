@@ -250,6 +250,12 @@ class RobustAutoencoder(SklearnProtocol):
         return in_xs_units(map_chunks(self._network(self.model_), Xt), X, "the reconstruction",
                            fitting.scaling_on(FittedState.of(self), Xt.device))
 
+    @property
+    def hidden_(self) -> tuple[int, ...]:
+        """The encoder layer sizes of ``model_`` (with hidden="auto", of the shape kept)."""
+        self._check_fitted()
+        return tuple(self.model_.sizes[1:])
+
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from rda_ext.estimator import fitting, network_shape
-from rda_ext.estimator.fitted_state import FittedState
 from rda_ext.estimator.robust_autoencoder import RobustAutoencoder
 from rda_ext.solver.collectives import SINGLE_PROCESS, row_group
 from rda_ext.solver.engine import Engine
@@ -72,8 +71,7 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
     # hidden="auto": every candidate shape trains all K networks in one step; each estimator keeps
     # the shape its own fit would keep (network_shape.choose).
     shapes = network_shape.candidates(first.hidden, first.outer_iter, Xt.shape[1])
-    kept: list[FittedState | None] = [None] * len(estimators)
-    contrasts: list[list[float]] = [[] for _ in estimators]
+    kept = [network_shape.Kept(shapes) for _ in estimators]
     for hidden, outer_iter in shapes:
         nets, batch_seeds = zip(*(fitting.new_network(est, (Xt.shape[1], *hidden), device, dtype, output_activation,
                                                       SINGLE_PROCESS) for est in estimators))
@@ -86,20 +84,13 @@ def fit_together(estimators: list[RobustAutoencoder], X) -> list[RobustAutoencod
                    for est in estimators]
         finished = Engine(network, solvers).run(outer_iter, first.tol)
         sample_seed = fitting.sample_seed_of(network)  # one draw for all, as the first one's own fit draws it
-        for k, (est, (rows, solver, net)) in enumerate(zip(estimators, finished)):
+        for est, own, (rows, solver, net) in zip(estimators, kept, finished):
             history = [dict(iteration=i + 1, **row) for i, row in enumerate(rows)]
-            state = fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling,
-                                     SINGLE_PROCESS, data_print, sample_seed)
-            if len(shapes) > 1:
-                contrasts[k].append(network_shape.contrast(solver.row_scores(), float(est.contamination),
-                                                           SINGLE_PROCESS))
-                if network_shape.choose(contrasts[k]) != len(contrasts[k]) - 1:
-                    continue
-            kept[k] = state
-    for est, state, c in zip(estimators, kept, contrasts):
-        if c:
-            state.shape_contrast_ = {hidden: v for (hidden, _), v in zip(shapes, c)}
-        state.apply(est)
+            own.offer(fitting.finalize(est, X, solver, net, None, batch_seeds[0], history, len(history), scaling,
+                                       SINGLE_PROCESS, data_print, sample_seed),
+                      solver, float(est.contamination), SINGLE_PROCESS)
+    for est, own in zip(estimators, kept):
+        own.result().apply(est)
     return estimators
 
 

@@ -57,7 +57,7 @@ def run_demo(seed: int = 0, device: str = "auto", print_fn=print) -> dict:
     results["IsolationForest"] = _timed(detection_report(is_out, scores, forest.predict(X) == -1), t)
 
     epochs = resolve_inner_epochs(rda.inner_epochs, len(X), rda.batch_size)
-    outer_iter = dict(network_shape.candidates(rda.hidden, rda.outer_iter, X.shape[1]))[rda.hidden_]
+    outer_iter = network_shape.outer_iter_of(rda.hidden, rda.outer_iter, X.shape[1], rda.hidden_)
     # The shape RDA kept and its schedule, scored by the reconstruction error, and by RDA's default
     # score: what the score alone brings.
     for name, score in (("plain autoencoder", "residual"), ("autoencoder, RDA's score", rda.outlier_score)):
@@ -67,19 +67,19 @@ def run_demo(seed: int = 0, device: str = "auto", print_fn=print) -> dict:
         flagged = scores > np.quantile(scores, 1 - FRACTION)
         results[name] = _timed(detection_report(is_out, scores, flagged), t)
 
-    shape = "-".join(map(str, (X.shape[1], *rda.hidden_)))
-    if rda.shape_contrast_ is not None:
-        contrast = ", ".join(f"{'-'.join(map(str, (X.shape[1], *h)))} {c:.2f}" for h, c in rda.shape_contrast_.items())
+    shape = network_shape.sizes_text((X.shape[1], *rda.hidden_))
+    contrasts = {network_shape.sizes_text((X.shape[1], *h)): c for h, c in (rda.shape_contrast_ or {}).items()}
+    if contrasts:
+        contrast = ", ".join(f"{name} {c:.2f}" for name, c in contrasts.items())
         print_fn(f'RDA, hidden="auto": residual contrast {contrast}; kept {shape}')
     print_fn(f"RDA and the plain autoencoder: {shape}, {outer_iter} outer iterations x {epochs} epochs, "
              f"batch {rda.batch_size}")
-    print_fn(f"RDA (paper setting): {'-'.join(map(str, (X.shape[1], *PAPER_SETTING['hidden'])))}, "
+    print_fn(f"RDA (paper setting): {network_shape.sizes_text((X.shape[1], *PAPER_SETTING['hidden']))}, "
              f"{PAPER_SETTING['outer_iter']} x {PAPER_SETTING['inner_epochs']} epochs, "
              f"batch {PAPER_SETTING['batch_size']}")
     print_fn(_table(results))
     total = time.perf_counter() - start
     print_fn(f"total {total:.1f} s on {rda.model_.enc_weight[0].device}, torch threads {torch.get_num_threads()}")
-    contrasts = {"-".join(map(str, (X.shape[1], *h))): c for h, c in (rda.shape_contrast_ or {}).items()}
     return {"methods": results, "seconds": total, "n_rows": len(X), "n_outliers": int(is_out.sum()),
             "rda_network": shape, "shape_contrast": contrasts}
 

@@ -273,7 +273,7 @@ def _build(cls, state: dict, params: dict, device):
         decision_scores_=scores.numpy(), labels_=labels.numpy(),
         center_=None if center is None else center.numpy(), scale_=None if scale is None else scale.numpy(),
         residual_scale_=residual_scale, code_center_=code_center, code_precision_=code_precision,
-        neighbours_=neighbours, term_spread_=term_spread, hidden_=tuple(sizes[1:]), shape_contrast_=shape_contrast,
+        neighbours_=neighbours, term_spread_=term_spread, shape_contrast_=shape_contrast,
         _batch_seed=fitted["batch_seed"], _fit_precision=precision, _fit_preprocessing=preprocessing,
         _fit_fingerprint=data_print,
     ).apply(est)
