@@ -211,7 +211,7 @@ def test_fit_help_is_the_estimators_docstring(capsys):
     assert "--penalty {l1,l21_rows,l21_cols}" in out
     assert "--precision {float32,bfloat16,auto}" in out
     assert "--preprocessing {auto,none,minmax,standardize}" in out
-    assert "--outlier-score {residual+code+knn,residual+code,residual}" in out
+    assert "--outlier-score {residual+code+knn,residual+code,knn,residual}" in out
 
 
 @pytest.mark.child_process

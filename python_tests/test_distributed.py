@@ -221,6 +221,29 @@ def test_the_local_term_of_the_ranks_rows_is_that_of_all_rows(run):
     assert sum(int((r[4] >= 0).sum()) for r in ranks) == 10
 
 
+def _knn_term(rank, world, seed):
+    from rda_ext.estimator import scoring
+
+    X, _, _, reference = _score_data(seed)
+    lo, hi = _SCORE_SHARDS[rank]
+    scores, statistics, local = scoring.reference_scores("knn", X[lo:hi], None, None, reference[lo:hi], seed, RowGroup())
+    return scores, local.neighbours, statistics is None and local.spread is None
+
+
+def test_score_knn_of_the_ranks_rows_is_that_of_all_rows(run):
+    """The local term alone: every rank holds the sample of all ranks' reference rows, and each
+    row's distance is the one a single process gives it."""
+    from rda_ext.estimator import scoring
+
+    seed = _seed()
+    X, _, _, reference = _score_data(seed)
+    want, _, local = scoring.reference_scores("knn", X, None, None, reference, seed)
+    ranks = run(_knn_term, 3, seed)
+    torch.testing.assert_close(torch.cat([r[0] for r in ranks]), want, rtol=1e-10, atol=0)
+    for _, neighbours, alone in ranks:
+        assert alone and torch.equal(neighbours, local.neighbours)
+
+
 def _contrast_norms(seed):
     """53 row residual norms on a grid of 0.25, so that many tie at the quantiles."""
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The local term of the default "residual+code+knn" score (rda_ext.estimator.neighbours and
+"""The local term of the "residual+code+knn" and "knn" scores (rda_ext.estimator.neighbours and
 scoring.LocalTerm): the K-th neighbour distance against numpy's, the sample of reference rows, the
 spreads, the score of a fit and of new rows by its definition, its model file, and a row that only
 the local term finds."""
@@ -144,6 +144,47 @@ def test_the_default_fit_adds_the_local_term_to_residual_and_code(seed, device):
     np.testing.assert_allclose(est.decision_function(new), by_definition(est, new, fitted=False)[0], rtol=1e-3)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_score_knn_is_the_local_term_alone(seed, device):
+    """The distance to the K-th neighbour, in the network's input space: a training row leaving
+    itself out, a new row counting every neighbour; no statistics of the other terms; the same
+    decomposition as the default fit, whose neighbours it shares."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, 8))
+    X[:12] += rng.choice([-4.0, 4.0], size=(12, 8))
+    params = dict(contamination=0.03, random_state=seed, device=device, outer_iter=3)
+    est = RobustAutoencoder(**params, outlier_score="knn").fit(X)
+    assert est.residual_scale_ is None and est.code_precision_ is None and est.term_spread_ is None
+    default = RobustAutoencoder(**params).fit(X)
+    np.testing.assert_array_equal(est.S_, default.S_)
+    np.testing.assert_array_equal(est.neighbours_, default.neighbours_)
+    Xs = (X - est.center_) / est.scale_  # preprocessing "auto": min-max, the neighbours' space
+    N = est.neighbours_.astype(np.float64)
+    own = np.array([next((j for j, n in enumerate(N) if np.allclose(n, x, rtol=0, atol=1e-6)), -1) for x in Xs])
+    k = min(neighbours.K, len(N) - 1)
+    np.testing.assert_allclose(est.decision_scores_, kth_by_definition(Xs, N, k, own), rtol=1e-4, atol=1e-6)
+    assert est.threshold_ == np.quantile(est.decision_scores_, 0.97)
+    new = rng.normal(size=(30, 8))
+    np.testing.assert_allclose(est.decision_function(new), kth_by_definition((new - est.center_) / est.scale_, N, k),
+                               rtol=1e-4, atol=1e-6)
+    assert roc_auc(np.r_[np.ones(12), np.zeros(388)], est.decision_scores_) > 0.95
+
+
+def test_a_model_file_keeps_score_knn(seed, tmp_path):
+    X, _ = planted(seed)
+    est = RobustAutoencoder(contamination=0.05, random_state=seed, outlier_score="knn", **SMALL).fit(X)
+    est.save(tmp_path / "m.pt", data=False)
+    back = RobustAutoencoder.load(tmp_path / "m.pt")
+    assert back.residual_scale_ is None and back.term_spread_ is None
+    np.testing.assert_array_equal(back.neighbours_, est.neighbours_)
+    np.testing.assert_array_equal(back.decision_function(X), est.decision_function(X))
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**state, "fitted": {**state["fitted"], "term_spread_": torch.ones(2, dtype=torch.float64)}},
+               tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="term_spread_ is saved without the statistics"):
+        RobustAutoencoder.load(tmp_path / "bad.pt")
+
+
 def test_a_row_in_the_gap_between_two_clusters_is_found_by_the_local_term_only():
     """Rows on a line, dense at both ends: a few in the middle lie on the line the network
     reconstructs and have a typical code, but no neighbours."""
@@ -163,7 +204,9 @@ def test_a_model_file_keeps_the_local_term_and_refuses_a_broken_one(seed, tmp_pa
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     shape = "neighbours_ is not a float32 or float64 tensor of at least one row of 30 features"
     broken = [
-        ("neighbours_ and term_spread_ are saved together", {"term_spread_": None}),
+        ("neighbours_ is saved with the statistics of the residual\\+code score but without the term_spread_",
+         {"term_spread_": None}),
+        ("term_spread_ is saved without the neighbours_", {"neighbours_": None}),
         (shape, {"neighbours_": torch.zeros(0, 30)}),
         (shape, {"neighbours_": torch.zeros(4, 29)}),
         (shape, {"neighbours_": torch.zeros(4, 30, dtype=torch.int64)}),
@@ -171,7 +214,7 @@ def test_a_model_file_keeps_the_local_term_and_refuses_a_broken_one(seed, tmp_pa
         ("term_spread_ is not two finite float64 numbers > 0", {"term_spread_": torch.tensor([1.0, 0.0],
                                                                                             dtype=torch.float64)}),
         ("term_spread_ is not two finite float64", {"term_spread_": torch.ones(2)}),
-        ("neighbours_ is saved without the statistics",
+        ("term_spread_ is saved without the statistics",
          {"residual_scale_": None, "code_center_": None, "code_precision_": None}),
     ]
     for message, change in broken:

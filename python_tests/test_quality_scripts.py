@@ -68,6 +68,16 @@ def test_the_results_page_shows_the_network_shape_run():
     assert not missing, missing
 
 
+def test_the_results_page_shows_the_local_term_alone_on_the_images():
+    page = (QUALITY.parent / "RESULTS.md").read_text()
+    rows = [row for row in tables(RESULTS / "sweep-local-term-alone-amd-epyc-2t.json")
+            if row.startswith(("| auto 10 x auto, knn |", "| auto 10 x auto, residual+code+knn |", "| IsolationForest |"))]
+    # Two data sets: IsolationForest in the cells table and the score's parts, and both cells.
+    assert sum(row.startswith("| auto 10 x auto, knn |") for row in rows) == 2
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+
+
 def test_tables_read_every_committed_result():
     files = [f for name in ("outliers", "denoising", "stuck-pixels", "convergence")
              for f in sorted(RESULTS.glob(f"{name}-*.json"))]
@@ -197,6 +207,22 @@ def test_score_terms_quick_measures_each_variant_in_both_settings(tmp_path):
             assert s["tables"][t]["default"]["auroc"]["mean"] == p["tables"][t]["RDA"]["auroc"]["mean"]
         assert s["summary"]["default"]["rank_auroc"] == p["summary"]["RDA"]["rank_auroc"]
         assert all(1 <= v["rank_ap"] <= 4 for v in s["summary"].values())
+
+
+def test_score_terms_measures_the_synthetic_table_apart(tmp_path):
+    run = subprocess.run([sys.executable, str(QUALITY / "score_terms.py"), "--quick", "--device", "cpu", "--synthetic",
+                          "800", "--out-dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    (report,) = tmp_path.glob("score-terms-synthetic-*-quick.json")
+    result = json.loads(report.read_text())
+    assert result["data_dir"] == "bench_scale.py's synthetic table, 800 rows"
+    for setting in ("transductive", "inductive"):
+        s = result["settings"][setting]
+        assert list(s["tables"]) == ["synthetic"] and list(s["summary"]) == result["variants"]
+        assert len(s["runs"]) == len(result["variants"])
+    run = subprocess.run([sys.executable, str(QUALITY / "score_terms.py"), "--quick", "--synthetic", "800", "--peers",
+                          str(report)], capture_output=True, text=True)
+    assert run.returncode != 0 and "--peers are of ADBench's tables, not of --synthetic" in run.stderr
 
 
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):

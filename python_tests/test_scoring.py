@@ -148,7 +148,8 @@ def test_a_model_file_with_broken_statistics_is_refused(seed, tmp_path, key, val
 
 
 @pytest.mark.parametrize("fitted, then", [("residual+code", "residual"), ("residual", "residual+code"),
-                                          ("residual+code+knn", "residual+code"), ("residual+code", "residual+code+knn")])
+                                          ("residual+code+knn", "residual+code"), ("residual+code", "residual+code+knn"),
+                                          ("knn", "residual+code+knn"), ("residual+code+knn", "knn"), ("knn", "residual")])
 def test_the_fit_not_the_parameter_decides_how_a_saved_model_scores(seed, tmp_path, fitted, then):
     """set_params after fit changes the next fit, not this one: the model file keeps its scoring."""
     X, _ = planted(seed)

@@ -34,7 +34,7 @@ CHOICES = {
     "output_activation": ("auto", *ACTIVATIONS),
     "precision": PRECISIONS,
     "preprocessing": ("auto", "none", "minmax", "standardize"),
-    "outlier_score": ("residual+code+knn", "residual+code", "residual"),
+    "outlier_score": ("residual+code+knn", "residual+code", "knn", "residual"),
 }
 
 

@@ -7,17 +7,25 @@ Variants, each a score of the rows scored (higher = more anomalous):
   ``decision_function``), "residual+code+knn":
   the residual and code terms and the local term, the distance to the 10th nearest of a sample of
   the reference rows (scoring.py, neighbours.py);
+- local term alone: outlier_score="knn", the distance to the K-th nearest of the sample of the
+  reference rows (neighbours.py) without the residual and code terms (a fit of its own: the same
+  decomposition and neighbours as the default's, which the score does not change);
 - residual + code: the default without its local term ("residual+code", the default before it),
   from the fitted ``residual_scale_``, ``code_center_`` and ``code_precision_``;
 - residual term, code term: each of those alone;
 - 3 seeds: the mean of the robust z-scores (median and MAD on the fitted rows) of the default
   score of three fits (random_state seed, seed + 100, seed + 200).
 
+With ``--synthetic ROWS``, the table measured is bench_scale.py's synthetic one instead (rows near a
+3-dimensional curved manifold in 10 columns, 1% of them off it: a table the network compresses),
+into score-terms-synthetic-*.json.
+
 With ``--peers`` (a JSON file of adbench.py from the same tables, seeds and rows), each variant's
 mean rank among that file's other detectors, in RDA's place, table by table.
 
     python benchmarks/quality/score_terms.py --quick   # 1 seed, the tables under 5,000 rows
     python benchmarks/quality/score_terms.py --peers benchmarks/results/adbench-amd-epyc-2t.json
+    python benchmarks/quality/score_terms.py --synthetic 50000
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from common import mean_sd, parser, report_path, save_json
 from rda_ext import RobustAutoencoder
 from rda_ext.experiments.metrics import average_precision, roc_auc
 
-VARIANTS = ("default", "residual + code", "residual term", "code term", "3 seeds")
+VARIANTS = ("default", "local term alone", "residual + code", "residual term", "code term", "3 seeds")
 ENSEMBLE_SEEDS = (0, 100, 200)  # added to the cell's seed
 
 
@@ -61,9 +69,11 @@ def variants(X_fit, X_score, rate: float, seed: int, device: str) -> dict[str, n
     default_fit = [est.decision_scores_ for est in fits]
     default = [d if same else est.decision_function(X_score) for d, est in zip(default_fit, fits)]
     ensemble = np.mean([robust_z(f, d) for f, d in zip(default_fit, default)], axis=0)
+    alone = RobustAutoencoder(contamination=rate, random_state=seed, device=device, outlier_score="knn").fit(X_fit)
+    local = alone.decision_scores_ if same else alone.decision_function(X_score)
     residual, code = terms(fits[0], X_score, fitted=same)
-    return {"default": default[0], "residual + code": residual + code, "residual term": residual, "code term": code,
-            "3 seeds": ensemble}
+    return {"default": default[0], "local term alone": local, "residual + code": residual + code,
+            "residual term": residual, "code term": code, "3 seeds": ensemble}
 
 
 def ranks_among_peers(per_table: dict, peers: dict) -> dict[str, dict[str, float]]:
@@ -83,14 +93,25 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=ADBENCH)
     p.add_argument("--max-rows", type=int, default=20000, help="rows of a table in the transductive setting")
     p.add_argument("--peers", type=Path, default=None, help="adbench.py's JSON of the same tables, seeds and rows")
+    p.add_argument("--synthetic", type=int, default=0, metavar="ROWS",
+                   help="measure bench_scale.py's synthetic table of ROWS rows instead of --data-dir's tables")
     args = p.parse_args()
+    if args.synthetic and args.peers:
+        raise SystemExit("score_terms.py: --peers are of ADBench's tables, not of --synthetic")
     seeds = range(1 if args.quick else 3)
-    data = tables(args.data_dir, args.quick)
+    if args.synthetic:
+        from bench_scale import synthetic
+
+        X, y = synthetic(args.synthetic, seed=0)
+        data = {"synthetic": (X.astype(np.float64), y)}
+    else:
+        data = tables(args.data_dir, args.quick)
     peers = json.loads(args.peers.read_text()) if args.peers else None
     if peers is not None and (peers["seeds"] != list(seeds) or peers["max_rows"] != args.max_rows or
                               any(sorted(s["tables"]) != sorted(data) for s in peers["settings"].values())):
         raise SystemExit(f"score_terms.py: {args.peers} is not of these tables, seeds and rows")
-    result = dict(mode="quick" if args.quick else "full", data_dir=str(args.data_dir), seeds=list(seeds),
+    source = f"bench_scale.py's synthetic table, {args.synthetic} rows" if args.synthetic else str(args.data_dir)
+    result = dict(mode="quick" if args.quick else "full", data_dir=source, seeds=list(seeds),
                   peers=None if peers is None else str(args.peers),
                   ensemble_seeds=list(ENSEMBLE_SEEDS), max_rows=args.max_rows, variants=list(VARIANTS), settings={})
     for setting in SETTINGS:
@@ -120,7 +141,7 @@ def main() -> None:
         for v, s in summary.items():
             print(f"{setting}: {v:15s} mean AUROC {s['auroc']:.3f} AP {s['ap']:.3f}" +
                   (f" rank {s['rank_auroc']:.2f} / {s['rank_ap']:.2f}" if peers is not None else ""))
-    path = report_path("score-terms", args)
+    path = report_path("score-terms-synthetic" if args.synthetic else "score-terms", args)
     save_json(path, result, args.device)
     print(f"wrote {path}")
 

@@ -64,6 +64,9 @@ NARROW_CELL = "784-128-32 10 x auto, residual+code+knn"
 NARROW = dict(DEFAULTS, hidden=(128, 32))
 WITHOUT_LOCAL_CELL = "784-128-32 10 x auto, residual+code"
 WITHOUT_LOCAL = dict(NARROW, outlier_score="residual+code")
+# The defaults with the local term alone (outlier_score="knn", which wins on ADBench's tables).
+LOCAL_ALONE_CELL = "auto 10 x auto, knn"
+LOCAL_ALONE = dict(DEFAULTS, outlier_score="knn")
 
 
 def cells() -> dict[str, dict]:
@@ -81,6 +84,7 @@ def cells() -> dict[str, dict]:
         "784-128-32 10x1 lr 3e-3": dict(CENTER, lr=3e-3),
         WITHOUT_LOCAL_CELL: WITHOUT_LOCAL,
         NARROW_CELL: NARROW,
+        LOCAL_ALONE_CELL: LOCAL_ALONE,
         DEFAULTS_CELL: DEFAULTS,
     })
     return out
@@ -162,16 +166,18 @@ def fit_cell(config: dict, X, is_out, seed, device) -> tuple[dict, dict[str, np.
 
 def score_parts(est, X, config, epochs, seed, device) -> dict[str, np.ndarray]:
     """What the fit's score is made of: the residual and code terms alone and (where the score has a
-    local term) their sum, RDA's residual norm (the paper's score) from the same fit, and the plain
-    autoencoder's errors scored the same way."""
-    statistics = tuple(torch.from_numpy(t) for t in (est.residual_scale_, est.code_center_, est.code_precision_))
-    residual, code = score_terms(*(torch.as_tensor(a) for a in (X, est.L_, est.transform(X))), statistics)
+    local term) their sum (none of them for "knn", the local term alone), RDA's residual norm (the
+    paper's score) from the same fit, and the plain autoencoder's errors scored the same way."""
+    parts = {}
+    if est.residual_scale_ is not None:
+        statistics = tuple(torch.from_numpy(t) for t in (est.residual_scale_, est.code_center_, est.code_precision_))
+        residual, code = score_terms(*(torch.as_tensor(a) for a in (X, est.L_, est.transform(X))), statistics)
+        parts = {"RDA, residual term only": residual.numpy(), "RDA, code term only": code.numpy()}
+        if est.neighbours_ is not None:
+            parts["RDA, residual and code terms (no local term)"] = (residual + code).numpy()
     ae = autoencoder_scores(X, hidden=est.hidden_, epochs=epochs, batch_size=config["batch_size"],
                             lr=config["lr"], device=device, seed=seed, outlier_score=config["outlier_score"],
                             contamination=float(est.contamination))
-    parts = {"RDA, residual term only": residual.numpy(), "RDA, code term only": code.numpy()}
-    if est.neighbours_ is not None:
-        parts["RDA, residual and code terms (no local term)"] = (residual + code).numpy()
     return {**parts, "RDA, residual norm (the paper's score)": np.linalg.norm(X - est.L_, axis=1),
             f"autoencoder, {config['outlier_score']}": ae}
 

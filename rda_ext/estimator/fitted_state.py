@@ -36,8 +36,8 @@ class FittedState:
     residual_scale_: np.ndarray | None = None  # the statistics of the "residual+code" score
     code_center_: np.ndarray | None = None
     code_precision_: np.ndarray | None = None
-    neighbours_: np.ndarray | None = None  # the local term of "residual+code+knn"
-    term_spread_: np.ndarray | None = None
+    neighbours_: np.ndarray | None = None  # the local term of "residual+code+knn" and "knn"
+    term_spread_: np.ndarray | None = None  # None for "knn"
     # hidden="auto" with several candidate shapes: the contrast of each (network_shape), else None.
     shape_contrast_: dict[tuple[int, ...], float] | None = None
     # The optimizer a warm start continues (None after fit_together or a model file: a fresh one).

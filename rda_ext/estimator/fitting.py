@@ -191,7 +191,7 @@ def finalize(est, X, solver: RDASolver, model: DeepAutoencoder, optim, batch_see
         **dict(zip(("residual_scale_", "code_center_", "code_precision_"),
                    (None,) * 3 if statistics is None else (t.cpu().numpy() for t in statistics))),
         neighbours_=None if local is None else local.neighbours.cpu().numpy(),
-        term_spread_=None if local is None else local.spread.cpu().numpy(),
+        term_spread_=None if local is None or local.spread is None else local.spread.cpu().numpy(),
         _optim=optim, _batch_seed=batch_seed + 1, _fit_precision=est.precision,
         _fit_preprocessing=est.preprocessing, _fit_fingerprint=data_print,
     )

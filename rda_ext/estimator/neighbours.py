@@ -1,6 +1,6 @@
-"""The local term of the "residual+code+knn" score: a row's distance to its ``K``-th nearest
-neighbour among a sample of the reference rows (those the fit keeps, as for the other terms), in
-the network's input space.
+"""The local term of the "residual+code+knn" and "knn" scores: a row's distance to its ``K``-th
+nearest neighbour among a sample of the reference rows (those the fit keeps, as for the other
+terms), in the network's input space.
 
 The residual and code terms find rows the network reconstructs badly or from an unusual code; a
 row inside a sparse region between dense ones is reconstructed well from a typical code, and only

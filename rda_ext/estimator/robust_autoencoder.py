@@ -49,7 +49,7 @@ class RobustAutoencoder(SklearnProtocol):
         residual group norms that lets about this fraction of groups survive the shrinkage. With
         or without ``lam``, it also sets ``threshold_`` (the quantile of the training scores that
         flags this fraction of the rows; with outlier_score="residual", "l21_rows" takes lam) and
-        the reference rows of the "residual+code" score.
+        the reference rows of the other scores ("residual+code", "residual+code+knn", "knn").
     outer_iter : the most outer iterations (autoencoder training, then the proximal step); twice
         as many for the wide network of hidden="auto".
     inner_epochs : epochs of autoencoder training per outer iteration, or "auto" (default): the
@@ -117,8 +117,9 @@ class RobustAutoencoder(SklearnProtocol):
         (default) adds to it, each divided by its spread over the training rows, the row's
         distance to its 10th nearest neighbour among at most 1,000 reference rows drawn at random
         (kept in the model: a training row among them does not count itself, a new row does);
-        "residual" is the norm of x - L, the paper's detector. The default was chosen on ADBench's
-        tables and the label-free image sweep (benchmarks/RESULTS.md).
+        "knn" is that distance alone (the network only chooses the reference rows); "residual" is
+        the norm of x - L, the paper's detector. The default was chosen on ADBench's tables and
+        the label-free image sweep (benchmarks/RESULTS.md, which measures "knn" too).
     random_state : seed of the initial weights and of the batch order: an integer >= 0, or a numpy
         RandomState or Generator to draw it from; None draws a fresh one.
     verbose : show a progress bar over the outer iterations, with c1, c2, lam, the non-zero groups
@@ -134,10 +135,11 @@ class RobustAutoencoder(SklearnProtocol):
         ``lam_``, so that ``labels_`` marks exactly the rows where S is non-zero.
     residual_scale_, code_center_, code_precision_ : numpy float64, the statistics of the
         "residual+code" score (sigma per feature, mu and the pseudo-inverse covariance of the
-        code), in the network's input space; None with outlier_score="residual".
-    neighbours_, term_spread_ : the local term of "residual+code+knn" (else None): the neighbour
-        rows (numpy, in the network's input space, the fit's dtype) and the spread (float64) of
-        the "residual+code" score and of the neighbour distance over the training rows.
+        code), in the network's input space; None with outlier_score "residual" and "knn".
+    neighbours_, term_spread_ : the local term of "residual+code+knn" and "knn" (else None): the
+        neighbour rows (numpy, in the network's input space, the fit's dtype) and the spread
+        (float64) of the "residual+code" score and of the neighbour distance over the training
+        rows (None for "knn").
     lam_ : the lam of the last proximal step.  n_iter_ : outer iterations run.
     history_ : one dict per outer iteration with ``HISTORY_KEYS``: lam, mean training loss of the
         last inner epoch, recon_error ||L_in - AE(L_in)||_F, objective recon_error + lam *
@@ -208,26 +210,32 @@ class RobustAutoencoder(SklearnProtocol):
     # ---------------------------------------------------------------- new data
     def decision_function(self, X):
         """Outlier score of each row of X (data never seen in fit works): the ``outlier_score`` with the
-        residual X - AE(X). Same type as X (numpy or tensor on X's device), float64 for numpy."""
+        residual X - AE(X) ("knn": the neighbour distance alone). Same type as X (numpy or tensor on
+        X's device), float64 for numpy."""
         Xt = self._check_new(X)
-        if self.residual_scale_ is None:
+        # What the fit stored decides the score, not the parameter (set_params may have changed it
+        # since); one from before the local term has none.
+        state = FittedState.of(self)
+        local = None if state.neighbours_ is None else scoring.LocalTerm(
+            torch.from_numpy(state.neighbours_).to(Xt.device),
+            None if state.term_spread_ is None else torch.from_numpy(state.term_spread_).to(Xt.device))
+        if self.residual_scale_ is None and local is None:
             network = self._network(self.model_)
             scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
         else:
-            statistics = tuple(torch.from_numpy(t).to(Xt.device)
-                               for t in (self.residual_scale_, self.code_center_, self.code_precision_))
-            encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
+            if self.residual_scale_ is None:  # "knn": the distance alone, in the network's input space
+                scores = map_chunks(local.scores, Xt)
+            else:
+                statistics = tuple(torch.from_numpy(t).to(Xt.device)
+                                   for t in (self.residual_scale_, self.code_center_, self.code_precision_))
+                encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
 
-            state = FittedState.of(self)  # one from before the local term has none
-            local = None if state.neighbours_ is None else scoring.LocalTerm(
-                torch.from_numpy(state.neighbours_).to(Xt.device), torch.from_numpy(state.term_spread_).to(Xt.device))
+                def score(x: Tensor) -> Tensor:
+                    code = encode(x)  # once: the reconstruction decodes it
+                    scores = scoring.row_scores(x, decode(code), code, statistics)
+                    return scores if local is None else local.scores(x, scores)
 
-            def score(x: Tensor) -> Tensor:
-                code = encode(x)  # once: the reconstruction decodes it
-                scores = scoring.row_scores(x, decode(code), code, statistics)
-                return scores if local is None else local.scores(x, scores)
-
-            scores = map_chunks(score, Xt)
+                scores = map_chunks(score, Xt)
             if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
                 scores = scores.to(Xt.dtype)
         return vector_like_input(scores, X)

@@ -25,8 +25,9 @@ spread over the training rows:
     score = residual+code / spread(residual+code)  +  distance / spread(distance)
 
 The first two terms find what the network models badly; the third finds rows in sparse regions
-that it models well. benchmarks/RESULTS.md measures what each is worth on ADBench's tables and the
-images.
+that it models well. "knn" is the local term alone: the network then only chooses the reference
+rows the neighbours are drawn from (about those S leaves at zero). benchmarks/RESULTS.md measures what
+each is worth on ADBench's tables, a table the network can compress and the images.
 
 The statistics are sums over rows, so that a row-sharded fit all-reduces them. They and the
 scores are computed in float64 over chunks of rows, never a second n x d matrix; the caller
@@ -111,19 +112,21 @@ def row_scores(X: Tensor, L: Tensor, Z: Tensor, statistics: Statistics) -> Tenso
 
 @dataclass
 class LocalTerm:
-    """What "residual+code+knn" adds to "residual+code": the neighbour rows (neighbours.py) and the
-    spread over the training rows of the "residual+code" score and of the distance to the K-th
-    neighbour, by which each is divided before they are added (so that neither outweighs the other
-    by its units)."""
+    """The local term of "residual+code+knn" and "knn": the neighbour rows (neighbours.py) and, for
+    "residual+code+knn", the spread over the training rows of the "residual+code" score and of the
+    distance to the K-th neighbour, by which each is divided before they are added (so that neither
+    outweighs the other by its units); None for "knn", the distance alone."""
 
     neighbours: Tensor  # (m, d), in the network's input space
-    spread: Tensor  # (2,) float64
+    spread: Tensor | None  # (2,) float64
 
-    def combine(self, scores: Tensor, distances: Tensor) -> Tensor:
+    def combine(self, scores: Tensor | None, distances: Tensor) -> Tensor:
+        if self.spread is None:
+            return distances
         return scores / self.spread[0] + distances / self.spread[1]
 
-    def scores(self, X: Tensor, scores: Tensor) -> Tensor:
-        """The "residual+code+knn" score of rows X of new data with their "residual+code" ``scores``."""
+    def scores(self, X: Tensor, scores: Tensor | None = None) -> Tensor:
+        """The score of rows X of new data, with their "residual+code" ``scores`` (None for "knn")."""
         return self.combine(scores, neighbours.kth_distance(X, self.neighbours))
 
 
@@ -140,11 +143,14 @@ def spread(values: Tensor, ranks: RowGroup) -> float:
 
 
 def reference_scores(outlier_score: str, X: Tensor, L: Tensor, Z: Tensor, reference: Tensor, seed: int,
-                     ranks: RowGroup = SINGLE_PROCESS) -> tuple[Tensor, Statistics, LocalTerm | None]:
-    """The "residual+code" or "residual+code+knn" ``outlier_score`` of the rows of X (float64), with
-    their reconstruction L and code Z, measured on the rows where ``reference`` is True (over all
-    ranks), with its statistics and local term (None for "residual+code"), its neighbours drawn
-    from ``seed``."""
+                     ranks: RowGroup = SINGLE_PROCESS) -> tuple[Tensor, Statistics | None, LocalTerm | None]:
+    """The "residual+code", "residual+code+knn" or "knn" ``outlier_score`` of the rows of X (float64),
+    with their reconstruction L and code Z (neither read for "knn"), measured on the rows where
+    ``reference`` is True (over all ranks), with its statistics (None for "knn") and local term
+    (None for "residual+code"), its neighbours drawn from ``seed``."""
+    if outlier_score == "knn":
+        rows, position = neighbours.sample(X, reference, seed, ranks)
+        return neighbours.kth_distance(X, rows, position), None, LocalTerm(rows, None)
     statistics = fit_statistics(X, L, Z, reference, ranks)
     scores = row_scores(X, L, Z, statistics)
     if outlier_score != "residual+code+knn":
@@ -159,14 +165,14 @@ def reference_scores(outlier_score: str, X: Tensor, L: Tensor, Z: Tensor, refere
 def fitted_scores(outlier_score: str, penalty: str, contamination: float, solver, model, amp, lam: float,
                   seed: int, ranks: RowGroup) -> tuple[Tensor, float, np.ndarray, Statistics | None, LocalTerm | None]:
     """The scores of a finished fit's training rows (float64), its threshold, labels (int64 numpy),
-    the statistics of the "residual+code" score (None for "residual") and the local term of
-    "residual+code+knn" (else None; its neighbours drawn from ``seed``). The codes of the training
-    rows are computed once, in the fit's precision ``amp``."""
+    the statistics of the "residual+code" score (None for "residual" and "knn") and the local term
+    of "residual+code+knn" and "knn" (else None; its neighbours drawn from ``seed``). The codes of the
+    training rows are computed once (not for "knn"), in the fit's precision ``amp``."""
     residuals = solver.row_scores().to(torch.float64)
     statistics = local = None
     scores = residuals
     if outlier_score != "residual":
-        codes = map_chunks(in_precision(model.encode, amp), solver.X)
+        codes = None if outlier_score == "knn" else map_chunks(in_precision(model.encode, amp), solver.X)
         reference = residuals <= ranks.quantile(residuals, 1.0 - contamination)
         scores, statistics, local = reference_scores(outlier_score, solver.X, solver.L, codes, reference, seed, ranks)
     if outlier_score == "residual" and penalty == "l21_rows":

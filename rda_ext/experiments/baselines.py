@@ -33,9 +33,9 @@ def _row_errors(model, data: Tensor) -> np.ndarray:
 def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3, activation="sigmoid",
                        device="auto", seed=0, outlier_score="residual", contamination=None) -> np.ndarray:
     """A plain autoencoder (RDA's network: tied weights, sigmoid output) trained on X itself; the
-    score of a row is the norm of its reconstruction error, or with outlier_score "residual+code" or
-    "residual+code+knn" RDA's score of that name (rda_ext.estimator.scoring), its reference rows the
-    (1 - contamination) fraction with the smallest errors."""
+    score of a row is the norm of its reconstruction error, or with another outlier_score RDA's score
+    of that name (rda_ext.estimator.scoring), its reference rows the (1 - contamination) fraction
+    with the smallest errors."""
     if outlier_score not in CHOICES["outlier_score"]:
         raise ValueError(f"outlier_score must be one of {', '.join(map(repr, CHOICES['outlier_score']))}, "
                          f"got {outlier_score!r}")
@@ -48,8 +48,8 @@ def autoencoder_scores(X, hidden=(400, 200), epochs=200, batch_size=64, lr=1e-3,
     if outlier_score == "residual":
         return errors
     reference = torch.from_numpy(errors <= np.quantile(errors, 1 - contamination)).to(data.device)
-    codes = map_chunks(model.encode, data)
-    recon = map_chunks(model.decode, codes)
+    codes = None if outlier_score == "knn" else map_chunks(model.encode, data)  # the distance alone reads neither
+    recon = None if codes is None else map_chunks(model.decode, codes)
     return scoring.reference_scores(outlier_score, data, recon, codes, reference, seed)[0].cpu().numpy()
 
 

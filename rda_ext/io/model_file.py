@@ -77,7 +77,8 @@ def model_writer(est, *, data: bool):
         fitted[key] = None if value is None else torch.from_numpy(np.array(value, dtype=np.float64))
     if fit.neighbours_ is not None:
         fitted["neighbours_"] = torch.from_numpy(np.ascontiguousarray(fit.neighbours_))
-        fitted["term_spread_"] = torch.from_numpy(np.array(fit.term_spread_, dtype=np.float64))
+        fitted["term_spread_"] = (None if fit.term_spread_ is None
+                                  else torch.from_numpy(np.array(fit.term_spread_, dtype=np.float64)))
     if fit.shape_contrast_ is not None:
         fitted["shape_contrast_"] = [[list(hidden), float(c)] for hidden, c in fit.shape_contrast_.items()]
     if data:
@@ -332,20 +333,27 @@ def _score_statistics(fitted: dict, d: int, k: int) -> tuple:
 
 
 def _local_term(fitted: dict, d: int, statistics: bool) -> tuple:
-    """The local term of "residual+code+knn" in the file, checked: the neighbour rows (m >= 1 rows
-    of d finite numbers in a float dtype) and the two spreads (finite, > 0) together, or neither
-    (a fit scored otherwise, or a file from before them); it adds to the "residual+code" statistics."""
+    """The local term of "residual+code+knn" or "knn" in the file, checked: the neighbour rows (m >=
+    1 rows of d finite numbers in a float dtype), with the two spreads (finite, > 0) where it adds
+    to the "residual+code" statistics and without them where it is the score alone ("knn"); or
+    neither (a fit scored otherwise, or a file from before them)."""
     neighbours, spread = fitted.get("neighbours_"), fitted.get("term_spread_")
     if neighbours is None and spread is None:
         return None, None
-    if neighbours is None or spread is None:
-        raise InvalidState("neighbours_ and term_spread_ are saved together or not at all")
-    if not statistics:
-        raise InvalidState("neighbours_ is saved without the statistics of the residual+code score it adds to")
+    if neighbours is None:
+        raise InvalidState("term_spread_ is saved without the neighbours_ it scales")
+    if statistics and spread is None:
+        raise InvalidState("neighbours_ is saved with the statistics of the residual+code score but without the "
+                           "term_spread_ that combines them")
+    if spread is not None and not statistics:
+        raise InvalidState("term_spread_ is saved without the statistics of the residual+code score it combines "
+                           "with neighbours_")
     if not (isinstance(neighbours, torch.Tensor) and neighbours.dim() == 2 and neighbours.shape[0] >= 1
             and neighbours.shape[1] == d and neighbours.dtype in (torch.float32, torch.float64)):
         raise InvalidState(f"neighbours_ is not a float32 or float64 tensor of at least one row of {d} features")
     check_tensor(neighbours, "neighbours_")
+    if spread is None:
+        return neighbours.numpy(), None
     if not (isinstance(spread, torch.Tensor) and tuple(spread.shape) == (2,) and spread.dtype == torch.float64
             and bool(torch.isfinite(spread).all()) and bool((spread > 0).all())):
         raise InvalidState("term_spread_ is not two finite float64 numbers > 0")
