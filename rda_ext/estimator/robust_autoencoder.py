@@ -222,22 +222,21 @@ class RobustAutoencoder(SklearnProtocol):
         if self.residual_scale_ is None and local is None:
             network = self._network(self.model_)
             scores = map_chunks(lambda x: ops.group_norms(x, 1, minus=network(x)), Xt)
+        elif self.residual_scale_ is None:  # "knn": the distance alone, in the network's input space
+            scores = map_chunks(local.scores, Xt)
         else:
-            if self.residual_scale_ is None:  # "knn": the distance alone, in the network's input space
-                scores = map_chunks(local.scores, Xt)
-            else:
-                statistics = tuple(torch.from_numpy(t).to(Xt.device)
-                                   for t in (self.residual_scale_, self.code_center_, self.code_precision_))
-                encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
+            statistics = tuple(torch.from_numpy(t).to(Xt.device)
+                               for t in (self.residual_scale_, self.code_center_, self.code_precision_))
+            encode, decode = self._network(self.model_.encode), self._network(self.model_.decode)
 
-                def score(x: Tensor) -> Tensor:
-                    code = encode(x)  # once: the reconstruction decodes it
-                    scores = scoring.row_scores(x, decode(code), code, statistics)
-                    return scores if local is None else local.scores(x, scores)
+            def score(x: Tensor) -> Tensor:
+                code = encode(x)  # once: the reconstruction decodes it
+                scores = scoring.row_scores(x, decode(code), code, statistics)
+                return scores if local is None else local.scores(x, scores)
 
-                scores = map_chunks(score, Xt)
-            if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
-                scores = scores.to(Xt.dtype)
+            scores = map_chunks(score, Xt)
+        if isinstance(X, Tensor):  # a tensor's scores in its dtype; numpy's stay float64, as threshold_
+            scores = scores.to(Xt.dtype)
         return vector_like_input(scores, X)
 
     def predict(self, X):

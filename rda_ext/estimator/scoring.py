@@ -26,8 +26,8 @@ spread over the training rows:
 
 The first two terms find what the network models badly; the third finds rows in sparse regions
 that it models well. "knn" is the local term alone: the network then only chooses the reference
-rows the neighbours are drawn from (about those S leaves at zero). benchmarks/RESULTS.md measures what
-each is worth on ADBench's tables, a table the network can compress and the images.
+rows the neighbours are drawn from (about those S leaves at zero). benchmarks/RESULTS.md measures
+what each is worth on ADBench's tables, a table the network can compress and the images.
 
 The statistics are sums over rows, so that a row-sharded fit all-reduces them. They and the
 scores are computed in float64 over chunks of rows, never a second n x d matrix; the caller
