@@ -152,7 +152,7 @@ def test_subprocess_entry_points(tmp_path, data, command):
 @pytest.mark.child_process
 def test_demo_runs_the_paper_experiment(tmp_path):
     pytest.importorskip("sklearn")
-    result = subprocess.run([RDA_EXT, "demo", "--json", str(tmp_path / "demo.json")],
+    result = subprocess.run([RDA_EXT, "demo", "--digits", "4", "--json", str(tmp_path / "demo.json")],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("RDA (l21_rows)", "IsolationForest", "plain autoencoder"):
@@ -168,6 +168,15 @@ def test_demo_runs_the_paper_experiment(tmp_path):
     # hidden="auto" on 784 features: both shapes measured, the one kept named, as printed.
     assert list(report["shape_contrast"]) == ["784-128-32", "784-392-196"]
     assert report["rda_network"] in report["shape_contrast"]
+    # The construction's table (its other digits: the in-process test below): the digit asked for,
+    # the paper's own instance measured above, and the mean over the digits.
+    construction = report["construction"]
+    assert list(construction["digits"]) == ["4"] and construction["seed"] == 0
+    for name in ("RDA (l21_rows)", "RDA (paper setting)", "IsolationForest"):
+        assert construction["digits"]["4"][name] == {m: report["methods"][name][m] for m in ("f1", "auroc")}
+        assert construction["mean"][name] == construction["digits"]["4"][name]
+    assert "The paper's construction: each digit nominal in turn" in result.stdout
+    assert result.stdout.count("\nmean ") == 1
     assert f'RDA, hidden="auto": residual contrast 784-128-32 ' in result.stdout
     assert f"RDA and the plain autoencoder: {report['rda_network']}, " in result.stdout
 
@@ -341,20 +350,45 @@ def test_demo_writes_what_the_experiment_returns(tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def fake(seed, device):
-        calls.append((seed, device))
+    def fake(seed, device, digits=demo.DIGITS):
+        calls.append((seed, device, digits))
         return {"seed": seed, "f1": 0.5}
 
     monkeypatch.setattr(demo, "run_demo", fake)
-    assert run_main(capsys, "demo", "--seed", "4", "--device", "cpu", "--json", tmp_path / "d.json")[0] == 0
-    assert calls == [(4, "cpu")]
+    assert run_main(capsys, "demo", "--seed", "4", "--device", "cpu", "--digits", "3", "1", "3",
+                    "--json", tmp_path / "d.json")[0] == 0
+    assert calls == [(4, "cpu", [3, 1, 3])]
     assert (tmp_path / "d.json").read_text() == json.dumps({"seed": 4, "f1": 0.5}, indent=2)
-    assert run_main(capsys, "demo")[0] == 0 and calls[-1] == (0, "auto")
+    assert run_main(capsys, "demo")[0] == 0 and calls[-1] == (0, "auto", demo.DIGITS)
+    # A digit that is not one fails before the experiment runs.
+    code, _, err = run_main(capsys, "demo", "--digits", "10")
+    assert_user_error(code, err, "argument --digits: invalid choice: 10")
     assert sorted(os.listdir(tmp_path)) == ["d.json"]
     # An unwritable --json fails before the experiment runs.
     code, _, err = run_main(capsys, "demo", "--json", tmp_path / "none" / "d.json")
     assert_user_error(code, err, f"{tmp_path / 'none' / 'd.json'}: the folder {tmp_path / 'none'} does not exist")
     assert len(calls) == 2
+
+
+def test_the_demo_construction_reuses_the_paper_instance_and_fits_each_other_digit_once(monkeypatch):
+    import rda_ext.experiments.demo as demo
+
+    fitted = []
+
+    def detectors(forest, X, is_out, seed, device):
+        fitted.append(len(X))
+        return None, {name: {"f1": 0.25, "auroc": 0.5} for name in demo.CONSTRUCTION}
+
+    monkeypatch.setattr(demo, "_construction_detectors", detectors)
+    X, y = demo.load_mnist_5k()
+    paper = {name: {"f1": 0.75, "auroc": 0.9, "ap": 0.1} for name in demo.CONSTRUCTION}
+    printed = []
+    result = demo._construction(None, X, y, 0, "cpu", (7, 4), paper, printed.append)
+    assert fitted == [len(demo.make_outlier_set(X, y, 7, demo.FRACTION, 0)[0])]
+    assert list(result["digits"]) == ["7", "4"]
+    assert result["digits"]["4"] == {name: {"f1": 0.75, "auroc": 0.9} for name in demo.CONSTRUCTION}
+    assert result["mean"]["IsolationForest"] == pytest.approx({"f1": 0.5, "auroc": 0.7})
+    assert printed[-1].splitlines()[-1].startswith("mean ")
 
 
 def test_fit_warnings_are_one_line_each(tmp_path, capsys, data):
@@ -414,13 +448,14 @@ options:
   -h, --help            show this help message and exit
   --version             show program's version number and exit
 """,
-    ("demo",): """usage: rda-ext demo [-h] [--seed SEED] [--device DEVICE] [--json PATH]
+    ("demo",): """usage: rda-ext demo [-h] [--seed SEED] [--device DEVICE] [--digits D [D ...]] [--json PATH]
 
 options:
-  -h, --help       show this help message and exit
-  --seed SEED      data mixture and training seed (default 0)
-  --device DEVICE  "auto" (default), "cpu" or "cuda"
-  --json PATH      also write the numbers as JSON
+  -h, --help          show this help message and exit
+  --seed SEED         data mixture and training seed (default 0)
+  --device DEVICE     "auto" (default), "cpu" or "cuda"
+  --digits D [D ...]  the nominal digits of the construction's table (default all ten)
+  --json PATH         also write the numbers as JSON
 """,
     ("score",): """usage: rda-ext score [-h] [--key KEY] [--header | --no-header] --out OUT [--device DEVICE]
                      model input

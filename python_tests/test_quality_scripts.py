@@ -78,6 +78,17 @@ def test_the_results_page_shows_the_local_term_alone_on_the_images():
     assert not missing, missing
 
 
+def test_the_results_page_shows_the_score_variants_run(monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    from score_variants import VARIANTS, markdown
+
+    page = (QUALITY.parent / "RESULTS.md").read_text()
+    rows = markdown(json.loads((RESULTS / "score-variants-amd-epyc-2t.json").read_text()))
+    assert len(rows) == 2 + len(VARIANTS)
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+
+
 def test_tables_read_every_committed_result():
     files = [f for name in ("outliers", "denoising", "stuck-pixels", "convergence")
              for f in sorted(RESULTS.glob(f"{name}-*.json"))]
@@ -223,6 +234,68 @@ def test_score_terms_measures_the_synthetic_table_apart(tmp_path):
     run = subprocess.run([sys.executable, str(QUALITY / "score_terms.py"), "--quick", "--synthetic", "800", "--peers",
                           str(report)], capture_output=True, text=True)
     assert run.returncode != 0 and "--peers are of ADBench's tables, not of --synthetic" in run.stderr
+
+
+def test_score_variants_quick_measures_tables_the_synthetic_table_and_images(tmp_path):
+    pytest.importorskip("pyod")  # for adbench.py's peers
+    data = tmp_path / "tables"
+    data.mkdir()
+    _adbench_table(data / "1_line.npz", 0, 200, 5)
+    common = ["--quick", "--device", "cpu", "--data-dir", str(data), "--out-dir", str(tmp_path)]
+    run = subprocess.run([sys.executable, str(QUALITY / "adbench.py"), *common], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    (peers,) = tmp_path.glob("adbench-*-quick.json")
+    run = subprocess.run([sys.executable, str(QUALITY / "score_variants.py"), *common, "--peers", str(peers),
+                          "--synthetic", "800", "--images", "mnist"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    # With peers and the synthetic table, the script prints the results page's table.
+    assert "| variant | ADBench transductive: AUROC / AP / rank |" in run.stdout
+    (report,) = tmp_path.glob("score-variants-*-quick.json")
+    result = json.loads(report.read_text())
+    for part, table in (("adbench", "1_line"), ("synthetic", "synthetic")):
+        for setting in ("transductive", "inductive"):
+            s = result[part][setting]
+            assert list(s["tables"]) == [table] and list(s["summary"]) == result["variants"]
+            assert len(s["runs"]) == len(result["variants"])
+            assert all(0 <= r["auroc"] <= 1 and 0 < r["ap"] <= 1 for r in s["runs"])
+            if part == "adbench":
+                # Ranked among adbench.py's quick peers (three of them and RDA's place): 1 to 4; the
+                # default variant is adbench.py's RDA, the same rows, seeds and fit.
+                assert all(1 <= x["rank_auroc"] <= 4 for x in s["summary"].values())
+                rda = json.loads(peers.read_text())["settings"][setting]["tables"][table]["RDA"]
+                assert s["tables"][table]["default"]["auroc"]["mean"] == rda["auroc"]["mean"]
+    mnist = result["images"]["mnist"]
+    assert len(mnist["runs"]) == 2 * len(result["variants"])  # quick: digits 0 and 1, one seed
+    assert mnist["summary"]["default"]["f1_gain"] == 0 and mnist["summary"]["default"]["won"] == 0
+
+
+def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatch):
+    """The variants take the local term out of the default score: it must be the local term alone of
+    a fit with the same decomposition and neighbours (outlier_score="knn"), on training and new rows."""
+    from rda_ext import RobustAutoencoder
+
+    monkeypatch.syspath_prepend(str(QUALITY))
+    from score_terms import terms
+    from score_variants import code_term, spread_of, variants
+
+    rng = np.random.default_rng(3)
+    X = rng.random((150, 6))
+    X_new = rng.random((40, 6))
+    fit = dict(hidden=(4, 2), outer_iter=2, inner_epochs=2, random_state=0, device="cpu", dtype="float64")
+    default = RobustAutoencoder(**fit).fit(X)
+    alone = RobustAutoencoder(**fit, outlier_score="knn").fit(X)
+    np.testing.assert_array_equal(default.neighbours_, alone.neighbours_)
+    spreads = default.term_spread_
+    for rows, local in ((X, alone.decision_scores_), (X_new, alone.decision_function(X_new))):
+        v = variants(default, X, rows)
+        assert set(v) == {"default", "shrunk code", "code + local", "shrunk code + local", "three terms apart"}
+        _, code_fit = terms(default, X, fitted=True)
+        _, code = terms(default, rows, fitted=rows is X)
+        np.testing.assert_allclose(v["code + local"] - code / spread_of(code_fit), local / spreads[1],
+                                   rtol=1e-9, atol=1e-9)
+        # The shrunk code term is the code term's formula under another precision matrix.
+        np.testing.assert_allclose(code_term(default.transform(rows), default.code_center_, default.code_precision_),
+                                   code, rtol=1e-9, atol=1e-12)
 
 
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):

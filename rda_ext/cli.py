@@ -145,6 +145,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the outlier experiment of the paper on the embedded MNIST subset")
     demo.add_argument("--seed", type=int, default=0, help="data mixture and training seed (default 0)")
     demo.add_argument("--device", default="auto", help='"auto" (default), "cpu" or "cuda"')
+    demo.add_argument("--digits", type=int, nargs="+", choices=range(10), metavar="D",
+                      help="the nominal digits of the construction's table (default all ten)")
     demo.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     demo.set_defaults(run=_demo)
 
@@ -261,7 +263,7 @@ def _demo(args) -> int:
     from rda_ext.experiments.demo import run_demo
 
     check_paths({}, {"--json": args.json})
-    results = run_demo(seed=args.seed, device=args.device)
+    results = run_demo(seed=args.seed, device=args.device, **({} if args.digits is None else {"digits": args.digits}))
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
     return 0

@@ -76,16 +76,27 @@ def variants(X_fit, X_score, rate: float, seed: int, device: str) -> dict[str, n
             "residual term": residual, "code term": code, "3 seeds": ensemble}
 
 
-def ranks_among_peers(per_table: dict, peers: dict) -> dict[str, dict[str, float]]:
-    """Each variant's mean rank (AUROC, AP) among the detectors of ``peers`` (adbench.py's tables
-    of one setting) other than RDA, the variant in RDA's place."""
+def ranks_among_peers(per_table: dict, peers: dict, names=VARIANTS) -> dict[str, dict[str, float]]:
+    """Each variant of ``names``' mean rank (AUROC, AP) among the detectors of ``peers`` (adbench.py's
+    tables of one setting) other than RDA, the variant in RDA's place."""
     out = {}
-    for v in VARIANTS:
+    for v in names:
         for m in ("auroc", "ap"):
             ranks = [ranks_of({**{d: r[m]["mean"] for d, r in peers[t].items() if d != "RDA"},
                                "RDA": per_table[t][v][m]["mean"]})["RDA"] for t in per_table]
             out.setdefault(v, {})[f"rank_{m}"] = float(np.mean(ranks))
     return out
+
+
+def read_peers(path: Path | None, data: dict, seeds, max_rows: int, script: str) -> dict | None:
+    """adbench.py's JSON at ``path`` (None: none), refused unless it is of these tables, seeds and rows."""
+    if path is None:
+        return None
+    peers = json.loads(path.read_text())
+    if (peers["seeds"] != list(seeds) or peers["max_rows"] != max_rows or
+            any(sorted(s["tables"]) != sorted(data) for s in peers["settings"].values())):
+        raise SystemExit(f"{script}: {path} is not of these tables, seeds and rows")
+    return peers
 
 
 def main() -> None:
@@ -106,10 +117,7 @@ def main() -> None:
         data = {"synthetic": (X.astype(np.float64), y)}
     else:
         data = tables(args.data_dir, args.quick)
-    peers = json.loads(args.peers.read_text()) if args.peers else None
-    if peers is not None and (peers["seeds"] != list(seeds) or peers["max_rows"] != args.max_rows or
-                              any(sorted(s["tables"]) != sorted(data) for s in peers["settings"].values())):
-        raise SystemExit(f"score_terms.py: {args.peers} is not of these tables, seeds and rows")
+    peers = read_peers(args.peers, data, seeds, args.max_rows, "score_terms.py")
     source = f"bench_scale.py's synthetic table, {args.synthetic} rows" if args.synthetic else str(args.data_dir)
     result = dict(mode="quick" if args.quick else "full", data_dir=source, seeds=list(seeds),
                   peers=None if peers is None else str(args.peers),
