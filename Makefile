@@ -40,7 +40,7 @@ bench: install
 # RDA against PyOD's detectors on a folder of ADBench tables (DATA=..., default ../shared/data/adbench).
 DATA ?= ../shared/data/adbench
 adbench: install
-	$(BIN)/python benchmarks/quality/adbench.py --data-dir "$(DATA)"
+	$(BIN)/python benchmarks/quality/peers/adbench.py --data-dir "$(DATA)"
 
 # On a lent GPU machine, no venv: builds with PYTHON (there the system python3, which holds torch)
 # for that GPU, runs the tests and the quick benchmarks; logs and results go to OUT/<gpu>/.

@@ -13,6 +13,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality"
+PEERS = QUALITY / "peers"  # RDA against PyOD's detectors on ADBench's tables, and the score's parts there
 RESULTS = QUALITY.parent / "results"
 
 
@@ -79,7 +80,7 @@ def test_the_results_page_shows_the_local_term_alone_on_the_images():
 
 
 def test_the_results_page_shows_the_score_variants_run(monkeypatch):
-    monkeypatch.syspath_prepend(str(QUALITY))
+    monkeypatch.syspath_prepend(str(PEERS))
     from score_variants import VARIANTS, markdown
 
     page = (QUALITY.parent / "RESULTS.md").read_text()
@@ -161,7 +162,7 @@ def test_adbench_quick_compares_rda_with_its_peers_in_both_settings(tmp_path):
     _adbench_table(data / "1_line.npz", 0, 200, 5)
     _adbench_table(data / "2_plane.npz", 1, 300, 4)
     _adbench_table(data / "3_large.npz", 2, 6000, 3)  # above the quick mode's 5,000 rows: left out
-    run = subprocess.run([sys.executable, str(QUALITY / "adbench.py"), "--quick", "--device", "cpu", "--data-dir",
+    run = subprocess.run([sys.executable, str(PEERS / "adbench.py"), "--quick", "--device", "cpu", "--data-dir",
                           str(data), "--out-dir", str(tmp_path), "--max-rows", "250"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     (report,) = tmp_path.glob("adbench-*-quick.json")
@@ -182,7 +183,7 @@ def test_adbench_quick_compares_rda_with_its_peers_in_both_settings(tmp_path):
 
 
 def test_adbench_scales_every_table_by_the_rows_a_detector_fits_on(monkeypatch):
-    monkeypatch.syspath_prepend(str(QUALITY))
+    monkeypatch.syspath_prepend(str(PEERS))
     from adbench import minmax
 
     X_fit = np.array([[1.0, 5.0, -2.0], [3.0, 5.0, 2.0], [2.0, 5.0, 0.0]])
@@ -202,7 +203,7 @@ def test_score_terms_quick_measures_each_variant_in_both_settings(tmp_path):
     common = ["--quick", "--device", "cpu", "--data-dir", str(data), "--out-dir", str(tmp_path)]
     for script, extra in (("adbench.py", []), ("score_terms.py", ["--peers", "PEERS"])):
         extra = [str(next(tmp_path.glob("adbench-*-quick.json"))) if a == "PEERS" else a for a in extra]
-        run = subprocess.run([sys.executable, str(QUALITY / script), *common, *extra], capture_output=True, text=True)
+        run = subprocess.run([sys.executable, str(PEERS / script), *common, *extra], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
     (peers,) = tmp_path.glob("adbench-*-quick.json")
     (report,) = tmp_path.glob("score-terms-*-quick.json")
@@ -221,7 +222,7 @@ def test_score_terms_quick_measures_each_variant_in_both_settings(tmp_path):
 
 
 def test_score_terms_measures_the_synthetic_table_apart(tmp_path):
-    run = subprocess.run([sys.executable, str(QUALITY / "score_terms.py"), "--quick", "--device", "cpu", "--synthetic",
+    run = subprocess.run([sys.executable, str(PEERS / "score_terms.py"), "--quick", "--device", "cpu", "--synthetic",
                           "800", "--out-dir", str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     (report,) = tmp_path.glob("score-terms-synthetic-*-quick.json")
@@ -231,7 +232,7 @@ def test_score_terms_measures_the_synthetic_table_apart(tmp_path):
         s = result["settings"][setting]
         assert list(s["tables"]) == ["synthetic"] and list(s["summary"]) == result["variants"]
         assert len(s["runs"]) == len(result["variants"])
-    run = subprocess.run([sys.executable, str(QUALITY / "score_terms.py"), "--quick", "--synthetic", "800", "--peers",
+    run = subprocess.run([sys.executable, str(PEERS / "score_terms.py"), "--quick", "--synthetic", "800", "--peers",
                           str(report)], capture_output=True, text=True)
     assert run.returncode != 0 and "--peers are of ADBench's tables, not of --synthetic" in run.stderr
 
@@ -242,10 +243,10 @@ def test_score_variants_quick_measures_tables_the_synthetic_table_and_images(tmp
     data.mkdir()
     _adbench_table(data / "1_line.npz", 0, 200, 5)
     common = ["--quick", "--device", "cpu", "--data-dir", str(data), "--out-dir", str(tmp_path)]
-    run = subprocess.run([sys.executable, str(QUALITY / "adbench.py"), *common], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(PEERS / "adbench.py"), *common], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     (peers,) = tmp_path.glob("adbench-*-quick.json")
-    run = subprocess.run([sys.executable, str(QUALITY / "score_variants.py"), *common, "--peers", str(peers),
+    run = subprocess.run([sys.executable, str(PEERS / "score_variants.py"), *common, "--peers", str(peers),
                           "--synthetic", "800", "--images", "mnist"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     # With peers and the synthetic table, the script prints the results page's table.
@@ -274,7 +275,7 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
     a fit with the same decomposition and neighbours (outlier_score="knn"), on training and new rows."""
     from rda_ext import RobustAutoencoder
 
-    monkeypatch.syspath_prepend(str(QUALITY))
+    monkeypatch.syspath_prepend(str(PEERS))
     from score_terms import terms
     from score_variants import code_term, spread_of, variants
 
@@ -301,7 +302,7 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):
     from rda_ext import RobustAutoencoder
 
-    monkeypatch.syspath_prepend(str(QUALITY))
+    monkeypatch.syspath_prepend(str(PEERS))
     from score_terms import robust_z, terms
 
     X = np.random.default_rng(0).random((120, 6))

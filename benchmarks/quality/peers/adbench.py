@@ -15,22 +15,25 @@ each peer over the tables (paired by table, on AUROC and on AP). PCA gets the nu
 standardised table as its number of components (PyOD's PCA divides by each component's variance,
 which is 0 beyond the rank: constant columns gave inf scores).
 
-    python benchmarks/quality/adbench.py --quick   # 1 seed, the tables under 5,000 rows, 4 detectors
-    python benchmarks/quality/adbench.py           # 3 seeds, every table, every detector
+    python benchmarks/quality/peers/adbench.py --quick   # 1 seed, the tables under 5,000 rows, 4 detectors
+    python benchmarks/quality/peers/adbench.py           # 3 seeds, every table, every detector
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import mean_sd, parser, plt, report_path, save_figure, save_json
 
-from rda_ext import RobustAutoencoder
-from rda_ext.experiments.metrics import average_precision, roc_auc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # quality/: common.py
+from common import mean_sd, parser, plt, report_path, save_figure, save_json  # noqa: E402
 
-ADBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"
+from rda_ext import RobustAutoencoder  # noqa: E402
+from rda_ext.experiments.metrics import average_precision, roc_auc  # noqa: E402
+
+ADBENCH = Path(__file__).resolve().parents[4] / "shared" / "data" / "adbench"
 DETECTORS = ("RDA", "IsolationForest", "ECOD", "COPOD", "KNN", "LOF", "PCA", "HBOS", "OCSVM", "AutoEncoder")
 QUICK_DETECTORS = ("RDA", "IsolationForest", "ECOD", "PCA")
 INDUCTIVE_ROWS = 10000  # ADBench's cap on a table's rows (its protocol subsamples larger ones)

@@ -14,28 +14,31 @@ divides its two parts by it):
 - shrunk code + local: both changes;
 - three terms apart: the residual, code and local terms each divided by its own spread and added.
 
-    python benchmarks/quality/score_variants.py --quick
-    python benchmarks/quality/score_variants.py --peers benchmarks/results/adbench-amd-epyc-2t.json
+    python benchmarks/quality/peers/score_variants.py --quick
+    python benchmarks/quality/peers/score_variants.py --peers benchmarks/results/adbench-amd-epyc-2t.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from adbench import ADBENCH, SETTINGS, cells, tables
-from common import mean_sd, parser, report_path, save_json
-from score_terms import ranks_among_peers, read_peers, terms
 from sklearn.covariance import ledoit_wolf
-from sweep import instances
 
-from rda_ext import RobustAutoencoder
-from rda_ext.estimator.scoring import spread
-from rda_ext.experiments.metrics import average_precision, precision_recall_f1, roc_auc
-from rda_ext.solver.collectives import SINGLE_PROCESS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # quality/: common.py, sweep.py
+from adbench import ADBENCH, SETTINGS, cells, tables  # noqa: E402
+from common import mean_sd, parser, report_path, save_json  # noqa: E402
+from score_terms import ranks_among_peers, read_peers, terms  # noqa: E402
+from sweep import instances  # noqa: E402
+
+from rda_ext import RobustAutoencoder  # noqa: E402
+from rda_ext.estimator.scoring import spread  # noqa: E402
+from rda_ext.experiments.metrics import average_precision, precision_recall_f1, roc_auc  # noqa: E402
+from rda_ext.solver.collectives import SINGLE_PROCESS  # noqa: E402
 
 VARIANTS = ("default", "shrunk code", "code + local", "shrunk code + local", "three terms apart")
 IMAGES = ("mnist", "fashion500", "fashion")

@@ -23,23 +23,26 @@ into score-terms-synthetic-*.json.
 With ``--peers`` (a JSON file of adbench.py from the same tables, seeds and rows), each variant's
 mean rank among that file's other detectors, in RDA's place, table by table.
 
-    python benchmarks/quality/score_terms.py --quick   # 1 seed, the tables under 5,000 rows
-    python benchmarks/quality/score_terms.py --peers benchmarks/results/adbench-amd-epyc-2t.json
-    python benchmarks/quality/score_terms.py --synthetic 50000
+    python benchmarks/quality/peers/score_terms.py --quick   # 1 seed, the tables under 5,000 rows
+    python benchmarks/quality/peers/score_terms.py --peers benchmarks/results/adbench-amd-epyc-2t.json
+    python benchmarks/quality/peers/score_terms.py --synthetic 50000
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from adbench import ADBENCH, SETTINGS, cells, ranks_of, tables
-from common import mean_sd, parser, report_path, save_json
 
-from rda_ext import RobustAutoencoder
-from rda_ext.experiments.metrics import average_precision, roc_auc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # quality/: common.py
+from adbench import ADBENCH, SETTINGS, cells, ranks_of, tables  # noqa: E402
+from common import mean_sd, parser, report_path, save_json  # noqa: E402
+
+from rda_ext import RobustAutoencoder  # noqa: E402
+from rda_ext.experiments.metrics import average_precision, roc_auc  # noqa: E402
 
 VARIANTS = ("default", "local term alone", "residual + code", "residual term", "code term", "3 seeds")
 ENSEMBLE_SEEDS = (0, 100, 200)  # added to the cell's seed
