@@ -273,11 +273,14 @@ def test_score_variants_quick_measures_tables_the_synthetic_table_and_images(tmp
 def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatch):
     """The variants take the local term out of the default score: it must be the local term alone of
     a fit with the same decomposition and neighbours (outlier_score="knn"), on training and new rows."""
+    import torch
+
     from rda_ext import RobustAutoencoder
+    from rda_ext.estimator.scoring import score_terms
 
     monkeypatch.syspath_prepend(str(PEERS))
-    from score_terms import terms
-    from score_variants import code_term, spread_of, variants
+    from score_terms import code_term, terms
+    from score_variants import spread_of, variants
 
     rng = np.random.default_rng(3)
     X = rng.random((150, 6))
@@ -287,6 +290,8 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
     alone = RobustAutoencoder(**fit, outlier_score="knn").fit(X)
     np.testing.assert_array_equal(default.neighbours_, alone.neighbours_)
     spreads = default.term_spread_
+    statistics = tuple(torch.from_numpy(t) for t in (default.residual_scale_, default.code_center_,
+                                                     default.code_precision_))
     for rows, local in ((X, alone.decision_scores_), (X_new, alone.decision_function(X_new))):
         v = variants(default, X, rows)
         assert set(v) == {"default", "shrunk code", "code + local", "shrunk code + local", "three terms apart"}
@@ -294,9 +299,13 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
         _, code = terms(default, rows, fitted=rows is X)
         np.testing.assert_allclose(v["code + local"] - code / spread_of(code_fit), local / spreads[1],
                                    rtol=1e-9, atol=1e-9)
-        # The shrunk code term is the code term's formula under another precision matrix.
-        np.testing.assert_allclose(code_term(default.transform(rows), default.code_center_, default.code_precision_),
-                                   code, rtol=1e-9, atol=1e-12)
+        # The shrunk code term is code_term under another precision matrix: under the fit's own it is
+        # the estimator's code term.
+        Z = default.transform(rows)
+        L = default.L_ if rows is X else default.reconstruct(rows)
+        _, expected = score_terms(*(torch.as_tensor(a) for a in (rows, L, Z)), statistics)
+        np.testing.assert_allclose(code_term(Z.astype(np.float64), default.code_center_, default.code_precision_),
+                                   expected.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):

@@ -260,10 +260,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _demo(args) -> int:
-    from rda_ext.experiments.demo import run_demo
+    from rda_ext.experiments.demo import DIGITS, run_demo
 
     check_paths({}, {"--json": args.json})
-    results = run_demo(seed=args.seed, device=args.device, **({} if args.digits is None else {"digits": args.digits}))
+    results = run_demo(seed=args.seed, device=args.device, digits=args.digits or DIGITS)
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
     return 0

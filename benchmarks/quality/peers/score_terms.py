@@ -54,8 +54,13 @@ def terms(est: RobustAutoencoder, X: np.ndarray, fitted: bool = False) -> tuple[
     where ``fitted``, else that of new rows, X - AE(X)."""
     R = X - (est.L_ if fitted else est.reconstruct(X))
     residual = ((R / est.residual_scale_) ** 2).mean(1)
-    Z = est.transform(X).astype(np.float64) - est.code_center_
-    return residual, np.einsum("ij,jk,ik->i", Z, est.code_precision_, Z) / Z.shape[1]
+    return residual, code_term(est.transform(X).astype(np.float64), est.code_center_, est.code_precision_)
+
+
+def code_term(Z: np.ndarray, center: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """The code term of codes Z under a code center and precision matrix (scoring.score_terms')."""
+    dz = Z - center
+    return np.einsum("ij,jk,ik->i", dz, precision, dz) / dz.shape[1]
 
 
 def robust_z(on_fit: np.ndarray, values: np.ndarray) -> np.ndarray:

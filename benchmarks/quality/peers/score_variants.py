@@ -32,7 +32,7 @@ from sklearn.covariance import ledoit_wolf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # quality/: common.py, sweep.py
 from adbench import ADBENCH, SETTINGS, cells, tables  # noqa: E402
 from common import mean_sd, parser, report_path, save_json  # noqa: E402
-from score_terms import ranks_among_peers, read_peers, terms  # noqa: E402
+from score_terms import code_term, ranks_among_peers, read_peers, terms  # noqa: E402
 from sweep import instances  # noqa: E402
 
 from rda_ext import RobustAutoencoder  # noqa: E402
@@ -80,12 +80,6 @@ def variants(est: RobustAutoencoder, X_fit: np.ndarray, X_score: np.ndarray) -> 
             "code + local": with_local(code_fit, code),
             "shrunk code + local": with_local(shrunk_fit, shrunk),
             "three terms apart": residual / spread_of(residual_fit) + with_local(code_fit, code)}
-
-
-def code_term(Z: np.ndarray, center: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """The code term of codes Z under a code center and precision matrix (scoring.score_terms')."""
-    dz = Z - center
-    return np.einsum("ij,jk,ik->i", dz, precision, dz) / dz.shape[1]
 
 
 def fit_default(X: np.ndarray, rate: float, seed: int, device: str) -> RobustAutoencoder:
