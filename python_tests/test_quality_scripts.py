@@ -280,7 +280,7 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
 
     monkeypatch.syspath_prepend(str(PEERS))
     from score_terms import code_term, terms
-    from score_variants import spread_of, variants
+    from score_variants import VARIANTS, spread_of, variants
 
     rng = np.random.default_rng(3)
     X = rng.random((150, 6))
@@ -294,11 +294,13 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
                                                      default.code_precision_))
     for rows, local in ((X, alone.decision_scores_), (X_new, alone.decision_function(X_new))):
         v = variants(default, X, rows)
-        assert set(v) == {"default", "shrunk code", "code + local", "shrunk code + local", "three terms apart"}
+        assert list(v) == list(VARIANTS)
         _, code_fit = terms(default, X, fitted=True)
         _, code = terms(default, rows, fitted=rows is X)
         np.testing.assert_allclose(v["code + local"] - code / spread_of(code_fit), local / spreads[1],
                                    rtol=1e-9, atol=1e-9)
+        # Weighed by R^2 where the network has learnt nothing of these uniform rows: the local term alone.
+        np.testing.assert_allclose(v["weighed by R^2"], local / spreads[1], rtol=1e-9, atol=1e-9)
         # The shrunk code term is code_term under another precision matrix: under the fit's own it is
         # the estimator's code term.
         Z = default.transform(rows)
@@ -306,6 +308,57 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
         _, expected = score_terms(*(torch.as_tensor(a) for a in (rows, L, Z)), statistics)
         np.testing.assert_allclose(code_term(Z.astype(np.float64), default.code_center_, default.code_precision_),
                                    expected.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_the_tail_term_counts_the_reference_rows_on_each_side_of_a_value(monkeypatch):
+    """ECOD's per-feature tails with the reference rows as the sample, against counting by hand:
+    ties count on both sides, and a value beyond every reference row scores log(m + 1)."""
+    monkeypatch.syspath_prepend(str(PEERS))
+    from score_variants import tails
+
+    rng = np.random.default_rng(11)
+    reference = rng.integers(0, 5, size=(37, 3)).astype(np.float64) + rng.random(3)  # ties in each column
+    rows = np.vstack([reference[:9], rng.normal(2.0, 3.0, size=(6, 3))])
+    m = len(reference)
+    expected = [sum(-np.log(min((reference[:, j] <= x[j]).sum() + 1, (reference[:, j] >= x[j]).sum() + 1) / (m + 1))
+                    for j in range(3)) for x in rows]
+    np.testing.assert_allclose(tails(reference, rows), expected, rtol=1e-12)
+    beyond = reference.max(0) + rng.random(3) + 0.5
+    np.testing.assert_allclose(tails(reference, beyond[None]), [3 * np.log(m + 1)], rtol=1e-12)
+
+
+def test_the_tail_and_r2_variants_build_on_the_default(monkeypatch):
+    """The tail variants add the tails of the reference rows to the default; "weighed by R^2" scales
+    the default's network part by the share of the reference rows' variance the network explains."""
+    from rda_ext import RobustAutoencoder
+
+    monkeypatch.syspath_prepend(str(PEERS))
+    from score_variants import spread_of, tails, variants
+
+    rng = np.random.default_rng(5)
+    # Rows near a line, which the network learns in a few steps (R^2 between 0 and 1).
+    line = rng.random(6) - 0.5
+    X, X_new = (np.clip(0.5 + 0.8 * rng.random((n, 1)) * line + 0.02 * rng.normal(size=(n, 6)), 0, 1)
+                for n in (150, 40))
+    est = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=30, lr=0.1, random_state=0, device="cpu",
+                            dtype="float64", contamination=0.1).fit(X)
+    knn = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=30, lr=0.1, random_state=0, device="cpu",
+                            dtype="float64", contamination=0.1, outlier_score="knn").fit(X)
+    norms = np.linalg.norm(X - est.L_, axis=1)
+    reference = norms <= np.quantile(norms, 0.9)
+    explained = 1 - ((X - est.L_)[reference] ** 2).sum() / ((X[reference] - X[reference].mean(0)) ** 2).sum()
+    assert 0.5 < explained < 1
+    for rows, default, local in ((X, est.decision_scores_, knn.decision_scores_),
+                                 (X_new, est.decision_function(X_new), knn.decision_function(X_new))):
+        v = variants(est, X, rows)
+        local = local / est.term_spread_[1]
+        np.testing.assert_allclose(v["weighed by R^2"], explained * (default - local) + local, rtol=1e-9, atol=1e-9)
+        for name, fitted, scored in (("default + tails of X", X, rows),
+                                     ("default + tails of the residual", X - est.L_,
+                                      rows - (est.L_ if rows is X else est.reconstruct(rows)))):
+            part = tails(fitted[reference], scored) / spread_of(tails(fitted[reference], fitted))
+            np.testing.assert_allclose(v[name], default + part, rtol=1e-12)
+            assert part.min() >= 0 and part.max() > 0
 
 
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):

@@ -1,8 +1,9 @@
 """Other ways to build RDA's score from the same fit: what shrinking the code covariance, leaving
-out the residual term, or weighing the three terms apart would be worth, on ADBench's tables (both
-settings of adbench.py), bench_scale.py's synthetic table (one the network compresses) and the
-label-free sweep's image instances. Each instance is fitted once with the defaults; every variant is
-computed from that fit's terms, so that they differ by the score alone.
+out the residual term, weighing the three terms apart, adding per-feature tails or weighing the
+network's terms by the variance it explains would be worth, on ADBench's tables (both settings of
+adbench.py), bench_scale.py's synthetic table (one the network compresses) and the label-free
+sweep's image instances. Each instance is fitted once with the defaults; every variant is computed
+from that fit's terms, so that they differ by the score alone.
 
 Variants (higher = more anomalous; "spread" is scoring.spread over the training rows, as the default
 divides its two parts by it):
@@ -12,7 +13,16 @@ divides its two parts by it):
   reference rows (196 units from about 500 rows on the digits) is poorly determined;
 - code + local: the code term and the local term, without the residual term;
 - shrunk code + local: both changes;
-- three terms apart: the residual, code and local terms each divided by its own spread and added.
+- three terms apart: the residual, code and local terms each divided by its own spread and added;
+- default + tails of X, default + tails of the residual: the default plus a term of per-feature
+  tails (ECOD's, Li et al. 2022, with the reference rows as its sample), divided by its spread:
+  the sum over columns of -log of the smaller of a value's two tail fractions among the reference
+  rows, of the row (X) or of its residual (X - L, as the fit reconstructs it). It weighs a value far
+  out on one feature, which IsolationForest and HBOS find and a distance over all columns can miss;
+- weighed by R^2: the default with its "residual+code" part weighed by the share of the reference
+  rows' variance that the reconstruction explains (R^2 = 1 - sum |x - L|^2 / sum |x - mean|^2 over
+  them, clipped to [0, 1]): the network's terms count as far as it has learnt the rows, and where
+  it has learnt nothing the score is the local term alone.
 
     python benchmarks/quality/peers/score_variants.py --quick
     python benchmarks/quality/peers/score_variants.py --peers benchmarks/results/adbench-amd-epyc-2t.json
@@ -40,13 +50,27 @@ from rda_ext.estimator.scoring import spread  # noqa: E402
 from rda_ext.experiments.metrics import average_precision, precision_recall_f1, roc_auc  # noqa: E402
 from rda_ext.solver.collectives import SINGLE_PROCESS  # noqa: E402
 
-VARIANTS = ("default", "shrunk code", "code + local", "shrunk code + local", "three terms apart")
+VARIANTS = ("default", "shrunk code", "code + local", "shrunk code + local", "three terms apart",
+            "default + tails of X", "default + tails of the residual", "weighed by R^2")
 IMAGES = ("mnist", "fashion500", "fashion")
 IMAGE_NAMES = {"mnist": "MNIST subset", "fashion500": "fashion500", "fashion": "Fashion-MNIST"}
 
 
 def spread_of(values: np.ndarray) -> float:
     return float(spread(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)), SINGLE_PROCESS))
+
+
+def tails(reference: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The per-feature tail term of each of ``rows``: the sum over columns of -log of the smaller of
+    the fractions of ``reference`` rows at or below and at or above the value (each counted with one
+    more, so that a value beyond every reference row scores log(m + 1), not infinity)."""
+    m = reference.shape[0]
+    out = np.zeros(rows.shape[0])
+    for column, values in zip(np.sort(reference, axis=0).T, rows.T):
+        below = np.searchsorted(column, values, side="right") + 1
+        above = m - np.searchsorted(column, values, side="left") + 1
+        out -= np.log(np.minimum(below, above) / (m + 1))
+    return out
 
 
 def variants(est: RobustAutoencoder, X_fit: np.ndarray, X_score: np.ndarray) -> dict[str, np.ndarray]:
@@ -75,11 +99,23 @@ def variants(est: RobustAutoencoder, X_fit: np.ndarray, X_score: np.ndarray) -> 
     def with_local(part_fit: np.ndarray, part: np.ndarray) -> np.ndarray:
         return part / spread_of(part_fit) + local / spreads[1]
 
+    def with_tails(reference_rows: np.ndarray, rows_fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        tails_fit = tails(reference_rows, rows_fit)
+        return default + (tails_fit if same else tails(reference_rows, rows)) / spread_of(tails_fit)
+
+    residual_rows_fit = X_fit - est.L_
+    residual_rows = residual_rows_fit if same else X_score - est.reconstruct(X_score)
+    kept = X_fit[reference]
+    explained = 1 - np.square(residual_rows_fit[reference]).sum() / np.square(kept - kept.mean(0)).sum()
+
     return {"default": default,
             "shrunk code": with_local(residual_fit + shrunk_fit, residual + shrunk),
             "code + local": with_local(code_fit, code),
             "shrunk code + local": with_local(shrunk_fit, shrunk),
-            "three terms apart": residual / spread_of(residual_fit) + with_local(code_fit, code)}
+            "three terms apart": residual / spread_of(residual_fit) + with_local(code_fit, code),
+            "default + tails of X": with_tails(X_fit[reference], X_fit, X_score),
+            "default + tails of the residual": with_tails(residual_rows_fit[reference], residual_rows_fit, residual_rows),
+            "weighed by R^2": np.clip(explained, 0, 1) * (residual + code) / spreads[0] + local / spreads[1]}
 
 
 def fit_default(X: np.ndarray, rate: float, seed: int, device: str) -> RobustAutoencoder:
