@@ -299,7 +299,10 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
         _, code = terms(default, rows, fitted=rows is X)
         np.testing.assert_allclose(v["code + local"] - code / spread_of(code_fit), local / spreads[1],
                                    rtol=1e-9, atol=1e-9)
-        # Weighed by R^2 where the network has learnt nothing of these uniform rows: the local term alone.
+        # Weighed by R^2 where the network explains none of these uniform rows: the local term alone.
+        norms = np.linalg.norm(X - default.L_, axis=1)
+        kept = norms <= np.quantile(norms, 1 - default.contamination)
+        assert ((X - default.L_)[kept] ** 2).sum() >= ((X[kept] - X[kept].mean(0)) ** 2).sum()
         np.testing.assert_allclose(v["weighed by R^2"], local / spreads[1], rtol=1e-9, atol=1e-9)
         # The shrunk code term is code_term under another precision matrix: under the fit's own it is
         # the estimator's code term.
@@ -340,6 +343,7 @@ def test_the_tail_and_r2_variants_build_on_the_default(monkeypatch):
     line = rng.random(6) - 0.5
     X, X_new = (np.clip(0.5 + 0.8 * rng.random((n, 1)) * line + 0.02 * rng.normal(size=(n, 6)), 0, 1)
                 for n in (150, 40))
+    X_new[0] = 1.5  # beyond every reference row in every column
     est = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=30, lr=0.1, random_state=0, device="cpu",
                             dtype="float64", contamination=0.1).fit(X)
     knn = RobustAutoencoder(hidden=(4, 2), outer_iter=2, inner_epochs=30, lr=0.1, random_state=0, device="cpu",
@@ -356,9 +360,12 @@ def test_the_tail_and_r2_variants_build_on_the_default(monkeypatch):
         for name, fitted, scored in (("default + tails of X", X, rows),
                                      ("default + tails of the residual", X - est.L_,
                                       rows - (est.L_ if rows is X else est.reconstruct(rows)))):
-            part = tails(fitted[reference], scored) / spread_of(tails(fitted[reference], fitted))
-            np.testing.assert_allclose(v[name], default + part, rtol=1e-12)
-            assert part.min() >= 0 and part.max() > 0
+            spread = spread_of(tails(fitted[reference], fitted))
+            np.testing.assert_allclose(v[name], default + tails(fitted[reference], scored) / spread, rtol=1e-12)
+            if name == "default + tails of X" and rows is X_new:
+                # The row beyond every reference row: log(m + 1) in each of the 6 columns.
+                np.testing.assert_allclose(v[name][0] - default[0], 6 * np.log(reference.sum() + 1) / spread,
+                                           rtol=1e-12)
 
 
 def test_the_score_without_its_local_term_is_its_residual_term_plus_its_code_term(monkeypatch):

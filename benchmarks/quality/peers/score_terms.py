@@ -48,11 +48,17 @@ VARIANTS = ("default", "local term alone", "residual + code", "residual term", "
 ENSEMBLE_SEEDS = (0, 100, 200)  # added to the cell's seed
 
 
-def terms(est: RobustAutoencoder, X: np.ndarray, fitted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def residual_rows(est: RobustAutoencoder, X: np.ndarray, fitted: bool = False) -> np.ndarray:
+    """The residual of each row of X: X - L_ for the fitted rows where ``fitted``, else X - AE(X)."""
+    return X - (est.L_ if fitted else est.reconstruct(X))
+
+
+def terms(est: RobustAutoencoder, X: np.ndarray, fitted: bool = False,
+          residuals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The residual term and the code term of the default score of the rows X (their sum is the
-    "residual+code" score), from the fitted statistics; the residual X - L_ of the fitted rows
-    where ``fitted``, else that of new rows, X - AE(X)."""
-    R = X - (est.L_ if fitted else est.reconstruct(X))
+    "residual+code" score), from the fitted statistics and the rows' ``residual_rows`` (computed
+    here, with ``fitted``, unless given)."""
+    R = residual_rows(est, X, fitted) if residuals is None else residuals
     residual = ((R / est.residual_scale_) ** 2).mean(1)
     return residual, code_term(est.transform(X).astype(np.float64), est.code_center_, est.code_precision_)
 

@@ -14,15 +14,17 @@ divides its two parts by it):
 - code + local: the code term and the local term, without the residual term;
 - shrunk code + local: both changes;
 - three terms apart: the residual, code and local terms each divided by its own spread and added;
-- default + tails of X, default + tails of the residual: the default plus a term of per-feature
-  tails (ECOD's, Li et al. 2022, with the reference rows as its sample), divided by its spread:
-  the sum over columns of -log of the smaller of a value's two tail fractions among the reference
-  rows, of the row (X) or of its residual (X - L, as the fit reconstructs it). It weighs a value far
-  out on one feature, which IsolationForest and HBOS find and a distance over all columns can miss;
+- default + tails of X, default + tails of the residual: the default plus a term of two-sided
+  per-feature tails (after ECOD, Li et al. 2022, which sums each side's tails over the columns and
+  keeps the largest of its sums; here each column keeps its smaller tail), with the reference rows
+  as the sample, divided by its spread: the sum over columns of -log of the smaller of a value's two
+  tail fractions among the reference rows, of the row (X) or of its residual (X - L, as the fit
+  reconstructs it). It weighs a value far out on one feature, which IsolationForest and HBOS find
+  and a distance over all columns can miss;
 - weighed by R^2: the default with its "residual+code" part weighed by the share of the reference
   rows' variance that the reconstruction explains (R^2 = 1 - sum |x - L|^2 / sum |x - mean|^2 over
-  them, clipped to [0, 1]): the network's terms count as far as it has learnt the rows, and where
-  it has learnt nothing the score is the local term alone.
+  them, 0 where that is negative or the rows do not vary): the network's terms count as far as it
+  has learnt the rows, and where it has learnt nothing the score is the local term alone.
 
     python benchmarks/quality/peers/score_variants.py --quick
     python benchmarks/quality/peers/score_variants.py --peers benchmarks/results/adbench-amd-epyc-2t.json
@@ -42,7 +44,7 @@ from sklearn.covariance import ledoit_wolf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # quality/: common.py, sweep.py
 from adbench import ADBENCH, SETTINGS, cells, tables  # noqa: E402
 from common import mean_sd, parser, report_path, save_json  # noqa: E402
-from score_terms import code_term, ranks_among_peers, read_peers, terms  # noqa: E402
+from score_terms import code_term, ranks_among_peers, read_peers, residual_rows, terms  # noqa: E402
 from sweep import instances  # noqa: E402
 
 from rda_ext import RobustAutoencoder  # noqa: E402
@@ -78,16 +80,18 @@ def variants(est: RobustAutoencoder, X_fit: np.ndarray, X_score: np.ndarray) -> 
     fitted on X_fit with the defaults (inputs in [0, 1], so the network sees X as given)."""
     same = X_score is X_fit
     spreads = est.term_spread_
-    residual_fit, code_fit = terms(est, X_fit, fitted=True)
+    residuals_fit = residual_rows(est, X_fit, fitted=True)
+    residuals = residuals_fit if same else residual_rows(est, X_score)
+    residual_fit, code_fit = terms(est, X_fit, residuals=residuals_fit)
     local_fit = (est.decision_scores_ - (residual_fit + code_fit) / spreads[0]) * spreads[1]
     if same:
         residual, code, local, default = residual_fit, code_fit, local_fit, est.decision_scores_
     else:
         default = est.decision_function(X_score)
-        residual, code = terms(est, X_score)
+        residual, code = terms(est, X_score, residuals=residuals)
         local = (default - (residual + code) / spreads[0]) * spreads[1]
     # The reference rows, as the fit chose them: residual norm at most its (1 - contamination) quantile.
-    norms = np.linalg.norm(X_fit - est.L_, axis=1)
+    norms = np.linalg.norm(residuals_fit, axis=1)
     reference = norms <= np.quantile(norms, 1 - est.contamination)
     codes = est.transform(X_fit).astype(np.float64)
     if not np.allclose(codes[reference].mean(0), est.code_center_, rtol=1e-5, atol=1e-7):
@@ -99,23 +103,23 @@ def variants(est: RobustAutoencoder, X_fit: np.ndarray, X_score: np.ndarray) -> 
     def with_local(part_fit: np.ndarray, part: np.ndarray) -> np.ndarray:
         return part / spread_of(part_fit) + local / spreads[1]
 
-    def with_tails(reference_rows: np.ndarray, rows_fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        tails_fit = tails(reference_rows, rows_fit)
-        return default + (tails_fit if same else tails(reference_rows, rows)) / spread_of(tails_fit)
+    def with_tails(rows_fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        both = tails(rows_fit[reference], rows_fit if same else np.vstack([rows_fit, rows]))
+        fitted = both[: len(rows_fit)]
+        return default + (fitted if same else both[len(rows_fit):]) / spread_of(fitted)
 
-    residual_rows_fit = X_fit - est.L_
-    residual_rows = residual_rows_fit if same else X_score - est.reconstruct(X_score)
     kept = X_fit[reference]
-    explained = 1 - np.square(residual_rows_fit[reference]).sum() / np.square(kept - kept.mean(0)).sum()
+    variance = np.square(kept - kept.mean(0)).sum()
+    explained = max(1 - np.square(residuals_fit[reference]).sum() / variance, 0.0) if variance > 0 else 0.0
 
     return {"default": default,
             "shrunk code": with_local(residual_fit + shrunk_fit, residual + shrunk),
             "code + local": with_local(code_fit, code),
             "shrunk code + local": with_local(shrunk_fit, shrunk),
             "three terms apart": residual / spread_of(residual_fit) + with_local(code_fit, code),
-            "default + tails of X": with_tails(X_fit[reference], X_fit, X_score),
-            "default + tails of the residual": with_tails(residual_rows_fit[reference], residual_rows_fit, residual_rows),
-            "weighed by R^2": np.clip(explained, 0, 1) * (residual + code) / spreads[0] + local / spreads[1]}
+            "default + tails of X": with_tails(X_fit, X_score),
+            "default + tails of the residual": with_tails(residuals_fit, residuals),
+            "weighed by R^2": explained * (residual + code) / spreads[0] + local / spreads[1]}
 
 
 def fit_default(X: np.ndarray, rate: float, seed: int, device: str) -> RobustAutoencoder:
