@@ -314,7 +314,7 @@ def test_score_variants_recover_the_local_term_from_the_default_score(monkeypatc
 
 
 def test_the_tail_term_counts_the_reference_rows_on_each_side_of_a_value(monkeypatch):
-    """ECOD's per-feature tails with the reference rows as the sample, against counting by hand:
+    """The two-sided per-feature tails (after ECOD), the reference rows as the sample, against counting by hand:
     ties count on both sides, and a value beyond every reference row scores log(m + 1)."""
     monkeypatch.syspath_prepend(str(PEERS))
     from score_variants import tails
